@@ -1,0 +1,90 @@
+"""Loading and validating ``config/config.yaml`` against ``config/schema.yaml``.
+
+The workflow (``workflow/rules/common.smk``) and the command line share this code, so a
+config behaves the same whether Snakemake or a person runs a stage. Validation applies
+the schema's defaults (through :func:`snakemake.utils.validate`) and turns a schema
+violation into one sentence naming the key and what to change.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from matdisc.errors import UserError
+
+#: The repository's config schema; the workflow passes its own path, tests may too.
+DEFAULT_SCHEMA = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
+
+
+def load_yaml(path: Path | str) -> dict[str, Any]:
+    """Read a YAML mapping, with a clear error for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"Config file {path} does not exist; pass the path of a config.yaml.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise UserError(f"Config file {path} is not valid YAML ({exc}); fix its syntax.") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"Config file {path} must hold a mapping of keys to values at the top.")
+    return data
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
+        keys = ", ".join(repr(k) for k in extra)
+        return (
+            f"config key {keys} under {where} is not known; check its spelling "
+            f"(allowed there: {', '.join(allowed)})."
+        )
+    return f"config value at {where} is invalid: {error.message}; change it to match the schema."
+
+
+def validate_config(
+    config: dict[str, Any], schema_path: Path | str = DEFAULT_SCHEMA
+) -> dict[str, Any]:
+    """Validate ``config`` in place, fill in the schema's defaults and return it.
+
+    Raises :class:`UserError` with one sentence naming the first offending key.
+    """
+    schema = load_yaml(schema_path)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        best = jsonschema.exceptions.best_match(errors)
+        raise UserError(_describe(best))
+    # Defaults are filled by Snakemake's validator, the same one the workflow uses.
+    from snakemake.utils import validate
+
+    validate(config, str(schema_path), set_default=True)
+    return config
+
+
+def load_config(
+    path: Path | str, schema_path: Path | str = DEFAULT_SCHEMA
+) -> dict[str, Any]:
+    """Load and validate a config file; defaults filled in."""
+    return validate_config(load_yaml(path), schema_path)
+
+
+def sections(config: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    """The named top-level sections of ``config`` (``seed`` always included), deep-copied."""
+    wanted = {"seed", *names}
+    return {k: copy.deepcopy(v) for k, v in config.items() if k in wanted}
+
+
+def sections_json(config: Mapping[str, Any], names: Iterable[str]) -> str:
+    """:func:`sections` as canonical JSON, as the rules pass it to the command line."""
+    return json.dumps(sections(config, names), sort_keys=True, separators=(",", ":"))

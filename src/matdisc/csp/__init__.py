@@ -1,0 +1,1 @@
+"""ContinuouSP: energy-based crystal structure prediction (seed 001)."""

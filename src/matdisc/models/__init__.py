@@ -1,0 +1,1 @@
+"""Neural networks: 3-D UNet, conditional DFC-VAE, CGCNN."""

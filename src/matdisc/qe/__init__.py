@@ -1,0 +1,1 @@
+"""Quantum ESPRESSO vc-relax input generation and runs."""

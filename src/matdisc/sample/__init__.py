@@ -1,0 +1,1 @@
+"""Latent sampling around base compounds, random and interpolated."""

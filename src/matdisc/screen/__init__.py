@@ -1,0 +1,1 @@
+"""CGCNN property prediction and screening of candidates."""

@@ -1,0 +1,1 @@
+"""Voxel grids back to crystals: segmentation, watershed, centroids, lattice fit."""

@@ -1,0 +1,43 @@
+rule filter_candidates:
+    input:
+        samples="results/samples/{base}.parquet",
+        bases="results/data/base_compounds.parquet",
+        structures="results/data/structures.parquet",
+        cgcnn="results/models/cgcnn",
+    output:
+        candidates="results/candidates/{base}.parquet",
+        cifs=directory("results/candidates/{base}"),
+        funnel="results/funnel/{base}.parquet",
+    params:
+        settings=settings("filter", "train", "dask"),
+    log:
+        "logs/filter_candidates/{base}.log",
+    benchmark:
+        "benchmarks/filter_candidates/{base}.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    shell:
+        "matdisc filter --settings {params.settings:q} --threads {threads} --wildcard base={wildcards.base}"
+        " --input samples={input.samples} --input bases={input.bases}"
+        " --input structures={input.structures} --input cgcnn={input.cgcnn}"
+        " --output candidates={output.candidates} --output cifs={output.cifs}"
+        " --output funnel={output.funnel} --log {log}"
+
+
+rule collect_funnel:
+    input:
+        funnels=expand("results/funnel/{base}.parquet", base=BASES),
+    output:
+        funnel="results/funnel.parquet",
+    params:
+        settings=settings("filter"),
+        inputs=per_base_inputs("results/funnel/{base}.parquet"),
+    log:
+        "logs/collect_funnel/all.log",
+    benchmark:
+        "benchmarks/collect_funnel/all.tsv"
+    shell:
+        "matdisc collect-funnel --settings {params.settings:q} {params.inputs}"
+        " --output funnel={output.funnel} --log {log}"

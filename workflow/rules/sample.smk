@@ -1,0 +1,24 @@
+rule sample_structures:
+    input:
+        bases="results/data/base_compounds.parquet",
+        voxels="results/voxels/cubic.zarr",
+        unet="results/models/unet.pt",
+        vae="results/models/vae.pt",
+    output:
+        samples="results/samples/{base}.parquet",
+    params:
+        settings=settings("voxel", "train", "sample"),
+    log:
+        "logs/sample_structures/{base}.log",
+    benchmark:
+        "benchmarks/sample_structures/{base}.tsv"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=120,
+    shell:
+        "matdisc sample --settings {params.settings:q} --threads {threads} --wildcard base={wildcards.base}"
+        " --input bases={input.bases} --input voxels={input.voxels}"
+        " --input unet={input.unet} --input vae={input.vae}"
+        " --output samples={output.samples} --log {log}"

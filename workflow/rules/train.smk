@@ -1,0 +1,71 @@
+# Training rules run on a GPU when the profile gives them one (resources: gpu=1).
+
+
+rule train_unet:
+    input:
+        voxels="results/voxels/cubic.zarr",
+    output:
+        model="results/models/unet.pt",
+        metrics="results/metrics/unet.parquet",
+    params:
+        settings=settings("voxel", "train", "unet"),
+    log:
+        "logs/train_unet/all.log",
+    benchmark:
+        "benchmarks/train_unet/all.tsv"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=720,
+    shell:
+        "matdisc train-unet --settings {params.settings:q} --threads {threads}"
+        " --input voxels={input.voxels}"
+        " --output model={output.model} --output metrics={output.metrics} --log {log}"
+
+
+rule train_vae:
+    input:
+        voxels="results/voxels/cubic.zarr",
+        unet="results/models/unet.pt",
+    output:
+        model="results/models/vae.pt",
+        metrics="results/metrics/vae.parquet",
+    params:
+        settings=settings("voxel", "train", "vae"),
+    log:
+        "logs/train_vae/all.log",
+    benchmark:
+        "benchmarks/train_vae/all.tsv"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=720,
+    shell:
+        "matdisc train-vae --settings {params.settings:q} --threads {threads}"
+        " --input voxels={input.voxels} --input unet={input.unet}"
+        " --output model={output.model} --output metrics={output.metrics} --log {log}"
+
+
+rule train_cgcnn:
+    input:
+        structures="results/data/structures.parquet",
+    output:
+        models=directory("results/models/cgcnn"),
+        metrics="results/metrics/cgcnn.parquet",
+    params:
+        settings=settings("train", "cgcnn"),
+    log:
+        "logs/train_cgcnn/all.log",
+    benchmark:
+        "benchmarks/train_cgcnn/all.tsv"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=720,
+    shell:
+        "matdisc train-cgcnn --settings {params.settings:q} --threads {threads}"
+        " --input structures={input.structures}"
+        " --output models={output.models} --output metrics={output.metrics} --log {log}"

@@ -1,0 +1,18 @@
+rule voxelize_structures:
+    input:
+        structures="results/data/structures.parquet",
+    output:
+        voxels=directory("results/voxels/cubic.zarr"),
+    params:
+        settings=settings("voxel", "dask"),
+    log:
+        "logs/voxelize_structures/all.log",
+    benchmark:
+        "benchmarks/voxelize_structures/all.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    shell:
+        "matdisc voxelize --settings {params.settings:q} --threads {threads}"
+        " --input structures={input.structures} --output voxels={output.voxels} --log {log}"
