@@ -36,24 +36,52 @@ class Stage:
 
 #: sub-command -> implementation. Modules are imported only when their stage runs.
 STAGES: dict[str, Stage] = {
-    "download": Stage("matdisc.data.download:run", "Materials Project structures -> structures.parquet"),
-    "select-bases": Stage("matdisc.data.bases:run", "check the configured base compounds against the data"),
+    "download": Stage(
+        "matdisc.data.download:run", "Materials Project structures -> structures.parquet"
+    ),
+    "select-bases": Stage(
+        "matdisc.data.bases:run", "check the configured base compounds against the data"
+    ),
     "voxelize": Stage("matdisc.voxel.stage:run", "cubic structures -> voxel store (zarr)"),
     "train-unet": Stage("matdisc.models.stages:train_unet", "train the 3-D UNet segmenter"),
-    "train-vae": Stage("matdisc.models.stages:train_vae", "train the conditional DFC-VAE and evaluate the chain"),
-    "evaluate": Stage("matdisc.models.stages:evaluate", "reconstruction metrics of the VAE/UNet chain"),
-    "train-cgcnn": Stage("matdisc.screen.stages:train_cgcnn", "train the eight CGCNN property models"),
+    "train-vae": Stage(
+        "matdisc.models.stages:train_vae", "train the conditional DFC-VAE and evaluate the chain"
+    ),
+    "evaluate": Stage(
+        "matdisc.models.stages:evaluate", "reconstruction metrics of the VAE/UNet chain"
+    ),
+    "train-cgcnn": Stage(
+        "matdisc.screen.stages:train_cgcnn", "train the eight CGCNN property models"
+    ),
     "sample": Stage("matdisc.sample.stage:run", "latent sampling around a base compound"),
-    "filter": Stage("matdisc.filters.stage:run", "the five-stage candidate filter for a base compound"),
-    "collect-funnel": Stage("matdisc.filters.stage:collect_funnel", "funnel counts of all bases -> funnel.parquet"),
-    "screen": Stage("matdisc.screen.stages:screen", "predict the eight properties of the candidates"),
-    "collect-screening": Stage("matdisc.screen.stages:collect", "screening of all bases -> screening.parquet"),
-    "qe-inputs": Stage("matdisc.qe.stage:write_inputs", "Quantum ESPRESSO vc-relax inputs per candidate"),
-    "collect-qe": Stage("matdisc.qe.stage:collect_manifest", "QE input manifests of all bases -> manifest.parquet"),
-    "qe-relax": Stage("matdisc.qe.stage:relax", "run pw.x on the inputs and compare the relaxed structures"),
+    "filter": Stage(
+        "matdisc.filters.stage:run", "the five-stage candidate filter for a base compound"
+    ),
+    "collect-funnel": Stage(
+        "matdisc.filters.stage:collect_funnel", "funnel counts of all bases -> funnel.parquet"
+    ),
+    "screen": Stage(
+        "matdisc.screen.stages:screen", "predict the eight properties of the candidates"
+    ),
+    "collect-screening": Stage(
+        "matdisc.screen.stages:collect", "screening of all bases -> screening.parquet"
+    ),
+    "qe-inputs": Stage(
+        "matdisc.qe.stage:write_inputs", "Quantum ESPRESSO vc-relax inputs per candidate"
+    ),
+    "collect-qe": Stage(
+        "matdisc.qe.stage:collect_manifest", "QE input manifests of all bases -> manifest.parquet"
+    ),
+    "qe-relax": Stage(
+        "matdisc.qe.stage:relax", "run pw.x on the inputs and compare the relaxed structures"
+    ),
     "train-ebm": Stage("matdisc.csp.stage:train_ebm", "train the ContinuouSP energy model"),
-    "csp": Stage("matdisc.csp.stage:predict", "ContinuouSP structure prediction for the candidates of a base"),
-    "evaluate-csp": Stage("matdisc.csp.stage:evaluate", "ContinuouSP CSP match rate / RMSE on held-out crystals"),
+    "csp": Stage(
+        "matdisc.csp.stage:predict", "ContinuouSP structure prediction for the candidates of a base"
+    ),
+    "evaluate-csp": Stage(
+        "matdisc.csp.stage:evaluate", "ContinuouSP CSP match rate / RMSE on held-out crystals"
+    ),
 }
 
 
@@ -62,7 +90,9 @@ def _pairs(values: Sequence[str] | None, flag: str) -> dict[str, str]:
     for item in values or ():
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise UserError(f"{flag} takes NAME=VALUE, got {item!r}; write it as {flag} name=value.")
+            raise UserError(
+                f"{flag} takes NAME=VALUE, got {item!r}; write it as {flag} name=value."
+            )
         out[key] = value
     return out
 

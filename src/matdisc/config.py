@@ -43,7 +43,9 @@ def _describe(error: jsonschema.ValidationError) -> str:
     where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
-        extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
+        extra = (
+            sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
+        )
         keys = ", ".join(repr(k) for k in extra)
         return (
             f"config key {keys} under {where} is not known; check its spelling "
@@ -72,9 +74,7 @@ def validate_config(
     return config
 
 
-def load_config(
-    path: Path | str, schema_path: Path | str = DEFAULT_SCHEMA
-) -> dict[str, Any]:
+def load_config(path: Path | str, schema_path: Path | str = DEFAULT_SCHEMA) -> dict[str, Any]:
     """Load and validate a config file; defaults filled in."""
     return validate_config(load_yaml(path), schema_path)
 

@@ -49,16 +49,22 @@ class StageCall:
         try:
             return self.inputs[name]
         except KeyError:
-            raise UserError(f"this stage needs an input named '{name}'; pass --input {name}=PATH.") from None
+            raise UserError(
+                f"this stage needs an input named '{name}'; pass --input {name}=PATH."
+            ) from None
 
     def output(self, name: str) -> Path:
         try:
             return self.outputs[name]
         except KeyError:
-            raise UserError(f"this stage needs an output named '{name}'; pass --output {name}=PATH.") from None
+            raise UserError(
+                f"this stage needs an output named '{name}'; pass --output {name}=PATH."
+            ) from None
 
     def wildcard(self, name: str) -> str:
         try:
             return self.wildcards[name]
         except KeyError:
-            raise UserError(f"this stage needs the wildcard '{name}'; pass --wildcard {name}=VALUE.") from None
+            raise UserError(
+                f"this stage needs the wildcard '{name}'; pass --wildcard {name}=VALUE."
+            ) from None

@@ -1,0 +1,116 @@
+"""The shared training loop: resume, early stopping, checkpoints, devices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from matdisc.errors import UserError
+from matdisc.train import TrainConfig, fit, load_model, resolve_device, save_model
+
+
+class TinyNet(nn.Module):
+    def __init__(self, *, width: int = 8) -> None:
+        super().__init__()
+        self.model_args = {"width": width}
+        self.net = nn.Sequential(
+            nn.Linear(3, width), nn.BatchNorm1d(width), nn.ReLU(), nn.Linear(width, 1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1)
+
+
+def _loss(model: nn.Module, batch, device: torch.device):
+    x, y = (t.to(device) for t in batch)
+    pred = model(x)
+    return nn.functional.mse_loss(pred, y), {"mae": (pred - y).abs().mean().item()}
+
+
+def _data(n: int, seed: int) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, generator=g)
+    y = x @ torch.tensor([1.0, -2.0, 0.5]) + 0.1 * torch.randn(n, generator=g)
+    return TensorDataset(x, y)
+
+
+def _train(tmp: Path, epochs: int, resume: Path, **kw) -> tuple[TinyNet, object]:
+    torch.manual_seed(0)
+    model = TinyNet()
+    cfg = TrainConfig(epochs=epochs, lr=1e-2, batch_size=16, seed=3, **kw)
+    result = fit(
+        model=model,
+        loss_fn=_loss,
+        train_set=_data(96, 1),
+        val_set=_data(32, 2),
+        config=cfg,
+        resume_path=resume,
+    )
+    return model, result
+
+
+def test_resumed_training_matches_uninterrupted(tmp_path: Path) -> None:
+    full, full_result = _train(tmp_path, 6, tmp_path / "full.resume")
+    _train(tmp_path, 3, tmp_path / "split.resume")  # "killed" after 3 epochs
+    resumed, resumed_result = _train(tmp_path, 6, tmp_path / "split.resume")
+    assert resumed_result.steps == full_result.steps == 6 * (96 // 16)
+    assert resumed_result.epochs_run == 6
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    assert [h["val_loss"] for h in full_result.history] == [
+        h["val_loss"] for h in resumed_result.history
+    ]
+
+
+def test_training_reduces_loss_and_keeps_best(tmp_path: Path) -> None:
+    _, result = _train(tmp_path, 8, tmp_path / "r")
+    losses = [h["val_loss"] for h in result.history]
+    assert losses[-1] < 0.5 * losses[0]
+    assert result.best_epoch == 1 + losses.index(min(losses))
+
+
+def test_early_stopping_on_diverging_validation(tmp_path: Path) -> None:
+    # Validation targets have the opposite sign: the better the fit to the training data,
+    # the worse the validation loss, so training must stop after `patience` bad epochs.
+    train = _data(96, 1)
+    x, y = train.tensors
+    model = TinyNet()
+    cfg = TrainConfig(epochs=50, lr=1e-2, batch_size=16, seed=0, patience=3)
+    res = fit(
+        model=model,
+        loss_fn=_loss,
+        train_set=train,
+        val_set=TensorDataset(x, -y),
+        config=cfg,
+        resume_path=tmp_path / "es",
+    )
+    assert res.stopped_early
+    assert res.epochs_run == res.best_epoch + 3 < 50
+
+
+def test_checkpoint_roundtrip_auto_device(tmp_path: Path) -> None:
+    model = TinyNet(width=5)
+    path = save_model(tmp_path / "m.pt", model, extra={"decile_edges": [0.1, 0.2]})
+    loaded, extra = load_model(path, device="auto")
+    assert isinstance(loaded, TinyNet) and loaded.model_args == {"width": 5}
+    assert extra == {"decile_edges": [0.1, 0.2]}
+    assert next(loaded.parameters()).device == resolve_device("auto")
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a.cpu(), b.cpu())
+
+
+def test_missing_cuda_is_a_user_error() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(UserError, match="no CUDA device"):
+        resolve_device("cuda")
+
+
+def test_bad_train_config_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="batch_size"):
+        TrainConfig(epochs=1, lr=1e-3, batch_size=0)
