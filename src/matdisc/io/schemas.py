@@ -62,8 +62,105 @@ BASE_COMPOUNDS = pa.schema(
     ]
 )
 
+#: One row per candidate of every base: its pw.x input (or why it has none), the choices
+#: made for it, and the CGCNN-predicted properties (``pred_`` + PROPERTY_COLUMNS).
+QE_MANIFEST = pa.schema(
+    [
+        pa.field("base", pa.string(), nullable=False),
+        pa.field("candidate_id", pa.string(), nullable=False),
+        pa.field("formula", pa.string(), nullable=False),
+        pa.field("nsites", pa.int32()),
+        pa.field("input_path", pa.string()),  # pw.in; null when no input could be written
+        pa.field("job_script_path", pa.string()),  # Slurm batch script next to pw.in
+        pa.field("kpoints_a", pa.int16()),  # Monkhorst-Pack divisions along a, b, c
+        pa.field("kpoints_b", pa.int16()),
+        pa.field("kpoints_c", pa.int16()),
+        pa.field("ecutwfc_ry", pa.float64()),
+        pa.field("ecutrho_ry", pa.float64()),
+        pa.field("nspin", pa.int8()),
+        pa.field("pseudopotentials", pa.string()),  # JSON element -> UPF file name
+        pa.field("pseudo_dir", pa.string()),
+        pa.field("structure_json", pa.string(), nullable=False),  # the generated structure
+        pa.field("error", pa.string()),  # why no input was written; null when it was
+        *(pa.field(f"pred_{name}", pa.float64()) for name in PROPERTY_COLUMNS),
+    ]
+)
+
+#: One row per manifest row: the pw.x vc-relax outcome and the Table 3 comparisons of
+#: the seed (generated vs relaxed; percentages of the generated values).
+QE_RELAXED = pa.schema(
+    [
+        pa.field("base", pa.string(), nullable=False),
+        pa.field("candidate_id", pa.string(), nullable=False),
+        pa.field("formula", pa.string(), nullable=False),
+        pa.field("nsites", pa.int32()),
+        pa.field("status", pa.string(), nullable=False),  # converged/not_converged/failed/no_input
+        pa.field("error", pa.string()),  # reason when not converged
+        pa.field("output_path", pa.string()),  # pw.out
+        pa.field("mpi_ranks", pa.int16()),
+        pa.field("wall_time_s", pa.float64()),
+        pa.field("n_scf_cycles", pa.int32()),  # ionic iterations (scf cycles of the relaxation)
+        pa.field("n_bfgs_steps", pa.int32()),
+        pa.field("final_energy_ev", pa.float64()),  # total energy of the last structure
+        pa.field("final_energy_ev_per_atom", pa.float64()),
+        pa.field("bond_change_pct", pa.float64()),  # mean |Δ bond length| (Table 3 |Δbonds|)
+        pa.field("max_bond_change_pct", pa.float64()),
+        pa.field("n_bonds", pa.int32()),
+        pa.field("cell_change_pct", pa.float64()),  # mean |Δa|,|Δb|,|Δc| (Table 3 |Δcell|)
+        pa.field("angle_change_deg", pa.float64()),  # largest |Δα|,|Δβ|,|Δγ|
+        pa.field("volume_change_pct", pa.float64()),  # signed
+        pa.field("a_generated_angstrom", pa.float64()),
+        pa.field("a_relaxed_angstrom", pa.float64()),
+        pa.field("b_generated_angstrom", pa.float64()),
+        pa.field("b_relaxed_angstrom", pa.float64()),
+        pa.field("c_generated_angstrom", pa.float64()),
+        pa.field("c_relaxed_angstrom", pa.float64()),
+        pa.field("pred_e_form_ev_per_atom", pa.float64()),  # CGCNN, for |ΔEf| once DFT Ef exists
+        pa.field("relaxed_structure_json", pa.string()),
+    ]
+)
+
+#: CGCNN test-split metrics per property (the seed's Table 1), results/metrics/cgcnn.parquet.
+CGCNN_METRICS = pa.schema(
+    [
+        pa.field("property", pa.string(), nullable=False),  # a PROPERTY_COLUMNS name
+        pa.field("trained", pa.bool_(), nullable=False),
+        pa.field("reason", pa.string()),  # why not trained (null when trained)
+        pa.field("target_scale", pa.string(), nullable=False),  # "linear" or "log10"
+        pa.field("mae", pa.float64()),  # on target_scale, in the property's unit (or log10 of it)
+        pa.field("smape_percent", pa.float64()),  # on target_scale
+        pa.field("mae_original_units", pa.float64()),  # back-transformed, the column's unit
+        pa.field("n_train", pa.int64(), nullable=False),
+        pa.field("n_val", pa.int64(), nullable=False),
+        pa.field("n_test", pa.int64(), nullable=False),
+        pa.field("transfer_from", pa.string()),  # property whose conv layer was fine-tuned
+        pa.field("epochs_run", pa.int64(), nullable=False),
+        pa.field("train_seconds", pa.float64(), nullable=False),
+        pa.field("paper_mae", pa.float64()),  # Court et al. 2020, Table 1
+        pa.field("paper_smape_percent", pa.float64()),
+        pa.field("paper_n_train", pa.int64()),
+        pa.field("paper_n_test", pa.int64()),
+    ]
+)
+
+#: CGCNN predictions per filtered candidate, results/screening.parquet (and per base).
+SCREENING = pa.schema(
+    [
+        pa.field("candidate_id", pa.string(), nullable=False),
+        pa.field("base", pa.string(), nullable=False),
+        pa.field("formula", pa.string(), nullable=False),
+        # predicted; NaN where the model is not trained, and refractive_index and
+        # dielectric_total NaN where the predicted band gap is zero (screen.zero_gap_threshold_ev)
+        *(pa.field(name, pa.float64()) for name in PROPERTY_COLUMNS),
+    ]
+)
+
 #: name -> schema; the name is what :func:`write_table` and :func:`read_table` take.
 SCHEMAS: dict[str, pa.Schema] = {
     "structures": STRUCTURES,
     "base_compounds": BASE_COMPOUNDS,
+    "qe_manifest": QE_MANIFEST,
+    "qe_relaxed": QE_RELAXED,
+    "cgcnn_metrics": CGCNN_METRICS,
+    "screening": SCREENING,
 }

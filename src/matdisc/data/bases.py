@@ -1,0 +1,114 @@
+"""Base compounds: the configured formulas, checked against the downloaded data.
+
+Each base must name a cubic structure with at most ``voxel.max_sites`` sites in its
+conventional cell (the VAE works on cubic voxel grids). When a formula has several cubic
+polymorphs, the one with the lowest formation energy is taken (then fewer sites, then
+the material id), so the choice is reproducible.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Sequence
+
+import pandas as pd
+from pymatgen.core import Composition
+from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+from matdisc.data.records import structure_from_json
+from matdisc.errors import UserError
+from matdisc.io import read_table, write_table
+from matdisc.stage import StageCall
+
+log = logging.getLogger(__name__)
+
+
+def _reduced(formula: str) -> str:
+    try:
+        return Composition(formula).reduced_formula
+    except (ValueError, KeyError) as exc:
+        raise UserError(
+            f"base compound '{formula}' is not a chemical formula ({exc}); "
+            "fix base_compounds in config/config.yaml."
+        ) from exc
+
+
+def closest_formulas(formula: str, known: Sequence[str], n: int = 5) -> list[str]:
+    """Known formulas most like ``formula``: same elements first, then by spelling."""
+    unique = sorted(set(known))
+    try:
+        elements = set(Composition(formula).elements)
+        same = [f for f in unique if set(Composition(f).elements) == elements]
+    except (ValueError, KeyError):
+        same = []
+    spelled = difflib.get_close_matches(formula, unique, n=n, cutoff=0.5)
+    ordered = list(dict.fromkeys([*same, *spelled]))
+    return ordered[:n]
+
+
+def check_bases(bases: Sequence[str], table: pd.DataFrame) -> None:
+    """Fail with one sentence for the first base whose formula is not in ``table``."""
+    formulas = set(table["formula"])
+    for base in bases:
+        reduced = _reduced(base)
+        if reduced not in formulas:
+            near = closest_formulas(reduced, table["formula"].tolist())
+            hint = f"closest formulas that exist: {', '.join(near)}" if near else "no similar formula exists"
+            raise UserError(
+                f"base compound '{base}' is not in the downloaded data ({hint}); "
+                "change base_compounds in config/config.yaml."
+            )
+
+
+def conventional_nsites(structure_json: str) -> int:
+    structure = structure_from_json(structure_json)
+    return len(SpacegroupAnalyzer(structure, symprec=0.1).get_conventional_standard_structure())
+
+
+def select_bases(bases: Sequence[str], table: pd.DataFrame, max_sites: int) -> pd.DataFrame:
+    """One row per base (schema ``base_compounds``): the cubic entry sampling starts from."""
+    check_bases(bases, table)
+    rows = []
+    for base in bases:
+        reduced = _reduced(base)
+        entries = table[table["formula"] == reduced]
+        cubic = entries[entries["crystal_system"] == "cubic"].copy()
+        if cubic.empty:
+            systems = ", ".join(sorted(set(entries["crystal_system"])))
+            raise UserError(
+                f"base compound '{base}' is in the data only as {systems}, not cubic, and the VAE "
+                "works on cubic cells; choose a cubic compound in base_compounds."
+            )
+        cubic["conventional_nsites"] = [conventional_nsites(s) for s in cubic["structure_json"]]
+        fitting = cubic[cubic["conventional_nsites"] <= max_sites]
+        if fitting.empty:
+            raise UserError(
+                f"base compound '{base}' has {cubic['conventional_nsites'].min()} sites in its "
+                f"conventional cubic cell, more than voxel.max_sites = {max_sites}; "
+                "choose a smaller compound or raise voxel.max_sites."
+            )
+        best = fitting.sort_values(
+            ["e_form_ev_per_atom", "conventional_nsites", "material_id"], na_position="last"
+        ).iloc[0]
+        log.info(
+            "base %s -> %s (%s, space group %d, Ef %.3f eV/atom; %d cubic candidates)",
+            base,
+            best["material_id"],
+            best["structure_class"],
+            best["spacegroup_number"],
+            best["e_form_ev_per_atom"],
+            len(cubic),
+        )
+        rows.append({"base": base, **{c: best[c] for c in best.index if c != "conventional_nsites"}})
+    frame = pd.DataFrame(rows)
+    keep = ["base", "material_id", "formula", "formula_anonymous", "structure_class",
+            "spacegroup_number", "nsites", "e_form_ev_per_atom", "structure_json"]  # fmt: skip
+    return frame[keep]
+
+
+def run(call: StageCall) -> None:
+    table = read_table(call.input("structures"), "structures")
+    bases = call.settings["base_compounds"]
+    frame = select_bases(bases, table, call.section("voxel")["max_sites"])
+    write_table(frame, call.output("bases"), "base_compounds", metadata={"bases": list(bases)})
