@@ -39,6 +39,7 @@ def snapshot_table(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     config = load_config(REPO / "config" / "config.yaml")
     out = tmp_path_factory.mktemp("snapshot") / "structures.parquet"
     cache = Path(os.environ.get("MATDISC_TEST_CACHE", tmp_path_factory.mktemp("cache")))
+    cache.mkdir(parents=True, exist_ok=True)
     # The stage keeps its cache next to its output; share a persistent one when given.
     (out.parent / "cache").symlink_to(cache, target_is_directory=True)
     run(
@@ -63,7 +64,7 @@ def make_workdir(target: Path, tiny: pd.DataFrame, config: Path | None = None) -
     """A working copy of the workflow in ``target`` running on ``tiny`` (a `local` table)."""
     target.mkdir(parents=True, exist_ok=True)
     shutil.copy2(REPO / "Snakefile", target / "Snakefile")
-    for folder in ("workflow", "config", "slurm"):
+    for folder in ("workflow", "config", "envs", "slurm"):
         if (REPO / folder).exists():
             shutil.copytree(REPO / folder, target / folder, dirs_exist_ok=True)
     shutil.copy2(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -88,3 +89,11 @@ def sections(config: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
 def sections_json(config: Mapping[str, Any], names: Iterable[str]) -> str:
     """:func:`sections` as canonical JSON, as the rules pass it to the command line."""
     return json.dumps(sections(config, names), sort_keys=True, separators=(",", ":"))
+
+
+def put_on_pythonpath(folder: Path | str) -> None:
+    """Prepend ``folder`` to ``PYTHONPATH`` of this process and the jobs it starts."""
+    folder = str(folder)
+    current = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if folder not in current:
+        os.environ["PYTHONPATH"] = os.pathsep.join([folder, *current])

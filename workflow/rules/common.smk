@@ -2,7 +2,7 @@
 import sys
 from pathlib import Path
 
-from matdisc.config import sections_json, validate_config
+from matdisc.config import put_on_pythonpath, sections_json, validate_config
 from matdisc.errors import UserError
 
 try:
@@ -12,6 +12,25 @@ except UserError as exc:
 
 BASES = list(config["base_compounds"])
 
+# Rules run `python -m matdisc`; with the repository's src/ on the path this also works in
+# the per-rule conda environments of envs/ (snakemake --sdm conda), where matdisc itself
+# is not installed. Jobs inherit the variable, on Slurm too (--export=ALL).
+put_on_pythonpath(Path(workflow.basedir) / "src")
+
+
+# Before anything is submitted: on a Slurm cluster without accounting, polling with sacct
+# would make Snakemake wait forever; stop with the profile key to set instead.
+onstart:
+    from matdisc.cluster import check_slurm_status_command
+
+    try:
+        check_slurm_status_command(
+            getattr(workflow.executor_plugin, "name", None),
+            getattr(workflow.executor_settings, "status_command", None),
+        )
+    except UserError as exc:
+        sys.exit(f"matdisc: {exc}")
+
 
 # A base compound is a formula: letters and digits only, so no config value can name a
 # path outside results/.
@@ -20,12 +39,21 @@ wildcard_constraints:
 
 
 def settings(*names):
-    """The config sections a stage reads, as the JSON its command line takes."""
-    return sections_json(config, names)
+    """The config sections a stage reads, as the JSON its command line takes.
+
+    Returned as a params function so that braces in config values are not read as
+    wildcards; the JSON is part of the job's params, so a config change re-runs it.
+    """
+    text = sections_json(config, names)
+
+    def params(wildcards):
+        return text
+
+    return params
 
 
 def final_outputs(wildcards):
-    """Everything `rule all` builds: the last output of every stage for every base."""
+    """What the target `all` builds: the last output of every stage for every base."""
     outputs = [
         "results/data/structures.parquet",
         "results/data/base_compounds.parquet",

@@ -10,13 +10,15 @@ rule train_ebm:
         "logs/train_ebm/all.log",
     benchmark:
         "benchmarks/train_ebm/all.tsv"
+    conda:
+        "../../envs/matdisc.yaml"
     threads: 2
     resources:
         gpu=1,
         mem_mb=16000,
         runtime=720,
     shell:
-        "matdisc train-ebm --settings {params.settings:q} --threads {threads}"
+        "python -m matdisc train-ebm --settings {params.settings:q} --threads {threads}"
         " --input structures={input.structures}"
         " --output model={output.model} --output metrics={output.metrics} --log {log}"
 
@@ -34,13 +36,15 @@ rule predict_structures:
         "logs/predict_structures/{base}.log",
     benchmark:
         "benchmarks/predict_structures/{base}.tsv"
+    conda:
+        "../../envs/matdisc.yaml"
     threads: 2
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=240,
     shell:
-        "matdisc csp --settings {params.settings:q} --threads {threads} --wildcard base={wildcards.base}"
+        "python -m matdisc csp --settings {params.settings:q} --threads {threads} --wildcard base={wildcards.base}"
         " --input candidates={input.candidates} --input ebm={input.ebm} --input cgcnn={input.cgcnn}"
         " --output csp={output.csp} --log {log}"
 
@@ -57,12 +61,14 @@ rule evaluate_csp:
         "logs/evaluate_csp/all.log",
     benchmark:
         "benchmarks/evaluate_csp/all.tsv"
+    conda:
+        "../../envs/matdisc.yaml"
     threads: 2
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=240,
     shell:
-        "matdisc evaluate-csp --settings {params.settings:q} --threads {threads}"
+        "python -m matdisc evaluate-csp --settings {params.settings:q} --threads {threads}"
         " --input structures={input.structures} --input ebm={input.ebm}"
         " --output metrics={output.metrics} --log {log}"

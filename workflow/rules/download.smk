@@ -7,12 +7,14 @@ rule download_structures:
         "logs/download_structures/all.log",
     benchmark:
         "benchmarks/download_structures/all.tsv"
+    conda:
+        "../../envs/matdisc.yaml"
     threads: 2
     resources:
         mem_mb=4000,
         runtime=60,
     shell:
-        "matdisc download --settings {params.settings:q} --threads {threads}"
+        "python -m matdisc download --settings {params.settings:q} --threads {threads}"
         " --output structures={output.structures} --log {log}"
 
 
@@ -27,6 +29,8 @@ rule select_base_compounds:
         "logs/select_base_compounds/all.log",
     benchmark:
         "benchmarks/select_base_compounds/all.tsv"
+    conda:
+        "../../envs/matdisc.yaml"
     shell:
-        "matdisc select-bases --settings {params.settings:q}"
+        "python -m matdisc select-bases --settings {params.settings:q}"
         " --input structures={input.structures} --output bases={output.bases} --log {log}"

@@ -14,12 +14,14 @@ rule filter_candidates:
         "logs/filter_candidates/{base}.log",
     benchmark:
         "benchmarks/filter_candidates/{base}.tsv"
+    conda:
+        "../../envs/matdisc.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         runtime=120,
     shell:
-        "matdisc filter --settings {params.settings:q} --threads {threads} --wildcard base={wildcards.base}"
+        "python -m matdisc filter --settings {params.settings:q} --threads {threads} --wildcard base={wildcards.base}"
         " --input samples={input.samples} --input bases={input.bases}"
         " --input structures={input.structures} --input cgcnn={input.cgcnn}"
         " --output candidates={output.candidates} --output cifs={output.cifs}"
@@ -38,6 +40,8 @@ rule collect_funnel:
         "logs/collect_funnel/all.log",
     benchmark:
         "benchmarks/collect_funnel/all.tsv"
+    conda:
+        "../../envs/matdisc.yaml"
     shell:
-        "matdisc collect-funnel --settings {params.settings:q} {params.inputs}"
+        "python -m matdisc collect-funnel --settings {params.settings:q} {params.inputs}"
         " --output funnel={output.funnel} --log {log}"

@@ -10,8 +10,10 @@ rule write_qe_inputs:
         "logs/write_qe_inputs/{base}.log",
     benchmark:
         "benchmarks/write_qe_inputs/{base}.tsv"
+    conda:
+        "../../envs/matdisc.yaml"
     shell:
-        "matdisc qe-inputs --settings {params.settings:q} --wildcard base={wildcards.base}"
+        "python -m matdisc qe-inputs --settings {params.settings:q} --wildcard base={wildcards.base}"
         " --input candidates={input.candidates} --input screening={input.screening}"
         " --output inputs={output.inputs} --log {log}"
 
@@ -28,8 +30,10 @@ rule collect_qe_manifest:
         "logs/collect_qe_manifest/all.log",
     benchmark:
         "benchmarks/collect_qe_manifest/all.tsv"
+    conda:
+        "../../envs/matdisc.yaml"
     shell:
-        "matdisc collect-qe --settings {params.settings:q} {params.inputs}"
+        "python -m matdisc collect-qe --settings {params.settings:q} {params.inputs}"
         " --output manifest={output.manifest} --log {log}"
 
 
@@ -45,10 +49,12 @@ rule run_qe_relax:
         "logs/run_qe_relax/all.log",
     benchmark:
         "benchmarks/run_qe_relax/all.tsv"
+    conda:
+        "../../envs/qe.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         runtime=1440,
     shell:
-        "matdisc qe-relax --settings {params.settings:q} --threads {threads}"
+        "python -m matdisc qe-relax --settings {params.settings:q} --threads {threads}"
         " --input manifest={input.manifest} --output relaxed={output.relaxed} --log {log}"

@@ -12,13 +12,15 @@ rule sample_structures:
         "logs/sample_structures/{base}.log",
     benchmark:
         "benchmarks/sample_structures/{base}.tsv"
+    conda:
+        "../../envs/matdisc.yaml"
     threads: 2
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=120,
     shell:
-        "matdisc sample --settings {params.settings:q} --threads {threads} --wildcard base={wildcards.base}"
+        "python -m matdisc sample --settings {params.settings:q} --threads {threads} --wildcard base={wildcards.base}"
         " --input bases={input.bases} --input voxels={input.voxels}"
         " --input unet={input.unet} --input vae={input.vae}"
         " --output samples={output.samples} --log {log}"

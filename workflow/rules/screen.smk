@@ -10,12 +10,14 @@ rule screen_candidates:
         "logs/screen_candidates/{base}.log",
     benchmark:
         "benchmarks/screen_candidates/{base}.tsv"
+    conda:
+        "../../envs/matdisc.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         runtime=60,
     shell:
-        "matdisc screen --settings {params.settings:q} --threads {threads} --wildcard base={wildcards.base}"
+        "python -m matdisc screen --settings {params.settings:q} --threads {threads} --wildcard base={wildcards.base}"
         " --input candidates={input.candidates} --input cgcnn={input.cgcnn}"
         " --output screening={output.screening} --log {log}"
 
@@ -32,6 +34,8 @@ rule collect_screening:
         "logs/collect_screening/all.log",
     benchmark:
         "benchmarks/collect_screening/all.tsv"
+    conda:
+        "../../envs/matdisc.yaml"
     shell:
-        "matdisc collect-screening --settings {params.settings:q} {params.inputs}"
+        "python -m matdisc collect-screening --settings {params.settings:q} {params.inputs}"
         " --output screening={output.screening} --log {log}"

@@ -4,6 +4,7 @@
 rule train_unet:
     input:
         voxels="results/voxels/cubic.zarr",
+        structures="results/data/structures.parquet",
     output:
         model="results/models/unet.pt",
         metrics="results/metrics/unet.parquet",
@@ -13,20 +14,25 @@ rule train_unet:
         "logs/train_unet/all.log",
     benchmark:
         "benchmarks/train_unet/all.tsv"
+    conda:
+        "../../envs/matdisc.yaml"
     threads: 2
     resources:
         gpu=1,
         mem_mb=16000,
         runtime=720,
     shell:
-        "matdisc train-unet --settings {params.settings:q} --threads {threads}"
-        " --input voxels={input.voxels}"
+        "python -m matdisc train-unet --settings {params.settings:q} --threads {threads}"
+        " --input voxels={input.voxels} --input structures={input.structures}"
         " --output model={output.model} --output metrics={output.metrics} --log {log}"
 
 
+# Also scores the whole chain (VAE -> UNet -> inverse) on the val split, so vae.parquet
+# holds every Table 5 / Fig. 4 quantity; `matdisc evaluate` re-scores saved models.
 rule train_vae:
     input:
         voxels="results/voxels/cubic.zarr",
+        structures="results/data/structures.parquet",
         unet="results/models/unet.pt",
     output:
         model="results/models/vae.pt",
@@ -37,14 +43,17 @@ rule train_vae:
         "logs/train_vae/all.log",
     benchmark:
         "benchmarks/train_vae/all.tsv"
+    conda:
+        "../../envs/matdisc.yaml"
     threads: 2
     resources:
         gpu=1,
         mem_mb=16000,
         runtime=720,
     shell:
-        "matdisc train-vae --settings {params.settings:q} --threads {threads}"
+        "python -m matdisc train-vae --settings {params.settings:q} --threads {threads}"
         " --input voxels={input.voxels} --input unet={input.unet}"
+        " --input structures={input.structures}"
         " --output model={output.model} --output metrics={output.metrics} --log {log}"
 
 
@@ -60,12 +69,14 @@ rule train_cgcnn:
         "logs/train_cgcnn/all.log",
     benchmark:
         "benchmarks/train_cgcnn/all.tsv"
+    conda:
+        "../../envs/matdisc.yaml"
     threads: 2
     resources:
         gpu=1,
         mem_mb=16000,
         runtime=720,
     shell:
-        "matdisc train-cgcnn --settings {params.settings:q} --threads {threads}"
+        "python -m matdisc train-cgcnn --settings {params.settings:q} --threads {threads}"
         " --input structures={input.structures}"
         " --output models={output.models} --output metrics={output.metrics} --log {log}"

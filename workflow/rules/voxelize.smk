@@ -9,10 +9,12 @@ rule voxelize_structures:
         "logs/voxelize_structures/all.log",
     benchmark:
         "benchmarks/voxelize_structures/all.tsv"
+    conda:
+        "../../envs/matdisc.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         runtime=60,
     shell:
-        "matdisc voxelize --settings {params.settings:q} --threads {threads}"
+        "python -m matdisc voxelize --settings {params.settings:q} --threads {threads}"
         " --input structures={input.structures} --output voxels={output.voxels} --log {log}"

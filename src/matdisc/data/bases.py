@@ -54,7 +54,11 @@ def check_bases(bases: Sequence[str], table: pd.DataFrame) -> None:
         reduced = _reduced(base)
         if reduced not in formulas:
             near = closest_formulas(reduced, table["formula"].tolist())
-            hint = f"closest formulas that exist: {', '.join(near)}" if near else "no similar formula exists"
+            hint = (
+                f"closest formulas that exist: {', '.join(near)}"
+                if near
+                else "no similar formula exists"
+            )
             raise UserError(
                 f"base compound '{base}' is not in the downloaded data ({hint}); "
                 "change base_compounds in config/config.yaml."
@@ -100,7 +104,9 @@ def select_bases(bases: Sequence[str], table: pd.DataFrame, max_sites: int) -> p
             best["e_form_ev_per_atom"],
             len(cubic),
         )
-        rows.append({"base": base, **{c: best[c] for c in best.index if c != "conventional_nsites"}})
+        rows.append(
+            {"base": base, **{c: best[c] for c in best.index if c != "conventional_nsites"}}
+        )
     frame = pd.DataFrame(rows)
     keep = ["base", "material_id", "formula", "formula_anonymous", "structure_class",
             "spacegroup_number", "nsites", "e_form_ev_per_atom", "structure_json"]  # fmt: skip

@@ -51,7 +51,12 @@ def run(call: StageCall) -> None:
     out = call.output("structures")
     cache_dir = out.parent / "cache"  # kept between runs: the sdist, raw API pages
     records = load_records(data, cache_dir)
-    log.info("%s: %d records read; building the table with %d workers", data["source"], len(records), call.threads)
+    log.info(
+        "%s: %d records read; building the table with %d workers",
+        data["source"],
+        len(records),
+        call.threads,
+    )
     frame, skipped = build_table(
         records,
         seed=call.seed,

@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 def _from_folder(folder: Path) -> list[Record]:
     files = sorted(folder.glob("*.cif"))
     if not files:
-        raise UserError(f"data.local.path {folder} holds no *.cif files; point it at CIFs or a table.")
+        raise UserError(
+            f"data.local.path {folder} holds no *.cif files; point it at CIFs or a table."
+        )
     label = f"local:{folder.name}"
     return [
         Record(material_id=f.stem, structure=("cif", f.read_text(errors="replace")), source=label)
@@ -76,8 +78,12 @@ def _missing(value: Any) -> bool:
 def load_local(settings: dict[str, Any]) -> list[Record]:
     """Records of the ``local`` source (``settings`` = the ``data.local`` section)."""
     if not settings.get("path"):
-        raise UserError("data.source is 'local' but data.local.path is not set; set it in config/config.yaml.")
+        raise UserError(
+            "data.source is 'local' but data.local.path is not set; set it in config/config.yaml."
+        )
     path = Path(settings["path"]).expanduser()
     if not path.exists():
-        raise UserError(f"data.local.path {path} does not exist; fix the path in config/config.yaml.")
+        raise UserError(
+            f"data.local.path {path} does not exist; fix the path in config/config.yaml."
+        )
     return _from_folder(path) if path.is_dir() else _from_table(path)

@@ -36,13 +36,14 @@ summary); where a material has K_VRH and G_VRH but no such value it is computed 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -107,6 +108,14 @@ class Query:
     criteria: Mapping[str, str | int | bool]
 
 
+#: In every query: current materials, without the GNoME r2SCAN batch (mp-api's
+#: ``include_gnome=False``), i.e. the Materials Project's own GGA(+U) materials.
+COMMON_CRITERIA: dict[str, str | bool] = {
+    "deprecated": False,
+    "batch_id_not_eq": "gnome_r2scan_statics",
+}
+
+
 def vae_query(max_sites: int) -> Query:
     """Cubic binaries, perovskites, (half-)Heuslers of at most ``max_sites`` sites."""
     return Query(
@@ -115,15 +124,15 @@ def vae_query(max_sites: int) -> Query:
             "crystal_system": "Cubic",
             "nsites_max": int(max_sites),
             "formula": ",".join(VAE_FORMULAS),
-            "deprecated": False,
+            **COMMON_CRITERIA,
         },
     )
 
 
 GENERAL_QUERIES: tuple[Query, ...] = (
-    Query("general-elasticity", {"has_props": "elasticity", "deprecated": False}),
-    Query("general-dielectric", {"has_props": "dielectric", "deprecated": False}),
-    Query("general-all", {"deprecated": False}),
+    Query("general-elasticity", {"has_props": "elasticity", **COMMON_CRITERIA}),
+    Query("general-dielectric", {"has_props": "dielectric", **COMMON_CRITERIA}),
+    Query("general-all", dict(COMMON_CRITERIA)),
 )
 
 
@@ -300,7 +309,12 @@ def _request_failed(
             f"(HTTP {match.group(1)}); check it at https://materialsproject.org/api, or set "
             f"data.source: snapshot in config/config.yaml."
         )
-    reason = f"HTTP {match.group(1)}" if match else first_line[:200]
+    if match:
+        reason = f"HTTP {match.group(1)}"
+    elif "timed out" in first_line.lower():
+        reason = f"no answer within {settings['timeout_s']} s"
+    else:  # e.g. "Max retries exceeded with url: ..." after refused connections
+        reason = "no connection"
     return UserError(
         f"Materials Project query '{query.name}' failed at page {page + 1} ({reason}) after "
         f"{settings['retries']} retries; the pages already fetched are cached, so running "
@@ -378,8 +392,9 @@ def fetch_query(
     """
     docs: list[dict[str, Any]] = []
     fetched = cached = 0
-    with tqdm(desc=f"MP {query.name}", unit="material", total=limit) as bar:
-        for page in _pages():
+    wanted = limit if limit is not None else math.inf
+    with tqdm(desc=f"MP {query.name}", unit="material") as bar:
+        for page in itertools.count():
             payload = cache.load(page)
             if payload is None:
                 payload = get_page(page)
@@ -387,12 +402,12 @@ def fetch_query(
                 fetched += 1
             else:
                 cached += 1
-            if page == 0:
-                bar.total = min(payload["total_doc"], limit if limit is not None else math.inf)
+            if page == 0:  # the first page tells how many documents the query matches
+                wanted = min(wanted, payload["total_doc"])
+                bar.total = wanted
                 bar.refresh()
             docs.extend(payload["data"])
             bar.update(len(payload["data"]))
-            wanted = bar.total if bar.total is not None else math.inf
             if len(payload["data"]) < page_size or len(docs) >= wanted:
                 break
             if enough is not None and enough(docs):
@@ -408,13 +423,6 @@ def fetch_query(
         cache.dir,
     )
     return docs
-
-
-def _pages() -> Iterator[int]:
-    page = 0
-    while True:
-        yield page
-        page += 1
 
 
 # -- documents to records ------------------------------------------------------------------------

@@ -173,7 +173,12 @@ def build_table(
     if workers > 1 and len(jobs) > 200:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             described = list(
-                tqdm(pool.map(_describe, jobs, chunksize=64), total=len(jobs), desc="symmetry", disable=None)
+                tqdm(
+                    pool.map(_describe, jobs, chunksize=64),
+                    total=len(jobs),
+                    desc="symmetry",
+                    disable=None,
+                )
             )
     else:
         described = [_describe(j) for j in tqdm(jobs, desc="symmetry", disable=None)]

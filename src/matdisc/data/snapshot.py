@@ -44,7 +44,11 @@ DATASETS = ("flla_2015", "elastic_tensor", "dielectric_constant", "piezoelectric
 #: dataset -> {our property column: dataset column}
 PROPERTY_MAP: dict[str, dict[str, str]] = {
     "flla_2015": {"e_form_ev_per_atom": "formation_energy_per_atom"},
-    "elastic_tensor": {"k_vrh_gpa": "K_VRH", "g_vrh_gpa": "G_VRH", "poisson_ratio": "poisson_ratio"},
+    "elastic_tensor": {
+        "k_vrh_gpa": "K_VRH",
+        "g_vrh_gpa": "G_VRH",
+        "poisson_ratio": "poisson_ratio",
+    },
     "dielectric_constant": {
         "band_gap_ev": "band_gap",
         "refractive_index": "n",
@@ -107,14 +111,18 @@ def read_dataset(archive: tarfile.TarFile, root: str, dataset: str) -> pd.DataFr
     text = member.read().decode("utf-8")
     lines = text.split("\n", 2)  # '# ref: ...', header, data
     if not lines[0].startswith("#"):
-        raise UserError(f"{dataset}.csv does not start with its '# ref:' line; check data.snapshot.")
+        raise UserError(
+            f"{dataset}.csv does not start with its '# ref:' line; check data.snapshot."
+        )
     header = next(csv.reader([lines[1]]))
     frame = pd.read_csv(io.StringIO(lines[2]), header=None, dtype=str, keep_default_na=False)
     extra = frame.shape[1] - len(header)
     if extra < 0:
         raise UserError(f"{dataset}.csv has fewer columns than its header; check data.snapshot.")
     frame.columns = [f"_unnamed{i}" for i in range(extra)] + header
-    log.info("%s: %d rows, %d columns (+%d unnamed leading)", dataset, len(frame), len(header), extra)
+    log.info(
+        "%s: %d rows, %d columns (+%d unnamed leading)", dataset, len(frame), len(header), extra
+    )
     return frame
 
 
