@@ -27,10 +27,13 @@ STAGE_RULES = {
     "download_structures", "select_base_compounds", "voxelize_structures", "train_unet",
     "train_vae", "train_cgcnn", "sample_structures", "filter_candidates", "collect_funnel",
     "screen_candidates", "collect_screening", "write_qe_inputs", "collect_qe_manifest",
-    "train_ebm", "predict_structures", "evaluate_csp",
 }  # fmt: skip
-PER_BASE_RULES = {"sample_structures", "filter_candidates", "screen_candidates",
-                  "write_qe_inputs", "predict_structures"}  # fmt: skip
+PER_BASE_RULES = {"sample_structures", "filter_candidates", "screen_candidates", "write_qe_inputs"}
+#: Optional stages, in `all` only when switched on in the config.
+OPTIONAL_RULES = {
+    ("qe", "run"): {"run_qe_relax"},
+    ("csp", "run"): {"train_ebm", "predict_structures", "evaluate_csp"},
+}
 
 
 def snakemake(workdir: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -67,14 +70,15 @@ def test_dry_run_lists_every_stage_for_every_base(tmp_path: Path) -> None:
         assert counts[rule] == 3, rule
 
 
-def test_qe_relax_joins_the_dag_when_enabled(tmp_path: Path) -> None:
+@pytest.mark.parametrize("switch", sorted(OPTIONAL_RULES))
+def test_optional_stages_join_the_dag_when_enabled(tmp_path: Path, switch: tuple[str, str]) -> None:
     work = copy_workflow(tmp_path)
     config = yaml.safe_load((work / "config" / "config.yaml").read_text())
-    config["qe"]["run"] = True
+    config[switch[0]][switch[1]] = True
     (work / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     done = snakemake(work, "-n", "all", "--quiet", "rules")
     assert done.returncode == 0, done.stderr
-    assert "run_qe_relax" in job_counts(done.stdout + done.stderr)
+    assert OPTIONAL_RULES[switch] <= set(job_counts(done.stdout + done.stderr))
 
 
 def test_misspelled_config_key_stops_with_its_name(tmp_path: Path) -> None:

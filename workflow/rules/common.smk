@@ -66,12 +66,15 @@ def final_outputs(wildcards):
         "results/funnel.parquet",
         "results/screening.parquet",
         "results/qe/manifest.parquet",
-        "results/metrics/ebm.parquet",
-        *expand("results/csp/{base}.parquet", base=BASES),
-        "results/metrics/csp.parquet",
     ]
     if config["qe"]["run"]:
         outputs.append("results/qe/relaxed.parquet")
+    if config["csp"]["run"]:
+        outputs += [
+            "results/metrics/ebm.parquet",
+            *expand("results/csp/{base}.parquet", base=BASES),
+            "results/metrics/csp.parquet",
+        ]
     return outputs
 
 
