@@ -156,6 +156,95 @@ SCREENING = pa.schema(
 )
 
 #: name -> schema; the name is what :func:`write_table` and :func:`read_table` take.
+#: results/metrics/{unet,vae}.parquet: one row per (pipeline, metric), long form.
+#: pipeline: training | unet_true_density | vae | vae_unet_chain (see
+#: matdisc.models.evaluate); paper_value: the seed's figure (NaN where none).
+RECONSTRUCTION_METRICS = pa.schema(
+    [
+        pa.field("model", pa.string(), nullable=False),  # unet | vae
+        pa.field("pipeline", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),  # the split scored (val)
+        pa.field("metric", pa.string(), nullable=False),  # units in the name
+        pa.field("value", pa.float64()),
+        pa.field("paper_value", pa.float64()),
+        pa.field("n_structures", pa.int64(), nullable=False),
+    ]
+)
+
+#: results/samples/{base}.parquet: every latent draw of the sample stage, with its
+#: structure or the reason there is none (matdisc.segment reasons: no_atoms,
+#: too_many_sites, inconsistent, bad_lattice).
+SAMPLES = pa.schema(
+    [
+        pa.field("base", pa.string(), nullable=False),
+        pa.field("sample_index", pa.int32(), nullable=False),  # draw number, 0..N-1
+        pa.field("mode", pa.string(), nullable=False),  # targeted | random | interpolate
+        pa.field("decile", pa.int8(), nullable=False),  # formation-energy condition 0..9
+        pa.field("t", pa.float64()),  # interpolation fraction (NaN unless interpolate)
+        pa.field("z_distance", pa.float64()),  # |z - mu_base| (|z| for random draws)
+        pa.field("reason", pa.string()),  # null when a structure was read from the grid
+        pa.field("n_sites", pa.int32(), nullable=False),  # atoms found (also when rejected)
+        pa.field("lattice_a_angstrom", pa.float64()),  # cell lengths from the decoded coords
+        pa.field("lattice_b_angstrom", pa.float64()),
+        pa.field("lattice_c_angstrom", pa.float64()),
+        pa.field("min_distance_angstrom", pa.float64()),  # periodic images included; NaN = none
+        pa.field("formula", pa.string()),  # reduced formula (null without structure)
+        pa.field("formula_anonymous", pa.string()),
+        pa.field("structure_json", pa.string()),  # pymatgen Structure.as_dict(); null = none
+    ]
+)
+
+#: results/candidates/{base}.parquet: the filtered candidates of one base, closest to the
+#: base's formation energy first (matdisc.filters.funnel).
+CANDIDATES = pa.schema(
+    [
+        pa.field("candidate_id", pa.string(), nullable=False),  # {base}-s{sample_index:05d}
+        pa.field("base", pa.string(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),  # 1 = closest to the base's Ef
+        pa.field("sample_index", pa.int32(), nullable=False),
+        pa.field("formula", pa.string(), nullable=False),
+        pa.field("formula_anonymous", pa.string(), nullable=False),
+        pa.field("nsites", pa.int32(), nullable=False),
+        pa.field("lattice_a_angstrom", pa.float64()),
+        pa.field("lattice_b_angstrom", pa.float64()),
+        pa.field("lattice_c_angstrom", pa.float64()),
+        pa.field("min_distance_angstrom", pa.float64()),
+        pa.field("e_form_ev_per_atom", pa.float64()),  # CGCNN-predicted
+        pa.field("base_e_form_ev_per_atom", pa.float64()),  # the reference of the window
+        pa.field("delta_e_form_ev_per_atom", pa.float64()),  # predicted - base
+        pa.field("cif_path", pa.string(), nullable=False),
+        pa.field("structure_json", pa.string(), nullable=False),
+    ]
+)
+
+#: results/funnel/{base}.parquet and results/funnel.parquet: samples left after each
+#: filter step (seed Table 2); rows with base = "average" hold the mean over the bases.
+FUNNEL = pa.schema(
+    [
+        pa.field("base", pa.string(), nullable=False),
+        pa.field("step", pa.int8(), nullable=False),  # 0 = initial samples
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("description", pa.string(), nullable=False),
+        pa.field("count", pa.float64(), nullable=False),  # whole numbers except averages
+        pa.field("cumulative_pct", pa.float64()),  # 100 * count / initial samples
+        pa.field("paper_average_n", pa.float64()),  # seed Table 2 (NaN past its rows)
+        pa.field("paper_cumulative_pct", pa.float64()),
+    ]
+)
+
+#: results/metrics/random_sampling.parquet (sample.mode: random): the seed's first
+#: generation experiment. metric: n_draws, valid (min distance >= threshold),
+#: negative_ef (of valid, CGCNN Ef < 0), structure_type (one row per top anonymous formula).
+RANDOM_SAMPLING = pa.schema(
+    [
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("formula_anonymous", pa.string()),  # structure_type rows only
+        pa.field("count", pa.int64(), nullable=False),
+        pa.field("fraction", pa.float64()),  # of draws (valid), of valid (negative_ef, types)
+        pa.field("paper_fraction", pa.float64()),  # 0.76 valid, 0.59 negative Ef (seed)
+    ]
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "structures": STRUCTURES,
     "base_compounds": BASE_COMPOUNDS,
@@ -163,4 +252,9 @@ SCHEMAS: dict[str, pa.Schema] = {
     "qe_relaxed": QE_RELAXED,
     "cgcnn_metrics": CGCNN_METRICS,
     "screening": SCREENING,
+    "reconstruction_metrics": RECONSTRUCTION_METRICS,
+    "samples": SAMPLES,
+    "candidates": CANDIDATES,
+    "funnel": FUNNEL,
+    "random_sampling": RANDOM_SAMPLING,
 }

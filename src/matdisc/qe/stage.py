@@ -1,18 +1,154 @@
-"""Stage entry points; see the module docstring of the package."""
+"""Stage entry points of the Quantum ESPRESSO step (rules in workflow/rules/qe.smk).
+
+- ``qe-inputs`` (rule write_qe_inputs): one base → folder ``results/qe/{base}`` holding
+  ``{candidate}/pw.in``, ``{candidate}/job.sbatch`` and ``manifest.parquet``.
+- ``collect-qe`` (rule collect_qe_manifest): the per-base manifests →
+  ``results/qe/manifest.parquet``, paths relative to the workflow root.
+- ``qe-relax`` (rule run_qe_relax, only with ``qe.run: true``): pw.x on every input →
+  ``results/qe/relaxed.parquet``; pw.x works in ``results/qe/runs/{base}/{candidate}``.
+"""
 
 from __future__ import annotations
 
-from matdisc.errors import StageNotImplementedError
+import dataclasses
+import logging
+import shlex
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from matdisc.errors import UserError
+from matdisc.io import read_table, write_table
+from matdisc.qe.inputs import (
+    MANIFEST_NAME,
+    generate_inputs,
+    manifest_frame,
+    read_candidates,
+    read_screening,
+)
+from matdisc.qe.pseudo import PseudoLibrary
+from matdisc.qe.relax import RelaxOptions, relax_manifest
+from matdisc.qe.run import pw_command
+from matdisc.qe.settings import QEInputSettings
 from matdisc.stage import StageCall
+
+log = logging.getLogger(__name__)
+
+#: Defaults of the run keys of the qe section when a caller passes a partial section.
+RUN_DEFAULTS: dict[str, Any] = {
+    "pw_command": "pw.x",
+    "mpi_command": "mpirun -np {ranks}",
+    "timeout_min": None,
+    "keep_scratch": False,
+    "bond_tolerance": 0.15,
+}
+
+
+def _settings_metadata(settings: QEInputSettings) -> dict[str, Any]:
+    data = dataclasses.asdict(settings)
+    data["pseudo_dir"] = str(settings.pseudo_dir)
+    data["magnetic_elements"] = sorted(settings.magnetic_elements)
+    return data
 
 
 def write_inputs(call: StageCall) -> None:
-    raise StageNotImplementedError("qe")
+    """pw.x inputs, batch scripts and the manifest of one base compound."""
+    settings = QEInputSettings.from_config(call.section("qe"))
+    base = call.wildcard("base")
+    candidates = read_candidates(call.input("candidates"))
+    screening = read_screening(call.input("screening"))
+    # A missing folder or a wrong explicit map stops here, before anything is written.
+    library = PseudoLibrary(
+        pseudo_dir=settings.pseudo_dir,
+        functional=settings.functional,
+        preference=settings.pseudo_preference,
+        explicit=settings.pseudopotentials,
+    )
+    target = call.output("inputs")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build the folder beside the target and move it into place when complete, so an
+    # interrupted run never leaves a half-written input folder behind.
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        manifest = generate_inputs(
+            candidates, screening, base=base, out_dir=staging, settings=settings, library=library
+        )
+        write_table(
+            manifest,
+            staging / MANIFEST_NAME,
+            "qe_manifest",
+            metadata={"base": base, "qe_input_settings": _settings_metadata(settings)},
+        )
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    log.info("QE inputs of %s in %s", base, target)
 
 
 def collect_manifest(call: StageCall) -> None:
-    raise StageNotImplementedError("qe")
+    """Concatenate the per-base manifests; paths become relative to the workflow root."""
+    frames = []
+    for base, folder in sorted(call.inputs.items()):
+        path = Path(folder) / MANIFEST_NAME
+        if not path.is_file():
+            raise UserError(
+                f"{path} does not exist; run the qe-inputs stage for base {base} first."
+            )
+        frame = read_table(path, "qe_manifest")
+        for column in ("input_path", "job_script_path"):
+            frame[column] = [
+                None if value is None or pd.isna(value) else str(Path(folder) / value)
+                for value in frame[column]
+            ]
+        frames.append(frame)
+    manifest = pd.concat(frames, ignore_index=True) if frames else manifest_frame([])
+    write_table(
+        manifest, call.output("manifest"), "qe_manifest", metadata={"bases": sorted(call.inputs)}
+    )
+    log.info(
+        "QE manifest: %d candidates, %d inputs",
+        len(manifest),
+        int(manifest["input_path"].notna().sum()),
+    )
 
 
 def relax(call: StageCall) -> None:
-    raise StageNotImplementedError("qe")
+    """Run pw.x on every input of the manifest; write the Table 3 comparisons."""
+    section = {**RUN_DEFAULTS, **{k: v for k, v in call.section("qe").items() if v is not None}}
+    manifest = read_table(call.input("manifest"), "qe_manifest")
+    output = call.output("relaxed")
+    runs_dir = call.outputs.get("runs", output.parent / "runs")
+    try:
+        command, ranks = pw_command(
+            pw=section["pw_command"], ranks=call.threads, mpi=section["mpi_command"]
+        )
+    except (KeyError, IndexError, ValueError) as exc:
+        raise UserError(
+            f"qe.mpi_command {section['mpi_command']!r} is not a valid template ({exc}); "
+            f"write it like 'mpirun -np {{ranks}}'."
+        ) from exc
+    pw_program = shlex.split(section["pw_command"])[0]
+    if shutil.which(pw_program) is None:
+        raise UserError(
+            f"{pw_program} is not on PATH; install Quantum ESPRESSO (Debian: apt-get install "
+            f"quantum-espresso) or set qe.pw_command."
+        )
+    timeout = section["timeout_min"]
+    options = RelaxOptions(
+        command=command,
+        ranks=ranks,
+        timeout_s=None if timeout is None else float(timeout) * 60.0,
+        keep_scratch=bool(section["keep_scratch"]),
+        bond_tolerance=float(section["bond_tolerance"]),
+    )
+    log.info(
+        "pw.x command: %s (%d inputs)", " ".join(command), int(manifest["input_path"].notna().sum())
+    )
+    relaxed = relax_manifest(manifest, runs_dir=Path(runs_dir), options=options)
+    write_table(relaxed, output, "qe_relaxed", metadata={"command": command})

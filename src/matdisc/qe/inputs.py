@@ -1,0 +1,193 @@
+"""pw.x inputs and Slurm scripts for every candidate of a base, and their manifest.
+
+What is read (documented minimum; other columns are ignored):
+
+- candidates table (``results/candidates/{base}.parquet``): ``candidate_id`` (str, unique),
+  ``formula`` (str), ``structure_json`` (pymatgen ``Structure.as_dict()`` as JSON).
+- screening table (``results/screening/{base}.parquet``): ``candidate_id`` and the eight
+  columns of :data:`matdisc.io.schemas.PROPERTY_COLUMNS` (CGCNN predictions).
+
+A candidate whose structure cannot be read or has an element without a pseudopotential
+gets a manifest row that says why and no input; the others are written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pymatgen.core import Structure
+from tqdm import tqdm
+
+from matdisc.errors import UserError
+from matdisc.io import atomic_write_text, read_table
+from matdisc.io.schemas import PROPERTY_COLUMNS
+from matdisc.qe.jobscript import job_script
+from matdisc.qe.pseudo import PseudoLibrary
+from matdisc.qe.pwinput import build_input
+from matdisc.qe.settings import QEInputSettings
+
+log = logging.getLogger(__name__)
+
+CANDIDATE_COLUMNS: tuple[str, ...] = ("candidate_id", "formula", "structure_json")
+SCREENING_COLUMNS: tuple[str, ...] = ("candidate_id", *PROPERTY_COLUMNS)
+INPUT_NAME = "pw.in"
+JOB_NAME = "job.sbatch"
+MANIFEST_NAME = "manifest.parquet"
+
+_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def folder_name(candidate_id: str) -> str:
+    """A file-system-safe folder name for a candidate: the id itself when it is safe,
+    else its safe characters plus a short hash of the id (so distinct ids stay distinct)."""
+    if _SAFE.match(candidate_id):
+        return candidate_id
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", candidate_id).strip("._")[:80] or "candidate"
+    digest = hashlib.sha256(candidate_id.encode("utf-8")).hexdigest()[:8]
+    return f"{stem}-{digest}"
+
+
+def read_candidates(path: Path | str) -> pd.DataFrame:
+    """The candidates table, checked for the columns this stage reads."""
+    frame = read_table(path)
+    missing = [c for c in CANDIDATE_COLUMNS if c not in frame.columns]
+    if missing:
+        raise UserError(
+            f"the candidates table {path} lacks the columns {missing} that QE input "
+            f"generation reads; re-run the filter stage that writes it."
+        )
+    return frame
+
+
+def read_screening(path: Path | str) -> pd.DataFrame:
+    """The screening table, checked for ``candidate_id`` and the eight property columns."""
+    frame = read_table(path)
+    missing = [c for c in SCREENING_COLUMNS if c not in frame.columns]
+    if missing:
+        raise UserError(
+            f"the screening table {path} lacks the columns {missing}; re-run the screen stage."
+        )
+    return frame[list(SCREENING_COLUMNS)]
+
+
+def _structure(raw: object) -> Structure:
+    if not isinstance(raw, str) or not raw.strip():
+        raise ValueError("structure_json is empty")
+    return Structure.from_dict(json.loads(raw))
+
+
+def generate_inputs(
+    candidates: pd.DataFrame,
+    screening: pd.DataFrame,
+    *,
+    base: str,
+    out_dir: Path,
+    settings: QEInputSettings,
+    library: PseudoLibrary,
+) -> pd.DataFrame:
+    """Write ``{folder}/pw.in`` and ``{folder}/job.sbatch`` under ``out_dir`` for every
+    candidate; return the manifest rows (schema ``qe_manifest``, paths relative to
+    ``out_dir``)."""
+    predicted = screening.drop_duplicates("candidate_id").set_index("candidate_id")
+    unscreened = sorted(set(candidates["candidate_id"]) - set(predicted.index))
+    if unscreened:
+        log.warning(
+            "%d candidates of %s have no screening row (predicted properties left empty): %s",
+            len(unscreened), base, ", ".join(map(str, unscreened[:10])),
+        )  # fmt: skip
+    rows = []
+    folders: set[str] = set()
+    failures: Counter[str] = Counter()
+    for record in tqdm(
+        candidates.to_dict("records"), desc=f"QE inputs {base}", unit="candidate", leave=False
+    ):
+        cid = str(record["candidate_id"])
+        row: dict[str, object] = {
+            "base": base,
+            "candidate_id": cid,
+            "formula": str(record["formula"]),
+            "nsites": None,
+            "input_path": None,
+            "job_script_path": None,
+            "kpoints_a": None,
+            "kpoints_b": None,
+            "kpoints_c": None,
+            "ecutwfc_ry": np.nan,
+            "ecutrho_ry": np.nan,
+            "nspin": None,
+            "pseudopotentials": None,
+            "pseudo_dir": str(library.pseudo_dir),
+            "structure_json": str(record["structure_json"] or ""),
+            "error": None,
+        }
+        for name in PROPERTY_COLUMNS:
+            row[f"pred_{name}"] = (
+                float(predicted.at[cid, name]) if cid in predicted.index else np.nan
+            )
+        rows.append(row)
+        folder = folder_name(cid)
+        if folder in folders:
+            row["error"] = f"duplicate candidate_id {cid!r}; only its first row gets an input"
+            failures["duplicate candidate_id"] += 1
+            log.error("candidate %s of %s: %s", cid, base, row["error"])
+            continue
+        folders.add(folder)
+        try:
+            structure = _structure(record["structure_json"])
+        except Exception as exc:  # malformed JSON or a dict pymatgen rejects
+            row["error"] = (
+                f"pymatgen cannot read its structure_json ({type(exc).__name__}: {exc}); "
+                f"the filter stage must write Structure.as_dict() JSON"
+            )
+            failures["unreadable structure"] += 1
+            log.error("candidate %s of %s: %s", cid, base, row["error"])
+            continue
+        row["nsites"] = len(structure)
+        try:
+            pw = build_input(structure, settings, library)
+        except UserError as exc:  # StructureError, PseudoError, impossible cut-offs
+            row["error"] = str(exc)
+            failures[type(exc).__name__] += 1
+            log.error("candidate %s of %s (%s): %s", cid, base, structure.formula, exc)
+            continue
+        atomic_write_text(out_dir / folder / INPUT_NAME, pw.text)
+        atomic_write_text(
+            out_dir / folder / JOB_NAME, job_script(job_name=f"{base}-{cid}", slurm=settings.slurm)
+        )
+        (out_dir / folder / JOB_NAME).chmod(0o755)
+        row.update(
+            input_path=f"{folder}/{INPUT_NAME}",
+            job_script_path=f"{folder}/{JOB_NAME}",
+            kpoints_a=pw.kpoints[0],
+            kpoints_b=pw.kpoints[1],
+            kpoints_c=pw.kpoints[2],
+            ecutwfc_ry=pw.ecutwfc_ry,
+            ecutrho_ry=pw.ecutrho_ry,
+            nspin=pw.nspin,
+            pseudopotentials=json.dumps(pw.pseudopotentials),
+        )
+    written = sum(r["input_path"] is not None for r in rows)
+    log.info("%s: wrote %d pw.x inputs for %d candidates", base, written, len(rows))
+    if failures:
+        log.warning(
+            "%s: %d candidates have no input (%s); the manifest's error column says why",
+            base, sum(failures.values()), ", ".join(f"{k}: {v}" for k, v in failures.items()),
+        )  # fmt: skip
+    return manifest_frame(rows)
+
+
+def manifest_frame(rows: list[dict[str, object]]) -> pd.DataFrame:
+    """Rows as a frame with nullable integer columns (schema ``qe_manifest``)."""
+    from matdisc.io.schemas import QE_MANIFEST
+
+    frame = pd.DataFrame(rows, columns=QE_MANIFEST.names)
+    for name in ("nsites", "kpoints_a", "kpoints_b", "kpoints_c", "nspin"):
+        frame[name] = pd.array(frame[name].tolist(), dtype="Int64")
+    return frame

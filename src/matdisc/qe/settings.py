@@ -1,0 +1,199 @@
+"""Settings of the pw.x input generator: shipped defaults plus the user's overrides.
+
+The defaults live in ``resources/qe_defaults.yaml``; the ``qe`` section of
+``config/config.yaml`` overrides any of them (a ``null`` there keeps the default). Keys
+of the ``qe`` section that concern running pw.x (``run``, ``pw_command`` …) are not
+input settings and are ignored here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from matdisc.errors import UserError
+
+#: The shipped defaults (one value per field of :class:`QEInputSettings`).
+DEFAULTS_PATH = Path(__file__).resolve().parents[3] / "resources" / "qe_defaults.yaml"
+
+#: Keys of the ``qe`` config section that belong to running and comparing, not to inputs.
+RUN_KEYS: frozenset[str] = frozenset(
+    {"run", "pw_command", "mpi_command", "timeout_min", "keep_scratch", "bond_tolerance"}
+)
+
+#: pw.x 6.7 values of &CELL cell_dofree that work with ibrav = 0 (the inputs give the
+#: cell explicitly, so 'ibrav' is not offered).
+CELL_DOFREE: tuple[str, ...] = (
+    "all", "a", "b", "c", "fixa", "fixb", "fixc", "x", "y", "z", "xy", "xz", "yz",
+    "xyz", "shape", "volume", "2Dxy", "2Dshape", "epitaxial_ab", "epitaxial_ac",
+    "epitaxial_bc",
+)  # fmt: skip
+PSEUDO_KINDS: tuple[str, ...] = ("NC", "US", "PAW")
+FUNCTIONALS: tuple[str, ...] = ("PBE", "PBESOL")
+SMEARINGS: tuple[str, ...] = ("gaussian", "methfessel-paxton", "marzari-vanderbilt", "fermi-dirac")
+VDW_CORRECTIONS: tuple[str, ...] = ("grimme-d2", "grimme-d3", "none")
+SPIN_MODES: tuple[str, ...] = ("auto", "on", "off")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlurmSettings:
+    """The ``#SBATCH`` lines and launcher of the batch script next to each ``pw.in``."""
+
+    ntasks: int
+    time: str
+    mem_per_cpu_mb: int
+    partition: str | None = None
+    account: str | None = None
+    launcher: str = "srun"
+
+    def __post_init__(self) -> None:
+        _require(self.ntasks >= 1, "qe.slurm.ntasks must be at least 1")
+        _require(self.mem_per_cpu_mb >= 1, "qe.slurm.mem_per_cpu_mb must be at least 1")
+        _require(bool(self.time.strip()), "qe.slurm.time must be a Slurm time such as 24:00:00")
+        _require(bool(self.launcher.strip()), "qe.slurm.launcher must name a command, e.g. srun")
+
+
+@dataclass(frozen=True, kw_only=True)
+class QEInputSettings:
+    """Everything that shapes a generated ``pw.x`` vc-relax input.
+
+    Units are in the names: Ry for energies and cut-offs, Ry/Bohr for forces, kbar for
+    pressure, 1/Å (2π included) for the k-point spacing.
+    """
+
+    functional: str
+    pseudo_dir: Path
+    pseudopotentials: Mapping[str, str]
+    pseudo_preference: tuple[str, ...]
+    ecutwfc_ry: float | None
+    ecutrho_ry: float | None
+    ecutwfc_fallback_ry: float
+    dual_nc: float
+    dual_us_paw: float
+    kpoint_spacing_inv_angstrom: float
+    kpoint_shift: tuple[int, int, int]
+    smearing: str
+    degauss_ry: float
+    vdw_corr: str
+    etot_conv_thr_ry: float
+    forc_conv_thr_ry_per_bohr: float
+    press_conv_thr_kbar: float
+    nstep: int
+    cell_dofree: str
+    conv_thr_ry: float
+    mixing_beta: float
+    electron_maxstep: int
+    spin: str
+    magnetic_elements: frozenset[str]
+    starting_magnetization: float
+    slurm: SlurmSettings = field(
+        default_factory=lambda: SlurmSettings(ntasks=1, time="01:00:00", mem_per_cpu_mb=2000)
+    )
+
+    def __post_init__(self) -> None:
+        _require(self.functional in FUNCTIONALS, f"qe.functional must be one of {FUNCTIONALS}")
+        _require(
+            bool(self.pseudo_preference) and all(k in PSEUDO_KINDS for k in self.pseudo_preference),
+            f"qe.pseudo_preference must list kinds among {PSEUDO_KINDS}",
+        )
+        for name in ("ecutwfc_ry", "ecutrho_ry"):
+            value = getattr(self, name)
+            _require(value is None or value > 0, f"qe.{name} must be positive or null")
+        for name in (
+            "ecutwfc_fallback_ry", "dual_nc", "dual_us_paw", "kpoint_spacing_inv_angstrom",
+            "degauss_ry", "etot_conv_thr_ry", "forc_conv_thr_ry_per_bohr",
+            "press_conv_thr_kbar", "conv_thr_ry", "mixing_beta",
+        ):  # fmt: skip
+            value = getattr(self, name)
+            _require(math.isfinite(value) and value > 0, f"qe.{name} must be a positive number")
+        _require(
+            self.nstep >= 1 and self.electron_maxstep >= 1,
+            "qe.nstep and qe.electron_maxstep must be at least 1",
+        )
+        _require(
+            len(self.kpoint_shift) == 3 and all(s in (0, 1) for s in self.kpoint_shift),
+            "qe.kpoint_shift must be three values, each 0 or 1",
+        )
+        _require(self.smearing in SMEARINGS, f"qe.smearing must be one of {SMEARINGS}")
+        _require(self.vdw_corr in VDW_CORRECTIONS, f"qe.vdw_corr must be one of {VDW_CORRECTIONS}")
+        _require(self.cell_dofree in CELL_DOFREE, f"qe.cell_dofree must be one of {CELL_DOFREE}")
+        _require(self.spin in SPIN_MODES, f"qe.spin must be one of {SPIN_MODES}")
+        _require(
+            -1 <= self.starting_magnetization <= 1, "qe.starting_magnetization must lie in [-1, 1]"
+        )
+
+    @classmethod
+    def from_config(
+        cls, section: Mapping[str, Any] | None = None, *, defaults_path: Path | str = DEFAULTS_PATH
+    ) -> QEInputSettings:
+        """The shipped defaults updated by a ``qe`` config section (``null`` = keep default)."""
+        overrides = {k: v for k, v in (section or {}).items() if k not in RUN_KEYS}
+        return cls.from_mapping(_merge(load_defaults(defaults_path), overrides))
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> QEInputSettings:
+        """Build from a complete mapping of field values (as in the defaults YAML)."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        missing = sorted(names - set(values) - {"slurm"})
+        _require(not unknown, f"unknown QE input settings {unknown}; allowed: {sorted(names)}")
+        _require(
+            not missing, f"QE input settings {missing} have no value; add them to {DEFAULTS_PATH}"
+        )
+        kwargs = dict(values)
+        slurm = kwargs.pop("slurm", None)
+        try:
+            return cls(
+                **{
+                    **kwargs,
+                    "functional": str(kwargs["functional"]).upper(),
+                    "pseudo_dir": Path(str(kwargs["pseudo_dir"])).expanduser(),
+                    "pseudopotentials": {
+                        str(k): str(v) for k, v in (kwargs["pseudopotentials"] or {}).items()
+                    },
+                    "pseudo_preference": tuple(str(k).upper() for k in kwargs["pseudo_preference"]),
+                    "kpoint_shift": tuple(int(s) for s in kwargs["kpoint_shift"]),
+                    "magnetic_elements": frozenset(str(e) for e in kwargs["magnetic_elements"]),
+                    "nstep": int(kwargs["nstep"]),
+                    "electron_maxstep": int(kwargs["electron_maxstep"]),
+                },
+                **({"slurm": SlurmSettings(**slurm)} if slurm else {}),
+            )
+        except TypeError as exc:  # a wrong key inside slurm, or a value of the wrong type
+            raise UserError(
+                f"QE input settings are malformed ({exc}); fix the qe section."
+            ) from exc
+
+
+def load_defaults(path: Path | str = DEFAULTS_PATH) -> dict[str, Any]:
+    """The shipped defaults as a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"the QE defaults file {path} is missing; restore it from the repository.")
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise UserError(f"the QE defaults file {path} must hold a mapping of keys to values.")
+    return data
+
+
+def _merge(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``defaults`` updated by the non-null ``overrides``; nested mappings merge key by key."""
+    merged = dict(defaults)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(f"{message}; change it in the qe section of config.yaml.")
