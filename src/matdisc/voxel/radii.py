@@ -1,0 +1,30 @@
+"""The per-element radius table (``resources/ionic_radii.csv``) of the voxel grids."""
+
+from __future__ import annotations
+
+import csv
+import functools
+from pathlib import Path
+
+import numpy as np
+
+#: The table the repository ships; ``resources/ionic_radii.py`` writes it.
+DEFAULT_TABLE = Path(__file__).resolve().parents[3] / "resources" / "ionic_radii.csv"
+
+MAX_Z = 118
+
+
+@functools.lru_cache(maxsize=4)
+def radius_lookup(path: Path | str = DEFAULT_TABLE) -> np.ndarray:
+    """(MAX_Z + 1,) float64 radius in Å indexed by atomic number; NaN = no radius known."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"radius table {path} is missing; regenerate it with python resources/ionic_radii.py"
+        )
+    table = np.full(MAX_Z + 1, np.nan)
+    with path.open(encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            table[int(row["z"])] = float(row["radius_angstrom"])
+    table.setflags(write=False)
+    return table

@@ -1,0 +1,174 @@
+"""Voxel grids -> crystals (matdisc.segment): lattice fit, inverse, reasons, metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pymatgen.core import Lattice, Structure
+
+from matdisc.segment import (
+    INCONSISTENT,
+    NO_ATOMS,
+    TOO_MANY_SITES,
+    invert,
+    invert_many,
+    invert_options,
+    lattice_from_coords,
+)
+from matdisc.segment.metrics import delta_n_sites, lattice_mae, site_emd
+from matdisc.voxel import coordinate_grid, voxelize
+from matdisc.voxel.grid import voxel_fractions
+
+
+def rock_salt() -> Structure:
+    fcc = np.array([[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]])
+    frac = np.concatenate([fcc, (fcc + 0.5) % 1.0])
+    return Structure(Lattice.cubic(5.64), ["Na"] * 4 + ["Cl"] * 4, frac)
+
+
+# --- lattice from the coordinate grid ------------------------------------------------------
+
+
+def test_lattice_from_exact_coords_numpy_and_torch():
+    lat = np.array([[4.2, 5.1, 6.3], [3.0, 3.0, 3.0]])
+    grid = coordinate_grid(lat, 16, 0.25)
+    assert np.allclose(lattice_from_coords(grid, 0.25), lat, atol=1e-5)
+    assert np.allclose(lattice_from_coords(grid[1], 0.25), lat[1], atol=1e-5)
+    tgrid = torch.tensor(grid, dtype=torch.float64)
+    out = lattice_from_coords(tgrid, 0.25)
+    assert isinstance(out, torch.Tensor)
+    assert np.allclose(out.numpy(), lat, atol=1e-5)
+
+
+def test_least_squares_beats_max_minus_min_on_noisy_coords():
+    rng = np.random.default_rng(0)
+    lat = np.array([5.0, 5.0, 5.0])
+    u = voxel_fractions(32, 0.25)
+    errors_ls, errors_range = [], []
+    for _ in range(20):
+        noisy = coordinate_grid(lat[None], 32, 0.25)[0] + rng.normal(0, 0.2, (3, 32, 32, 32))
+        errors_ls.append(np.abs(lattice_from_coords(noisy, 0.25) - lat).mean())
+        spread = noisy.reshape(3, -1).max(1) - noisy.reshape(3, -1).min(1)
+        errors_range.append(np.abs(spread / (u[-1] - u[0]) - lat).mean())
+    assert np.mean(errors_ls) < 0.01
+    assert np.mean(errors_ls) < 0.1 * np.mean(errors_range)
+
+
+# --- inverse ---------------------------------------------------------------------------------
+
+
+def test_empty_grid_has_no_atoms():
+    result = invert(np.zeros((16, 16, 16), dtype=np.uint8), lattice_abc=(4, 4, 4))
+    assert result.structure is None and result.reason == NO_ATOMS and result.n_sites == 0
+
+
+def test_mask_removes_voxels():
+    vox = voxelize(rock_salt())
+    result = invert(vox.species, mask=np.zeros_like(vox.mask), lattice_abc=vox.lattice)
+    assert result.reason == NO_ATOMS
+
+
+def test_too_many_sites_is_a_reason_not_a_crash():
+    vox = voxelize(rock_salt())
+    result = invert(vox.species, lattice_abc=vox.lattice, max_sites=4)
+    assert result.structure is None and result.reason == TOO_MANY_SITES
+    assert result.n_sites == 8
+
+
+def test_images_that_disagree_in_species_vote_or_reject():
+    vox = voxelize(rock_salt())
+    species = vox.species.copy()
+    # Relabel the Na image at the grid's far corner (frac 1, 1, 1) as K: one of 8 images.
+    d = species.shape[0]
+    corner = (slice(d - 12, d - 4),) * 3
+    block = species[corner]
+    block[block == 11] = 19
+    voted = invert(species, lattice_abc=vox.lattice, species_conflict="vote")
+    assert voted.reason is None and voted.n_sites == 8
+    assert sorted(voted.structure.atomic_numbers) == sorted(vox.structure.atomic_numbers)
+    rejected = invert(species, lattice_abc=vox.lattice, species_conflict="reject")
+    assert rejected.structure is None and rejected.reason == INCONSISTENT
+
+
+def test_bad_lattice_is_a_reason():
+    vox = voxelize(rock_salt())
+    assert invert(vox.species, lattice_abc=(5.0, np.nan, 5.0)).reason == "bad_lattice"
+    assert invert(vox.species, lattice_abc=(5.0, -1.0, 5.0)).reason == "bad_lattice"
+
+
+def _ball(d: int, centre: np.ndarray, radius: float) -> np.ndarray:
+    idx = np.indices((d, d, d)).transpose(1, 2, 3, 0)
+    return np.linalg.norm(idx - centre, axis=-1) <= radius
+
+
+def test_touching_atoms_of_one_species_are_split():
+    d = 32
+    a, b = np.array([14.0, 15.5, 16.0]), np.array([20.5, 15.5, 16.0])
+    species = np.zeros((d, d, d), dtype=np.uint8)
+    species[_ball(d, a, 3.6) | _ball(d, b, 3.6)] = 26  # overlapping: one connected region
+    split = invert(species, lattice_abc=(8.0, 8.0, 8.0), padding=0.25)
+    assert split.n_sites == 2
+    # Centroids land on the two ball centres (fractional: index -> u).
+    u = lambda i: -0.25 + 1.5 * (i + 0.5) / d  # noqa: E731
+    expected = sorted([u(a[0]), u(b[0])])
+    assert np.allclose(sorted(split.frac[:, 0]), expected, atol=0.01)
+    merged = invert(species, lattice_abc=(8.0, 8.0, 8.0), split_touching=False)
+    assert merged.n_sites == 1
+
+
+def test_invert_many_and_options_from_config():
+    vox = voxelize(rock_salt())
+    settings = {
+        "padding": 0.25,
+        "max_sites": 40,
+        "inverse": {"merge_tolerance": 0.5, "species_conflict": "vote"},
+    }
+    results = invert_many(
+        np.stack([vox.species, np.zeros_like(vox.species)]),
+        np.stack([vox.lattice, vox.lattice]),
+        **invert_options(settings),
+    )
+    assert [r.reason for r in results] == [None, NO_ATOMS]
+    assert results[0].n_sites == 8
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+
+def test_site_emd_is_periodic_and_in_angstrom():
+    true = rock_salt()
+    assert site_emd(true, true) == pytest.approx(0.0, abs=1e-12)
+    moved = true.copy()
+    moved.translate_sites(list(range(len(moved))), [1, 0, -1], frac_coords=True, to_unit_cell=True)
+    assert site_emd(moved, true) == pytest.approx(0.0, abs=1e-9)
+    shifted = true.copy()
+    shifted.translate_sites([0], [0.1 / 5.64, 0, 0], frac_coords=True)
+    assert site_emd(shifted, true) == pytest.approx(0.1 / 8, abs=1e-9)
+    # Permuted sites: same structure, zero cost.
+    permuted = Structure(true.lattice, list(reversed(true.species)), true.frac_coords[::-1])
+    assert site_emd(permuted, true) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_site_emd_with_unequal_counts_and_empty():
+    true = rock_salt()
+    fewer = true.copy()
+    fewer.remove_sites([7])
+    emd = site_emd(fewer, true)
+    assert 0 < emd < 1.0
+    # Moving 1/8 of the mass of 7 sites to the missing site costs at least 1/8 x the
+    # shortest distance to it.
+    assert emd >= (1 / 8) * 5.64 / 2 * 0.99
+    empty = Structure(true.lattice, [], [])
+    assert np.isnan(site_emd(empty, true))
+
+
+def test_delta_n_sites_and_lattice_mae():
+    true = rock_salt()
+    fewer = true.copy()
+    fewer.remove_sites([0, 1])
+    assert delta_n_sites(fewer, true) == 2
+    assert delta_n_sites(10, 8) == 2
+    bigger = Structure(Lattice.orthorhombic(5.7, 5.64, 5.5), true.species, true.frac_coords)
+    assert lattice_mae(bigger, true) == pytest.approx((0.06 + 0.0 + 0.14) / 3)
+    assert lattice_mae([5.7, 5.64, 5.5], [5.64, 5.64, 5.64]) == pytest.approx(0.2 / 3)
