@@ -1,1 +1,9 @@
-"""CGCNN property prediction and screening of candidates."""
+"""CGCNN property prediction (training, prediction API) and screening of candidates.
+
+``predict(structures, properties, model_dir=...)`` is the API the filter uses; the
+stages are in :mod:`matdisc.screen.stages`.
+"""
+
+from matdisc.screen.predict import PropertyPredictor, predict
+
+__all__ = ["PropertyPredictor", "predict"]
