@@ -68,5 +68,5 @@ def test_distributed_filter_distances_equal_local(cluster_address: str) -> None:
 def test_unreachable_scheduler_is_one_clear_sentence() -> None:
     from dask import delayed
 
-    with pytest.raises(UserError, match="cannot reach the dask scheduler at tcp://127.0.0.1:9"):
+    with pytest.raises(UserError, match=r"cannot reach the dask scheduler at tcp://127\.0\.0\.1:9"):
         dask_compute([delayed(sum)([1, 2])], address="tcp://127.0.0.1:9")
