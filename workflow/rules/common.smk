@@ -67,6 +67,8 @@ def final_outputs(wildcards):
         "results/screening.parquet",
         "results/qe/manifest.parquet",
     ]
+    if config["sample"]["mode"] == "random":
+        outputs.append("results/metrics/random_sampling.parquet")
     if config["qe"]["run"]:
         outputs.append("results/qe/relaxed.parquet")
     if config["csp"]["run"]:
