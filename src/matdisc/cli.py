@@ -54,6 +54,9 @@ STAGES: dict[str, Stage] = {
         "matdisc.screen.stages:train_cgcnn", "train the eight CGCNN property models"
     ),
     "sample": Stage("matdisc.sample.stage:run", "latent sampling around a base compound"),
+    "random-stats": Stage(
+        "matdisc.sample.stage:random_stats", "random-sampling statistics -> random_sampling.parquet"
+    ),
     "filter": Stage(
         "matdisc.filters.stage:run", "the five-stage candidate filter for a base compound"
     ),

@@ -3,6 +3,7 @@ rule filter_candidates:
         samples="results/samples/{base}.parquet",
         bases="results/data/base_compounds.parquet",
         structures="results/data/structures.parquet",
+        voxels="results/voxels/cubic.zarr",
         cgcnn="results/models/cgcnn",
     output:
         candidates="results/candidates/{base}.parquet",
@@ -23,7 +24,8 @@ rule filter_candidates:
     shell:
         "python -m matdisc filter --settings {params.settings:q} --threads {threads} --wildcard base={wildcards.base}"
         " --input samples={input.samples} --input bases={input.bases}"
-        " --input structures={input.structures} --input cgcnn={input.cgcnn}"
+        " --input structures={input.structures} --input voxels={input.voxels}"
+        " --input cgcnn={input.cgcnn}"
         " --output candidates={output.candidates} --output cifs={output.cifs}"
         " --output funnel={output.funnel} --log {log}"
 

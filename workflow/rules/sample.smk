@@ -24,3 +24,29 @@ rule sample_structures:
         " --input bases={input.bases} --input voxels={input.voxels}"
         " --input unet={input.unet} --input vae={input.vae}"
         " --output samples={output.samples} --log {log}"
+
+
+# sample.mode: random only: the seed's random-sampling figures over the draws of all bases.
+rule random_sampling_stats:
+    input:
+        samples=expand("results/samples/{base}.parquet", base=BASES),
+        cgcnn="results/models/cgcnn",
+    output:
+        metrics="results/metrics/random_sampling.parquet",
+    params:
+        settings=settings("sample", "filter", "train"),
+        inputs=per_base_inputs("results/samples/{base}.parquet"),
+    log:
+        "logs/random_sampling_stats/all.log",
+    benchmark:
+        "benchmarks/random_sampling_stats/all.tsv"
+    conda:
+        "../../envs/matdisc.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    shell:
+        "python -m matdisc random-stats --settings {params.settings:q} --threads {threads}"
+        " {params.inputs} --input cgcnn={input.cgcnn}"
+        " --output metrics={output.metrics} --log {log}"

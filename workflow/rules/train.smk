@@ -4,7 +4,6 @@
 rule train_unet:
     input:
         voxels="results/voxels/cubic.zarr",
-        structures="results/data/structures.parquet",
     output:
         model="results/models/unet.pt",
         metrics="results/metrics/unet.parquet",
@@ -23,7 +22,7 @@ rule train_unet:
         runtime=720,
     shell:
         "python -m matdisc train-unet --settings {params.settings:q} --threads {threads}"
-        " --input voxels={input.voxels} --input structures={input.structures}"
+        " --input voxels={input.voxels}"
         " --output model={output.model} --output metrics={output.metrics} --log {log}"
 
 
@@ -32,7 +31,6 @@ rule train_unet:
 rule train_vae:
     input:
         voxels="results/voxels/cubic.zarr",
-        structures="results/data/structures.parquet",
         unet="results/models/unet.pt",
     output:
         model="results/models/vae.pt",
@@ -53,7 +51,6 @@ rule train_vae:
     shell:
         "python -m matdisc train-vae --settings {params.settings:q} --threads {threads}"
         " --input voxels={input.voxels} --input unet={input.unet}"
-        " --input structures={input.structures}"
         " --output model={output.model} --output metrics={output.metrics} --log {log}"
 
 

@@ -1,14 +1,151 @@
-"""Stage entry points; see the module docstring of the package."""
+"""Stage entry points: ``filter`` (one base compound) and ``collect-funnel``.
+
+``filter`` (rule ``filter_candidates``) reads ``results/samples/{base}.parquet`` and
+writes the candidates (``results/candidates/{base}.parquet``, schema ``candidates``),
+one CIF per candidate (``results/candidates/{base}/{candidate_id}.cif``) and the base's
+funnel (``results/funnel/{base}.parquet``). ``collect-funnel`` joins the funnels of all
+bases and appends their average (``base = "average"``): the seed's Table 2.
+
+"Not in the training set" means the VAE/UNet training set, as in the seed: the reduced
+formulas of the voxel store's train split (the structures the generator learnt from).
+"""
 
 from __future__ import annotations
 
-from matdisc.errors import StageNotImplementedError
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from matdisc.errors import UserError
+from matdisc.filters.funnel import FilterSettings, average_rows, funnel_rows, run_filter
+from matdisc.io import read_table, write_table
+from matdisc.sample.stage import base_row
 from matdisc.stage import StageCall
+
+log = logging.getLogger(__name__)
+
+
+def training_set(store: Any, with_structures: bool) -> tuple[set[str], dict[str, list[str]]]:
+    """Reduced formulas of the store's train split (and, if asked, their structures)."""
+    train = np.flatnonzero(store.split == "train")
+    formulas = {str(f) for f in store.formula[train]}
+    structures: dict[str, list[str]] = {}
+    if with_structures:
+        for i in train:
+            structures.setdefault(str(store.formula[i]), []).append(
+                json.dumps(store.structure(int(i)).as_dict())
+            )
+    return formulas, structures
+
+
+def base_formation_energy(section: dict[str, Any], row: pd.Series, predictor: Any) -> float:
+    """The Ef (eV/atom) the window and the ranking use: the base's Materials Project value
+    (``ef_reference: known``) or the CGCNN prediction for its structure (``predicted``);
+    a base without a known value falls back to the prediction."""
+    known = float(row["e_form_ev_per_atom"]) if pd.notna(row["e_form_ev_per_atom"]) else np.nan
+    if section["ef_reference"] == "known" and np.isfinite(known):
+        return known
+    predicted = float(predictor([row["structure_json"]])[0])
+    if not np.isfinite(predicted):
+        raise UserError(
+            f"base compound '{row['base']}' has no formation energy (known or predicted) to "
+            "centre the Ef window on; choose another base compound."
+        )
+    if section["ef_reference"] == "known":
+        log.info("%s: no known Ef; using the CGCNN prediction %.3f eV/atom", row["base"], predicted)
+    return predicted
+
+
+def write_cifs(candidates: pd.DataFrame, directory: Path) -> None:
+    """One CIF per candidate in ``directory`` (replaced as a whole, atomically)."""
+    from pymatgen.core import Structure
+    from pymatgen.io.cif import CifWriter
+
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for cid, raw in zip(candidates["candidate_id"], candidates["structure_json"], strict=True):
+        CifWriter(Structure.from_dict(json.loads(raw))).write_file(tmp / f"{cid}.cif")
+    shutil.rmtree(directory, ignore_errors=True)
+    tmp.rename(directory)
+
+
+def candidates_frame(
+    base: str, selected: pd.DataFrame, base_ef: float, cif_dir: Path
+) -> pd.DataFrame:
+    """The candidates table (schema ``candidates``) from the filter's selected rows."""
+    frame = selected.copy()
+    frame["candidate_id"] = [f"{base}-s{int(i):05d}" for i in frame["sample_index"]]
+    frame["base"] = base
+    frame["nsites"] = frame["n_sites"].astype(np.int32)
+    frame["base_e_form_ev_per_atom"] = base_ef
+    frame["cif_path"] = [str(cif_dir / f"{cid}.cif") for cid in frame["candidate_id"]]
+    from matdisc.io.schemas import CANDIDATES
+
+    return frame[CANDIDATES.names]
 
 
 def run(call: StageCall) -> None:
-    raise StageNotImplementedError("filter")
+    """The five-stage filter of one base compound -> candidates, CIFs, funnel."""
+    from matdisc.screen.predict import PropertyPredictor
+    from matdisc.voxel.store import open_store
+
+    section = call.section("filter")
+    settings = FilterSettings.from_section(section)
+    base = call.wildcard("base")
+    row = base_row(read_table(call.input("bases"), "base_compounds"), base)
+    samples = read_table(call.input("samples"), "samples")
+    if (samples["base"] != base).any():
+        raise UserError(
+            f"{call.input('samples')} holds samples of another base compound; re-run the "
+            f"sample rule for {base}."
+        )
+    store = open_store(call.input("voxels"))
+    formulas, structures = training_set(store, settings.structure_matcher)
+    predictor = PropertyPredictor(
+        call.input("cgcnn"), device=call.section("train")["device"], num_threads=call.threads
+    )
+
+    def predict_ef(items: list[str]) -> np.ndarray:
+        return predictor.predict(items, ["e_form_ev_per_atom"])["e_form_ev_per_atom"].to_numpy()
+
+    base_ef = base_formation_energy(section, row, predict_ef)
+    log.info(
+        "%s: %d samples; base %s (%s), Ef %.3f eV/atom; %d training compositions",
+        base, len(samples), row["formula"], row["formula_anonymous"], base_ef, len(formulas),
+    )  # fmt: skip
+    result = run_filter(
+        samples.drop(columns=["min_distance_angstrom", "formula", "formula_anonymous"]),
+        base_formula_anonymous=str(row["formula_anonymous"]),
+        base_ef=base_ef,
+        training_formulas=formulas,
+        predict_ef=predict_ef,
+        settings=settings,
+        training_structures=structures,
+        threads=call.threads,
+        address=call.section("dask")["scheduler_address"],
+    )
+    log.info("%s: funnel %s", base, result.counts)
+    cif_dir = call.output("cifs")
+    candidates = candidates_frame(base, result.candidates, base_ef, cif_dir)
+    write_cifs(candidates, cif_dir)
+    meta = {"base_e_form_ev_per_atom": base_ef, "filter": section, "counts": result.counts}
+    write_table(candidates, call.output("candidates"), "candidates", metadata=meta)
+    write_table(funnel_rows(base, result.counts), call.output("funnel"), "funnel", metadata=meta)
 
 
 def collect_funnel(call: StageCall) -> None:
-    raise StageNotImplementedError("filter")
+    """Funnels of all bases (``--input BASE=PATH``) + their average -> funnel.parquet."""
+    if not call.inputs:
+        raise UserError("collect-funnel needs one --input BASE=PATH per base compound.")
+    frames = [read_table(path, "funnel") for path in call.inputs.values()]
+    funnels = pd.concat(frames, ignore_index=True)
+    out = pd.concat([funnels, average_rows(funnels)], ignore_index=True)
+    log.info("funnel of %d bases:\n%s", len(frames),
+             out[out["base"] == "average"][["stage", "count", "cumulative_pct"]].to_string())  # fmt: skip
+    write_table(out, call.output("funnel"), "funnel", metadata={"bases": list(call.inputs)})

@@ -245,6 +245,48 @@ RANDOM_SAMPLING = pa.schema(
     ]
 )
 
+# ContinuouSP (matdisc.csp): EBM training curve, CSP evaluation, predicted structures.
+EBM_METRICS = pa.schema(
+    [
+        pa.field("epoch", pa.int32(), nullable=False),
+        pa.field("loss", pa.float64()),  # mean E(data) - mean E(sample) (+ L2 term)
+        pa.field("energy_data", pa.float64()),  # mean energy of the data crystals
+        pa.field("energy_sample", pa.float64()),  # mean energy of the MALA samples
+        pa.field("acceptance", pa.float64()),  # mean MALA acceptance rate
+        pa.field("seconds", pa.float64()),  # wall time since the start of training
+    ]
+)
+CSP_METRICS = pa.schema(
+    [
+        pa.field("material_id", pa.string(), nullable=False),  # one held-out crystal
+        pa.field("formula", pa.string(), nullable=False),
+        pa.field("nsites", pa.int32(), nullable=False),
+        pa.field("n_samples", pa.int32(), nullable=False),
+        pa.field("n_matched", pa.int32(), nullable=False),  # samples matching the crystal
+        pa.field("matched", pa.bool_(), nullable=False),  # at least one sample matches
+        pa.field("rms_dist", pa.float64()),  # smallest get_rms_dist RMS over matches; null if none
+        pa.field("best_energy", pa.float64()),  # lowest EBM energy among the samples
+    ]
+)
+CSP_PREDICTIONS = pa.schema(
+    [
+        pa.field("candidate_id", pa.string(), nullable=False),
+        pa.field("base", pa.string(), nullable=False),
+        pa.field("formula", pa.string(), nullable=False),
+        pa.field("sample", pa.int32(), nullable=False),  # index of the MALA chain
+        pa.field("structure_json", pa.string(), nullable=False),  # predicted structure
+        pa.field("nsites", pa.int32(), nullable=False),
+        pa.field("spacegroup_number", pa.int16()),  # spglib, symprec 0.1 Å; null if it fails
+        pa.field("crystal_system", pa.string()),
+        pa.field("ebm_energy", pa.float64(), nullable=False),
+        pa.field("rank_ebm", pa.int32(), nullable=False),  # 1 = lowest EBM energy
+        pa.field("pred_e_form_ev_per_atom", pa.float64()),  # CGCNN formation energy
+        pa.field("rank_e_form", pa.int32()),  # 1 = lowest predicted formation energy
+        pa.field("candidate_e_form_ev_per_atom", pa.float64()),  # of the VAE cubic structure
+        pa.field("matches_candidate", pa.bool_(), nullable=False),  # StructureMatcher fit
+    ]
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "structures": STRUCTURES,
     "base_compounds": BASE_COMPOUNDS,
@@ -257,4 +299,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "candidates": CANDIDATES,
     "funnel": FUNNEL,
     "random_sampling": RANDOM_SAMPLING,
+    "ebm_metrics": EBM_METRICS,
+    "csp_metrics": CSP_METRICS,
+    "csp_predictions": CSP_PREDICTIONS,
 }

@@ -1,0 +1,308 @@
+"""The five-stage candidate filter of seed 000 ("Ab Initio Validation", Table 2).
+
+Stages, applied in order to the samples drawn around one base compound, each counted:
+
+1. ``distance_valid``: the sample has a structure and no two sites, periodic images
+   included, are closer than ``min_distance_angstrom`` (0.5 Å).
+2. ``same_stoichiometry``: its anonymous formula (pymatgen ``anonymized_formula``, e.g.
+   ABC3) equals the base compound's.
+3. ``not_in_training``: its reduced formula is not a composition of the VAE/UNet
+   training set (the voxel store's train split, as the seed's "not exist in the
+   VAE-UNet training set"); with ``structure_matcher`` only samples that pymatgen's
+   StructureMatcher also matches to a training structure of that formula are removed.
+4. ``ef_window``: the CGCNN formation energy is within ``ef_window`` (20%) of the base's
+   formation energy: ``|Ef - Ef_base| <= ef_window * |Ef_base|``.
+5. ``unique_composition``: one sample per reduced formula, the lowest predicted Ef.
+
+Then, for DFT: ``dft_eligible`` drops candidates with an excluded element (actinides by
+default) and ``selected`` keeps the ``top_k`` (10) closest to the base's Ef.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from matdisc.filters.distance import min_distance
+
+log = logging.getLogger(__name__)
+
+#: (name, description) of every counted step, in order. The first six are the seed's
+#: Table 2 rows; the last two are its selection for DFT.
+STAGES: tuple[tuple[str, str], ...] = (
+    ("initial", "initial samples"),
+    ("distance_valid", "interatomic distance valid"),
+    ("same_stoichiometry", "same stoichiometric formula"),
+    ("not_in_training", "not in training set"),
+    ("ef_window", "Ef within window of base"),
+    ("unique_composition", "unique composition"),
+    ("dft_eligible", "no excluded element"),
+    ("selected", "top-k closest to base Ef"),
+)
+STAGE_NAMES: tuple[str, ...] = tuple(name for name, _ in STAGES)
+
+#: Seed 000, Table 2: average samples per base (of 1000) after each step.
+PAPER_AVERAGE_N: dict[str, float] = {
+    "initial": 1000,
+    "distance_valid": 890,
+    "same_stoichiometry": 350,
+    "not_in_training": 250,
+    "ef_window": 60,
+    "unique_composition": 20,
+}
+
+ACTINIDES: tuple[str, ...] = (
+    "Ac", "Th", "Pa", "U", "Np", "Pu", "Am", "Cm", "Bk", "Cf", "Es", "Fm", "Md", "No", "Lr",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, kw_only=True)
+class FilterSettings:
+    """The ``filter`` config section (see config/config.yaml)."""
+
+    min_distance_angstrom: float = 0.5
+    ef_window: float = 0.2
+    top_k: int = 10
+    exclude_elements: tuple[str, ...] = ACTINIDES
+    structure_matcher: bool = False
+
+    @classmethod
+    def from_section(cls, section: dict[str, Any]) -> FilterSettings:
+        return cls(
+            min_distance_angstrom=float(section["min_distance_angstrom"]),
+            ef_window=float(section["ef_window"]),
+            top_k=int(section["top_k"]),
+            exclude_elements=tuple(section["exclude_elements"]),
+            structure_matcher=bool(section["structure_matcher"]),
+        )
+
+
+@dataclass(frozen=True)
+class FilterResult:
+    """candidates: the selected rows (input columns + ``e_form_ev_per_atom`` and
+    ``delta_e_form_ev_per_atom``), closest to the base first. counts: stage -> number
+    of samples left after it (each <= the previous). stage_reached: per input row, the
+    last stage it passed."""
+
+    candidates: pd.DataFrame
+    counts: dict[str, int]
+    stage_reached: pd.Series
+
+
+def _structure(raw: Any) -> Any:
+    from pymatgen.core import Structure
+
+    if raw is None or (isinstance(raw, float) and np.isnan(raw)) or raw == "":
+        return None
+    return Structure.from_dict(json.loads(raw) if isinstance(raw, str) else raw)
+
+
+def min_distances(
+    structure_json: Sequence[Any], threads: int = 1, address: str | None = None
+) -> np.ndarray:
+    """Shortest interatomic distance (Å) of each structure (NaN where there is none),
+    in chunks on the dask scheduler of :mod:`matdisc.parallel`."""
+    from dask import delayed
+
+    from matdisc.parallel import dask_compute
+
+    def chunk(items: list[Any]) -> list[float]:
+        out = []
+        for raw in items:
+            s = _structure(raw)
+            out.append(float("nan") if s is None or len(s) == 0 else min_distance(s))
+        return out
+
+    items = list(structure_json)
+    size = max(1, min(250, -(-len(items) // max(1, 4 * threads))))
+    tasks = [delayed(chunk)(items[i : i + size]) for i in range(0, len(items), size)]
+    parts = dask_compute(tasks, threads=threads, address=address)
+    return np.asarray([d for part in parts for d in part], dtype=np.float64)
+
+
+def within_window(ef: np.ndarray, base_ef: float, window: float) -> np.ndarray:
+    """``|Ef - Ef_base| <= window * |Ef_base|`` (False for NaN predictions)."""
+    ef = np.asarray(ef, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.abs(ef - base_ef) <= window * abs(base_ef)
+
+
+def has_excluded(formula: str, excluded: Iterable[str]) -> bool:
+    from pymatgen.core import Composition
+
+    excluded = set(excluded)
+    return any(el.symbol in excluded for el in Composition(formula).elements)
+
+
+def _matches_training(structure_json: str, training: Sequence[str], matcher: Any) -> bool:
+    s = _structure(structure_json)
+    return any(matcher.fit(s, _structure(t)) for t in training)
+
+
+def run_filter(
+    samples: pd.DataFrame,
+    *,
+    base_formula_anonymous: str,
+    base_ef: float,
+    training_formulas: set[str],
+    predict_ef: Callable[[list[str]], np.ndarray],
+    settings: FilterSettings,
+    training_structures: dict[str, list[str]] | None = None,
+    threads: int = 1,
+    address: str | None = None,
+) -> FilterResult:
+    """Apply the stages to ``samples`` (columns ``sample_index``, ``structure_json``
+    (null when the sample has no structure), others carried along).
+
+    base_ef: the base's formation energy (eV/atom) the window and ranking use.
+    training_formulas: reduced formulas of the training set. predict_ef: structure JSON
+    strings -> CGCNN formation energies (eV/atom), called once on the stage-3 survivors.
+    training_structures: formula -> training structures' JSON, needed with
+    ``settings.structure_matcher``.
+    """
+    from pymatgen.core import Composition
+
+    if not np.isfinite(base_ef):
+        raise ValueError("the base compound's formation energy is unknown (NaN)")
+    frame = samples.reset_index(drop=True).copy()
+    n = len(frame)
+    reached = pd.Series(["initial"] * n, dtype=object)
+    counts: dict[str, int] = {"initial": n}
+
+    # 1. valid interatomic distances, periodic images included
+    dist = min_distances(frame["structure_json"].tolist(), threads=threads, address=address)
+    frame["min_distance_angstrom"] = dist
+    with np.errstate(invalid="ignore"):
+        keep = np.isfinite(dist) & (dist >= settings.min_distance_angstrom)
+    no_structure = int(frame["structure_json"].isna().sum())
+    log.info(
+        "distance check: %d of %d pass (>= %.2f Å); %d have no structure, %d too close",
+        int(keep.sum()), n, settings.min_distance_angstrom, no_structure,
+        n - int(keep.sum()) - no_structure,
+    )  # fmt: skip
+    reached[keep] = "distance_valid"
+    counts["distance_valid"] = int(keep.sum())
+
+    # 2. same stoichiometry (anonymous formula) as the base
+    formulas = np.full(n, None, dtype=object)
+    anonymous = np.full(n, None, dtype=object)
+    for i in np.flatnonzero(keep):
+        comp = Composition(_structure(frame.at[i, "structure_json"]).composition)
+        formulas[i] = comp.reduced_formula
+        anonymous[i] = comp.anonymized_formula
+    frame["formula"] = formulas
+    frame["formula_anonymous"] = anonymous
+    keep &= frame["formula_anonymous"].to_numpy() == base_formula_anonymous
+    reached[keep] = "same_stoichiometry"
+    counts["same_stoichiometry"] = int(keep.sum())
+
+    # 3. not in the training set
+    known = np.array([f in training_formulas for f in frame["formula"]], dtype=bool)
+    if settings.structure_matcher and known[keep].any():
+        from pymatgen.analysis.structure_matcher import StructureMatcher
+
+        matcher = StructureMatcher()
+        training_structures = training_structures or {}
+        for i in np.flatnonzero(keep & known):
+            known[i] = _matches_training(
+                frame.at[i, "structure_json"], training_structures.get(formulas[i], []), matcher
+            )
+    keep &= ~known
+    reached[keep] = "not_in_training"
+    counts["not_in_training"] = int(keep.sum())
+
+    # 4. CGCNN formation energy within the window around the base's
+    ef = np.full(n, np.nan)
+    rows = np.flatnonzero(keep)
+    if len(rows):
+        ef[rows] = np.asarray(
+            predict_ef(frame.loc[rows, "structure_json"].tolist()), dtype=np.float64
+        )
+        if np.isnan(ef[rows]).any():
+            log.warning("%d samples have no Ef prediction; they fail the Ef window",
+                        int(np.isnan(ef[rows]).sum()))  # fmt: skip
+    frame["e_form_ev_per_atom"] = ef
+    frame["delta_e_form_ev_per_atom"] = ef - base_ef
+    keep &= within_window(ef, base_ef, settings.ef_window)
+    reached[keep] = "ef_window"
+    counts["ef_window"] = int(keep.sum())
+
+    # 5. unique composition: the lowest predicted Ef of each reduced formula
+    survivors = frame[keep].sort_values(["e_form_ev_per_atom", "sample_index"])
+    unique = survivors.drop_duplicates("formula", keep="first")
+    keep = np.zeros(n, dtype=bool)
+    keep[unique.index.to_numpy()] = True
+    reached[keep] = "unique_composition"
+    counts["unique_composition"] = int(keep.sum())
+
+    # then for DFT: no excluded element, the top_k closest to the base's Ef
+    excluded = np.array(
+        [
+            bool(k) and has_excluded(f, settings.exclude_elements)
+            for k, f in zip(keep, formulas, strict=True)
+        ]
+    )
+    if excluded.any():
+        log.info("%d unique candidates hold an excluded element (%s)", int(excluded.sum()),
+                 ", ".join(sorted({formulas[i] for i in np.flatnonzero(excluded)})))  # fmt: skip
+    keep &= ~excluded
+    reached[keep] = "dft_eligible"
+    counts["dft_eligible"] = int(keep.sum())
+
+    eligible = frame[keep].assign(_gap=lambda f: f["delta_e_form_ev_per_atom"].abs())
+    chosen = eligible.sort_values(["_gap", "sample_index"]).head(settings.top_k)
+    keep = np.zeros(n, dtype=bool)
+    keep[chosen.index.to_numpy()] = True
+    reached[keep] = "selected"
+    counts["selected"] = int(keep.sum())
+
+    candidates = chosen.drop(columns="_gap").reset_index(drop=True)
+    candidates.insert(0, "rank", np.arange(1, len(candidates) + 1))
+    return FilterResult(candidates=candidates, counts=counts, stage_reached=reached)
+
+
+def funnel_rows(base: str, counts: dict[str, int]) -> pd.DataFrame:
+    """The funnel of one base: one row per stage with count and cumulative percentage."""
+    initial = counts["initial"]
+    rows = []
+    previous = None
+    for step, (name, description) in enumerate(STAGES):
+        count = counts[name]
+        if previous is not None and count > previous:
+            raise AssertionError(f"funnel of {base}: {name} ({count}) exceeds the previous stage")
+        paper = PAPER_AVERAGE_N.get(name)
+        rows.append(
+            {
+                "base": base,
+                "step": step,
+                "stage": name,
+                "description": description,
+                "count": float(count),
+                "cumulative_pct": 100.0 * count / initial if initial else float("nan"),
+                "paper_average_n": float(paper) if paper is not None else float("nan"),
+                "paper_cumulative_pct": paper / 10.0 if paper is not None else float("nan"),
+            }
+        )
+        previous = count
+    return pd.DataFrame(rows)
+
+
+def average_rows(funnels: pd.DataFrame) -> pd.DataFrame:
+    """Rows with ``base = "average"``: mean count per stage over the bases, and the
+    cumulative percentage of those means (the seed's Table 2 form)."""
+    per_base = funnels[funnels["base"] != "average"]
+    mean = per_base.groupby(["step", "stage", "description"], sort=True)["count"].mean()
+    out = mean.reset_index()
+    initial = float(out.loc[out["stage"] == "initial", "count"].iloc[0]) if len(out) else 0.0
+    out["cumulative_pct"] = 100.0 * out["count"] / initial if initial else float("nan")
+    out.insert(0, "base", "average")
+    paper = out["stage"].map(PAPER_AVERAGE_N).astype(float)
+    out["paper_average_n"] = paper
+    out["paper_cumulative_pct"] = paper / 10.0
+    return out[list(funnels.columns)]

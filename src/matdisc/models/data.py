@@ -1,0 +1,192 @@
+"""Datasets over the voxel store for the UNet and the VAE, with random 90° rotations.
+
+The store's arrays of one split are read into memory once (a few hundred MB at most for
+the cubic set at 32³); coordinate grids are computed per item from the cell lengths.
+Augmentation draws its rotation from torch's global generator, which the training loop
+seeds and checkpoints, so a resumed run sees the same rotations as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from matdisc.models.losses import IGNORE_INDEX
+
+log = logging.getLogger(__name__)
+
+N_DECILES = 10
+
+
+@dataclass(frozen=True)
+class VoxelSplit:
+    """One split of the voxel store in memory.
+
+    density (n, d, d, d) float32 store units; species (n, d, d, d) uint8 atomic numbers
+    (0 = background); lattice (n, 3) float32 a, b, c Å; decile (n,) int64 (-1 = unknown);
+    index (n,) the items' rows in the store.
+    """
+
+    index: np.ndarray
+    material_id: np.ndarray
+    density: np.ndarray
+    species: np.ndarray
+    lattice: np.ndarray
+    decile: np.ndarray
+    grid_size: int
+    padding: float
+
+    def __len__(self) -> int:
+        return len(self.material_id)
+
+    def subset(self, index: np.ndarray) -> VoxelSplit:
+        return VoxelSplit(
+            index=self.index[index],
+            material_id=self.material_id[index],
+            density=self.density[index],
+            species=self.species[index],
+            lattice=self.lattice[index],
+            decile=self.decile[index],
+            grid_size=self.grid_size,
+            padding=self.padding,
+        )
+
+
+def load_split(store: Any, split: str, *, limit: int | None = None) -> VoxelSplit:
+    """Read the items of ``split`` (train/val/test) from an open voxel store.
+
+    ``limit`` keeps the first ``limit`` items (in store order) for quick runs.
+    """
+    index = np.flatnonzero(np.asarray(store.split) == split)
+    if limit is not None:
+        index = index[:limit]
+    density = np.asarray(store.density[:], dtype=np.float32)[index]
+    species = np.asarray(store.species[:], dtype=np.uint8)[index]
+    return VoxelSplit(
+        index=index,
+        material_id=np.asarray(store.material_id)[index],
+        density=density,
+        species=species,
+        lattice=np.asarray(store.lattice, dtype=np.float32)[index],
+        decile=np.asarray(store.decile, dtype=np.int64)[index],
+        grid_size=int(store.grid_size),
+        padding=float(store.padding),
+    )
+
+
+def class_lookup(classes: Sequence[int]) -> np.ndarray:
+    """(256,) int64 table: atomic number -> class index (0 background, unknown -> ignore)."""
+    lut = np.full(256, IGNORE_INDEX, dtype=np.int64)
+    lut[0] = 0
+    for k, z in enumerate(classes):
+        lut[int(z)] = k + 1
+    return lut
+
+
+def class_counts(species: np.ndarray, classes: Sequence[int]) -> np.ndarray:
+    """Voxel count per class index (background first) over an array of atomic numbers."""
+    per_z = np.bincount(species.ravel(), minlength=256)
+    return np.array([per_z[0], *(per_z[int(z)] for z in classes)], dtype=np.int64)
+
+
+def onehot(decile: int, n: int = N_DECILES) -> np.ndarray:
+    out = np.zeros(n, dtype=np.float32)
+    out[int(decile)] = 1.0
+    return out
+
+
+def _rng() -> np.random.Generator:
+    """A numpy generator seeded from torch's global stream (seeded + checkpointed by fit)."""
+    return np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+
+
+def _rotate(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    from matdisc.voxel.augment import random_rot90
+
+    return tuple(np.ascontiguousarray(a) for a in random_rot90(_rng(), *arrays))
+
+
+class UNetDataset(Dataset):
+    """Items (density (1, d, d, d) float32, class index (d, d, d) int64, mask (d, d, d) float32).
+
+    Class indices follow ``classes`` (index k + 1 = element ``classes[k]``); elements
+    without a class get :data:`IGNORE_INDEX` (the cross-entropy skips them).
+    """
+
+    def __init__(self, data: VoxelSplit, classes: Sequence[int], *, augment: bool) -> None:
+        self.data = data
+        self.lut = class_lookup(classes)
+        self.augment = augment
+        unknown = np.setdiff1d(np.unique(data.species), [0, *classes])
+        if unknown.size:
+            log.info(
+                "UNet data: elements %s have no class (not in the training split); their "
+                "voxels are ignored by the loss and count as misses in the metrics",
+                unknown.tolist(),
+            )
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        density = self.data.density[i]
+        species = self.data.species[i]
+        if self.augment:
+            density, species = _rotate(density, species)
+        target = self.lut[species]
+        return (
+            torch.from_numpy(np.ascontiguousarray(density, dtype=np.float32))[None],
+            torch.from_numpy(target),
+            torch.from_numpy((species > 0).astype(np.float32)),
+        )
+
+
+def coords_of(lattice: np.ndarray, grid_size: int, padding: float) -> np.ndarray:
+    """Cartesian voxel-centre grid (3, d, d, d) Å of one cell with lengths ``lattice`` (3,)."""
+    from matdisc.voxel import coordinate_grid
+
+    grid = coordinate_grid(np.asarray(lattice, dtype=np.float32)[None], grid_size, padding)
+    return np.asarray(grid, dtype=np.float32)[0]
+
+
+class VAEDataset(Dataset):
+    """Items (density (1, d, d, d), coords (3, d, d, d) Å, one-hot decile (10,), lattice (3,) Å).
+
+    Items whose formation-energy decile is unknown (-1) cannot be conditioned and are
+    left out; their number is logged.
+    """
+
+    def __init__(self, data: VoxelSplit, *, augment: bool, name: str = "") -> None:
+        keep = np.flatnonzero(data.decile >= 0)
+        skipped = len(data) - keep.size
+        if skipped:
+            log.info(
+                "VAE %s data: %d of %d structures skipped: formation-energy decile unknown",
+                name,
+                skipped,
+                len(data),
+            )
+        self.data = data.subset(keep)
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        d = self.data
+        density = d.density[i]
+        coords = coords_of(d.lattice[i], d.grid_size, d.padding)
+        if self.augment:
+            density, coords = _rotate(density, coords)
+        return (
+            torch.from_numpy(np.ascontiguousarray(density, dtype=np.float32))[None],
+            torch.from_numpy(np.ascontiguousarray(coords, dtype=np.float32)),
+            torch.from_numpy(onehot(d.decile[i])),
+            torch.from_numpy(d.lattice[i].astype(np.float32)),
+        )

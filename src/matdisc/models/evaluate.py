@@ -1,0 +1,311 @@
+"""The seed's reconstruction metrics (Court et al. 2020, Table 5 and Fig. 4).
+
+Two pipelines are scored on held-out structures:
+
+- ``unet_true_density``: the UNet segments the true density; the cell lengths come from
+  the true coordinate grid (so their error is the read-back's alone). Measures the
+  segmentation + inversion on their own.
+- ``vae_unet_chain``: encode (z = μ) → decode → UNet → inverse, cell lengths read from
+  the decoded coordinate channels; the seed's full chain.
+
+Per pipeline: non-zero-class voxel recall and macro F1 of the UNet, mean site EMD (Å),
+mean |Δ number of sites|, a/b/c MAE (Å) and the fraction of inputs that come back as a
+valid structure. |Δ sites| counts every input (0 sites when none is found); the EMD
+needs a structure, so it averages over the valid ones (``n_structures`` says how many).
+The VAE alone adds its density MSE (normalised units; the seed's "VAE reconstruction
+MSE").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from matdisc.models.data import VoxelSplit, class_lookup, coords_of, onehot
+from matdisc.models.unet import UNet3D
+from matdisc.models.vae import CondVAE3D
+
+log = logging.getLogger(__name__)
+
+#: The seed's figures (REFERENCE.md), by metric name; NaN where the paper gives none.
+PAPER = {
+    "density_mse": 0.013,
+    "nonzero_recall": 0.87,
+    "macro_f1": 0.99,
+    "site_emd_mean_angstrom": 0.09,
+    "delta_n_sites_mean": 0.198,
+    "a_mae_angstrom": 0.06,
+    "b_mae_angstrom": 0.06,
+    "c_mae_angstrom": 0.06,
+}
+
+
+def true_structures(store: Any, split: VoxelSplit) -> list[Any]:
+    """The voxelized conventional cells (pymatgen Structures) of the items of ``split``."""
+    return [store.structure(int(i)) for i in split.index]
+
+
+@dataclass
+class Confusion:
+    """Voxel confusion counts over class indices 0..K-1 (0 = background).
+
+    Voxels of an element the UNet has no class for (index < 0) are counted apart: they
+    are misses for the non-zero recall and left out of the F1.
+    """
+
+    n_classes: int
+    matrix: np.ndarray = field(init=False)
+    unknown_voxels: int = 0
+
+    def __post_init__(self) -> None:
+        self.matrix = np.zeros((self.n_classes, self.n_classes), dtype=np.int64)
+
+    def add(self, true: np.ndarray, pred: np.ndarray) -> None:
+        """true, pred: class indices of the same shape (true < 0: element without class)."""
+        true = true.ravel()
+        pred = pred.ravel()
+        known = true >= 0
+        self.unknown_voxels += int((~known).sum())
+        flat = true[known] * self.n_classes + pred[known]
+        self.matrix += np.bincount(flat, minlength=self.matrix.size).reshape(self.matrix.shape)
+
+    def nonzero_recall(self) -> float:
+        """Fraction of voxels of a non-background class whose class is predicted right."""
+        correct = np.trace(self.matrix) - self.matrix[0, 0]
+        total = self.matrix[1:].sum() + self.unknown_voxels
+        return float(correct / total) if total else float("nan")
+
+    def macro_f1(self, *, include_background: bool) -> float:
+        """Unweighted mean F1 over the classes present in truth or prediction."""
+        m = self.matrix.astype(np.float64)
+        tp = np.diag(m)
+        both = m.sum(axis=1) + m.sum(axis=0)
+        present = both > 0
+        if not include_background:
+            present[0] = False
+        if not present.any():
+            return float("nan")
+        return float((2 * tp / np.maximum(both, 1))[present].mean())
+
+
+@dataclass
+class StructureScores:
+    """Running per-structure scores of one pipeline."""
+
+    emd: list[float] = field(default_factory=list)
+    dn: list[int] = field(default_factory=list)
+    lattice_err: list[np.ndarray] = field(default_factory=list)
+    valid: int = 0
+    total: int = 0
+    reasons: Counter = field(default_factory=Counter)
+
+    def add(self, result: Any, true: Any, abc_pred: np.ndarray, abc_true: np.ndarray) -> None:
+        from matdisc.segment.metrics import delta_n_sites, site_emd
+
+        self.total += 1
+        self.lattice_err.append(np.abs(np.asarray(abc_pred, float) - np.asarray(abc_true, float)))
+        if result.ok:
+            self.valid += 1
+        else:
+            self.reasons[result.reason] += 1
+        if true is None:
+            return
+        # Every input counts: a grid with no atom found has 0 sites.
+        self.dn.append(delta_n_sites(int(result.n_sites), len(true)))
+        if result.ok:
+            self.emd.append(site_emd(result.structure, true))
+
+    def rows(self) -> dict[str, tuple[float, int]]:
+        err = np.array(self.lattice_err).reshape(-1, 3)
+        return {
+            "site_emd_mean_angstrom": (_mean(self.emd), len(self.emd)),
+            "delta_n_sites_mean": (_mean(self.dn), len(self.dn)),
+            "a_mae_angstrom": (_mean(err[:, 0]), len(err)),
+            "b_mae_angstrom": (_mean(err[:, 1]), len(err)),
+            "c_mae_angstrom": (_mean(err[:, 2]), len(err)),
+            "valid_fraction": (self.valid / self.total if self.total else float("nan"), self.total),
+        }
+
+
+def _mean(values: Sequence[float] | np.ndarray) -> float:
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.mean()) if values.size else float("nan")
+
+
+def _rows(
+    model: str, pipeline: str, split: str, scores: dict[str, tuple[float, int]]
+) -> list[dict]:
+    return [
+        {
+            "model": model,
+            "pipeline": pipeline,
+            "split": split,
+            "metric": name,
+            "value": float(value),
+            "paper_value": PAPER.get(name, float("nan")),
+            "n_structures": int(n),
+        }
+        for name, (value, n) in scores.items()
+    ]
+
+
+@torch.no_grad()
+def evaluate_unet(
+    unet: UNet3D,
+    data: VoxelSplit,
+    truth: Sequence[Any],
+    *,
+    device: torch.device,
+    batch_size: int = 8,
+    split: str = "val",
+    invert_kwargs: dict[str, Any] | None = None,
+) -> list[dict]:
+    """Rows of the ``unet_true_density`` pipeline (voxel scores + inversion scores)."""
+    from matdisc.segment import invert, lattice_from_coords
+
+    unet.eval().to(device)
+    lut = class_lookup(unet.classes)
+    confusion = Confusion(unet.n_classes)
+    scores = StructureScores()
+    for start in tqdm(
+        range(0, len(data), batch_size), desc="evaluate UNet", leave=False, disable=None
+    ):
+        sl = slice(start, start + batch_size)
+        density = torch.from_numpy(data.density[sl]).to(device)
+        logits, mask = unet(density)
+        pred = UNet3D.classes_from_logits(logits, mask).cpu().numpy()
+        confusion.add(lut[data.species[sl]], pred)
+        atomic = unet.atomic_numbers.cpu().numpy()[pred]
+        for j in range(len(pred)):
+            i = start + j
+            coords = coords_of(data.lattice[i], data.grid_size, data.padding)
+            abc = np.asarray(lattice_from_coords(coords, data.padding), dtype=np.float64)
+            result = invert(
+                atomic[j], lattice_abc=abc, padding=data.padding, **(invert_kwargs or {})
+            )
+            scores.add(result, truth[i], abc, data.lattice[i])
+    voxel = {
+        "nonzero_recall": (confusion.nonzero_recall(), len(data)),
+        "macro_f1": (confusion.macro_f1(include_background=True), len(data)),
+        "macro_f1_nonzero": (confusion.macro_f1(include_background=False), len(data)),
+    }
+    if scores.reasons:
+        log.info("UNet on true density: no structure for %s", dict(scores.reasons))
+    return _rows("unet", "unet_true_density", split, {**voxel, **scores.rows()})
+
+
+@torch.no_grad()
+def evaluate_chain(
+    vae: CondVAE3D,
+    unet: UNet3D,
+    data: VoxelSplit,
+    truth: Sequence[Any],
+    *,
+    device: torch.device,
+    batch_size: int = 8,
+    split: str = "val",
+    invert_kwargs: dict[str, Any] | None = None,
+) -> list[dict]:
+    """Rows of the VAE alone (``vae``) and of the ``vae_unet_chain`` pipeline.
+
+    Structures with an unknown decile cannot be conditioned and are left out (logged).
+    """
+    from matdisc.segment import invert, lattice_from_coords
+
+    keep = np.flatnonzero(data.decile >= 0)
+    if len(keep) < len(data):
+        log.info(
+            "evaluation: %d of %d structures skipped: decile unknown",
+            len(data) - len(keep),
+            len(data),
+        )
+    data = data.subset(keep)
+    truth = [truth[i] for i in keep]
+    vae.eval().to(device)
+    unet.eval().to(device)
+    lut = class_lookup(unet.classes)
+    confusion = Confusion(unet.n_classes)
+    scores = StructureScores()
+    sq_density = 0.0
+    sq_coords = 0.0
+    voxels = 0
+    for start in tqdm(
+        range(0, len(data), batch_size), desc="evaluate chain", leave=False, disable=None
+    ):
+        sl = slice(start, start + batch_size)
+        idx = range(start, min(start + batch_size, len(data)))
+        density = torch.from_numpy(data.density[sl]).to(device)
+        coords = torch.from_numpy(
+            np.stack([coords_of(data.lattice[i], data.grid_size, data.padding) for i in idx])
+        ).to(device)
+        cond = torch.from_numpy(np.stack([onehot(data.decile[i]) for i in idx])).to(device)
+        recon, target, _, _ = vae(density, coords, cond)
+        sq_density += float(((recon[:, 0] - target[:, 0]) ** 2).sum())
+        sq_coords += float(((recon[:, 1:] - target[:, 1:]) ** 2).sum()) / 3
+        voxels += target[:, 0].numel()
+        dens_out = (recon[:, 0] * vae.density_scale).clamp_min(0.0)
+        coords_out = recon[:, 1:] * vae.coord_scale
+        logits, mask = unet(dens_out)
+        pred = UNet3D.classes_from_logits(logits, mask).cpu().numpy()
+        confusion.add(lut[data.species[sl]], pred)
+        atomic = unet.atomic_numbers.cpu().numpy()[pred]
+        abc_all = np.asarray(lattice_from_coords(coords_out.float().cpu().numpy(), data.padding))
+        for j, i in enumerate(idx):
+            result = invert(
+                atomic[j], lattice_abc=abc_all[j], padding=data.padding, **(invert_kwargs or {})
+            )
+            scores.add(result, truth[i], abc_all[j], data.lattice[i])
+    if scores.reasons:
+        log.info("VAE→UNet chain: no structure for %s", dict(scores.reasons))
+    n = len(data)
+    vae_rows = _rows(
+        "vae",
+        "vae",
+        split,
+        {
+            "density_mse": (sq_density / max(voxels, 1), n),
+            "coords_mse": (sq_coords / max(voxels, 1), n),
+        },
+    )
+    chain = {
+        "nonzero_recall": (confusion.nonzero_recall(), n),
+        "macro_f1": (confusion.macro_f1(include_background=True), n),
+        "macro_f1_nonzero": (confusion.macro_f1(include_background=False), n),
+        **scores.rows(),
+    }
+    return vae_rows + _rows("vae", "vae_unet_chain", split, chain)
+
+
+def training_rows(
+    model: str, result: Any, n_train: int, n_val: int, split: str = "val"
+) -> list[dict]:
+    """Rows summarising a :class:`matdisc.train.FitResult`."""
+    best = result.history[result.best_epoch - 1] if result.best_epoch > 0 else {}
+    seen = sum(h.get("train_samples", 0.0) for h in result.history)
+    rows = {
+        "epochs_run": (result.epochs_run, n_train),
+        "best_epoch": (result.best_epoch, n_train),
+        "stopped_early": (float(result.stopped_early), n_train),
+        "train_seconds": (result.seconds, n_train),
+        "train_samples_per_second": (
+            seen / result.seconds if result.seconds else float("nan"),
+            n_train,
+        ),
+        "best_val_loss": (best.get("val_loss", float("nan")), n_val),
+    }
+    return _rows(model, "training", split, rows)
+
+
+def metrics_frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(
+        rows,
+        columns=["model", "pipeline", "split", "metric", "value", "paper_value", "n_structures"],
+    )

@@ -1,0 +1,151 @@
+"""Losses of the UNet and the Cond-DFC-VAE (seed 000, Methods, eqs for L_UNet and L_DFC-VAE).
+
+- UNet: class-weighted categorical cross-entropy over voxels (weights inversely
+  proportional to the class voxel counts of the training split, background weight 0)
+  plus binary cross-entropy of the occupancy mask.
+- VAE: MSE(real, reconstruction) + β·KLD + α·perceptual, where the perceptual term
+  compares the hidden features of the frozen, trained UNet on the real and the
+  reconstructed density, layer by layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from matdisc.models.unet import UNet3D
+
+#: Class index of voxels whose element the UNet has no class for (ignored by the CE).
+IGNORE_INDEX = -100
+
+
+def class_weights(counts: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Weights ∝ 1 / voxel count per class, background (index 0) weight 0, mean 1 over the rest.
+
+    ``counts[k]``: voxels of class ``k`` in the training split. A class with no voxels
+    gets weight 0 (nothing to weigh).
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    weights = np.zeros_like(counts)
+    seen = counts > 0
+    seen[0] = False
+    weights[seen] = 1.0 / counts[seen]
+    if seen.any():
+        weights[seen] /= weights[seen].mean()
+    return weights
+
+
+def unet_loss(
+    species_logits: torch.Tensor,
+    mask_logits: torch.Tensor,
+    target_classes: torch.Tensor,
+    target_mask: torch.Tensor,
+    weights: torch.Tensor,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Weighted CE (B, K, d, d, d) vs (B, d, d, d) class indices + BCE of the mask.
+
+    ``weights`` (K,) with ``weights[0] = 0``; ``target_mask`` (B, d, d, d) in {0, 1}.
+    Returns the loss and its two parts.
+    """
+    ce = F.cross_entropy(
+        species_logits.float(),
+        target_classes,
+        weight=weights.to(species_logits.device, torch.float32),
+        ignore_index=IGNORE_INDEX,
+    )
+    if not torch.isfinite(ce):  # a batch without any weighted voxel (all background)
+        ce = species_logits.sum() * 0.0
+    bce = F.binary_cross_entropy_with_logits(mask_logits.float(), target_mask.float())
+    return ce + bce, {"ce": float(ce.detach()), "bce": float(bce.detach())}
+
+
+def unet_training_loss(
+    model: UNet3D,
+    density: torch.Tensor,
+    target_classes: torch.Tensor,
+    target_mask: torch.Tensor,
+    weights: torch.Tensor,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """:func:`unet_loss` of ``model`` on a batch, with the species logits evaluated only on
+    voxels of a weighted class.
+
+    Equal to ``unet_loss(*model(density), ...)`` whenever ``weights[0] == 0`` (the
+    seed's choice): weighted cross-entropy averages over the target weights, so
+    background voxels add nothing to it. Skipping them saves most of the species head's
+    cost (about a third of a training step at 32³).
+    """
+    weights = weights.to(density.device, torch.float32)
+    features = model.last_features(density)
+    mask_logits = model.mask_head(features).squeeze(1)
+    where = target_classes > 0 if weights[0] == 0 else target_classes != IGNORE_INDEX
+    logits = model.species_logits_at(features, where)
+    picked = target_classes[where]
+    if picked.numel() and weights[picked.clamp_min(0)][picked >= 0].sum() > 0:
+        ce = F.cross_entropy(logits.float(), picked, weight=weights, ignore_index=IGNORE_INDEX)
+    else:  # no weighted voxel in the batch
+        ce = features.sum() * 0.0
+    bce = F.binary_cross_entropy_with_logits(mask_logits.float(), target_mask.float())
+    return ce + bce, {"ce": float(ce.detach()), "bce": float(bce.detach())}
+
+
+def kld(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(q(z|x) || N(0, I)) summed over latent dimensions, averaged over the batch."""
+    mu, logvar = mu.float(), logvar.float()
+    return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)).mean()
+
+
+def perceptual_loss(
+    unet: UNet3D, real_density: torch.Tensor, fake_density: torch.Tensor
+) -> torch.Tensor:
+    """Sum over UNet encoder levels of the MSE between features of real and fake density.
+
+    The UNet must be frozen (eval mode, no parameter gradients); gradients flow to
+    ``fake_density`` only. Both densities are (B, [1,] d, d, d) in store units.
+    """
+    with torch.no_grad():
+        real = unet.features(real_density)
+    fake = unet.features(fake_density)
+    return sum(
+        (F.mse_loss(f.float(), r.float()) for f, r in zip(fake, real, strict=True)),
+        start=torch.zeros((), device=fake_density.device),
+    )
+
+
+def vae_loss(
+    reconstruction: torch.Tensor,
+    target: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    *,
+    beta: float,
+    alpha: float,
+    unet: UNet3D | None,
+    density_scale: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """MSE + β·KLD + α·perceptual on normalised grids (B, 4, d, d, d) from the VAE.
+
+    The MSE is over all four channels; ``mse_density`` (also reported) is the density
+    channel alone, the seed's "VAE reconstruction MSE". The perceptual term feeds the
+    UNet densities in store units (normalised × ``density_scale``).
+    """
+    reconstruction = reconstruction.float()
+    mse = F.mse_loss(reconstruction, target)
+    mse_density = F.mse_loss(reconstruction[:, :1], target[:, :1])
+    kl = kld(mu, logvar)
+    loss = mse + beta * kl
+    metrics = {
+        "mse": float(mse.detach()),
+        "mse_density": float(mse_density.detach()),
+        "mse_coords": float(F.mse_loss(reconstruction[:, 1:], target[:, 1:]).detach()),
+        "kld": float(kl.detach()),
+    }
+    if unet is not None and alpha > 0:
+        perc = perceptual_loss(
+            unet, target[:, :1] * density_scale, reconstruction[:, :1] * density_scale
+        )
+        loss = loss + alpha * perc
+        metrics["perceptual"] = float(perc.detach())
+    return loss, metrics

@@ -1,0 +1,264 @@
+"""Sampling around base compounds with tiny randomly initialised models.
+
+A real zarr voxel store (grid 16) of five cubic cells, a base-compounds table and
+checkpoints of an untrained UNet and VAE stand in for the trained pipeline: the chain's
+plumbing (draws, seeds, decoding, segmentation, inversion, reasons) does not need
+trained weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from pymatgen.core import Lattice, Structure
+
+from matdisc.errors import UserError
+from matdisc.io import read_table, write_table
+from matdisc.sample import latent
+from matdisc.sample.stage import random_sampling_stats, run
+from matdisc.stage import StageCall
+
+GRID = 16
+PADDING = 0.25
+SPLITS = ["train", "train", "train", "val", "test"]
+
+
+def cells() -> list[Structure]:
+    rock = [("Na", "Cl", 5.64), ("K", "Cl", 6.29), ("Mg", "O", 4.21)]
+    out = [
+        Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), [x, y], [[0, 0, 0], [0.5] * 3])
+        for x, y, a in rock
+    ]
+    for x, y, a in [("Sr", "Ti", 3.905), ("Ca", "Ti", 3.84)]:
+        out.append(
+            Structure.from_spacegroup(
+                "Pm-3m", Lattice.cubic(a), [x, y, "O"], [[0, 0, 0], [0.5] * 3, [0.5, 0.5, 0]]
+            )
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from matdisc.models.unet import UNet3D
+    from matdisc.models.vae import CondVAE3D
+    from matdisc.train import save_model
+    from matdisc.voxel import voxelize
+    from matdisc.voxel.store import create_store, write_grids
+
+    root = tmp_path_factory.mktemp("sample")
+    structures = cells()
+    vox = [voxelize(s, grid_size=GRID, padding=PADDING) for s in structures]
+    n = len(structures)
+    ef = np.array([-2.1, -2.2, -3.0, -3.5, -3.6])
+    entries = {
+        "material_id": np.array([f"mp-{i}" for i in range(n)]),
+        "formula": np.array([s.composition.reduced_formula for s in structures]),
+        "split": np.array(SPLITS),
+        "structure_class": np.array(["binary_AB"] * 3 + ["perovskite_ABX3"] * 2),
+        "structure_json": np.array([json.dumps(v.structure.as_dict()) for v in vox]),
+        "e_form_ev_per_atom": ef,
+        "decile": np.array([3, 2, 1, 0, -1], dtype=np.int64),  # the last one: unset
+        "lattice": np.stack([v.lattice for v in vox]).astype(np.float32),
+        "nsites": np.array([len(v.structure) for v in vox], dtype=np.int32),
+        "spacegroup_number": np.array([225, 225, 225, 221, 221], dtype=np.int16),
+    }
+    edges = np.linspace(-3.2, -1.6, 9)
+    store = root / "cubic.zarr"
+    create_store(
+        store,
+        entries,
+        GRID,
+        {"grid_size": GRID, "padding": PADDING, "decile_edges": edges.tolist(),
+         "elements_train": [8, 11, 12, 17, 19]},
+    )  # fmt: skip
+    write_grids(store, 0, np.stack([v.density for v in vox]), np.stack([v.species for v in vox]))
+
+    bases = pd.DataFrame(
+        {
+            "base": ["SrTiO3", "NaCl", "CaTiO3", "Xe"],
+            "material_id": ["mp-3", "mp-0", "mp-4", "mp-99"],
+            "formula": ["SrTiO3", "NaCl", "CaTiO3", "Xe"],
+            "formula_anonymous": ["ABC3", "AB", "ABC3", "A"],
+            "structure_class": ["perovskite_ABX3", "binary_AB", "perovskite_ABX3", "other"],
+            "spacegroup_number": [221, 225, 221, 225],
+            "nsites": [5, 8, 5, 4],
+            "e_form_ev_per_atom": [-3.5, -2.1, -3.6, 0.0],
+            "structure_json": [json.dumps(s.as_dict()) for s in structures[3:4] + structures[:1]]
+            + [json.dumps(structures[4].as_dict())] * 2,
+        }
+    )
+    write_table(bases, root / "bases.parquet", "base_compounds")
+
+    torch.manual_seed(0)
+    unet = UNet3D(classes=[8, 11, 12, 17, 19], base_channels=2, depth=2, density_scale=1.0)
+    vae = CondVAE3D(grid_size=GRID, channels=[2, 4], latent_dim=8, coord_scale=10.0)
+    for model in (unet, vae):
+        model.eval()
+    # An untrained mask head marks about half of all voxels: bias it towards few atoms.
+    with torch.no_grad():
+        unet.mask_head.bias.fill_(-0.3)
+    save_model(root / "unet.pt", unet, extra={"grid_size": GRID, "padding": PADDING})
+    save_model(root / "vae.pt", vae, extra={"grid_size": GRID, "padding": PADDING})
+    return {"bases": root / "bases.parquet", "voxels": store, "unet": root / "unet.pt",
+            "vae": root / "vae.pt", "root": root}  # fmt: skip
+
+
+def sample_section(**kw) -> dict:
+    section = dict(mode="targeted", n_samples=20, variance=0.5, batch_size=8,
+                   interpolate_to=None, top_structure_types=10)  # fmt: skip
+    section.update(kw)
+    return section
+
+
+def voxel_section() -> dict:
+    return {"padding": PADDING, "max_sites": 40, "inverse": {"merge_tolerance": 0.5}}
+
+
+def call_for(
+    inputs: dict[str, Path], out: Path, base: str = "SrTiO3", seed: int = 7, **kw
+) -> StageCall:
+    return StageCall(
+        settings={"seed": seed, "sample": sample_section(**kw), "voxel": voxel_section(),
+                  "train": {"device": "cpu", "bf16": False}},
+        inputs={k: inputs[k] for k in ("bases", "voxels", "unet", "vae")},
+        outputs={"samples": out},
+        threads=1,
+        wildcards={"base": base},
+    )  # fmt: skip
+
+
+def test_sampling_is_reproducible_and_records_every_draw(inputs, tmp_path):
+    run(call_for(inputs, tmp_path / "a.parquet"))
+    run(call_for(inputs, tmp_path / "b.parquet", batch_size=3))
+    run(call_for(inputs, tmp_path / "c.parquet", seed=8))
+    a = read_table(tmp_path / "a.parquet", "samples")
+    b = read_table(tmp_path / "b.parquet", "samples")
+    c = read_table(tmp_path / "c.parquet", "samples")
+    pd.testing.assert_frame_equal(a, b)  # same seed, another batch size: same samples
+    assert not np.allclose(a["z_distance"], c["z_distance"])
+    assert len(a) == 20 and a["sample_index"].tolist() == list(range(20))
+    assert (a["decile"] == 0).all() and (a["mode"] == "targeted").all()
+    # every draw has a structure or a reason, never both and never neither
+    assert (a["structure_json"].isna() == a["reason"].notna()).all()
+    ok = a[a["reason"].isna()]
+    for _, row in ok.iterrows():
+        s = Structure.from_dict(json.loads(row["structure_json"]))
+        assert s.composition.reduced_formula == row["formula"]
+        assert len(s) == row["n_sites"]
+        assert s.lattice.abc == pytest.approx(
+            (row["lattice_a_angstrom"], row["lattice_b_angstrom"], row["lattice_c_angstrom"])
+        )
+
+
+def test_random_mode_draws_equally_per_decile(inputs, tmp_path):
+    draws = latent.random(8, 1000, latent.rng_for(1, "X"))
+    assert np.bincount(draws.decile).tolist() == [100] * 10
+    assert np.allclose(draws.condition.sum(axis=1), 1)
+    run(call_for(inputs, tmp_path / "r.parquet", mode="random", n_samples=30))
+    frame = read_table(tmp_path / "r.parquet", "samples")
+    assert np.bincount(frame["decile"]).tolist() == [3] * 10
+
+
+def test_targeted_draws_have_the_configured_variance():
+    mu = np.linspace(-1, 1, 16)
+    draws = latent.targeted(mu, 4, 20000, 0.5, latent.rng_for(0, "SrTiO3"))
+    assert draws.z.mean(axis=0) == pytest.approx(mu, abs=0.03)
+    assert draws.z.var(axis=0) == pytest.approx(np.full(16, 0.5), rel=0.05)
+    assert (draws.decile == 4).all()
+
+
+def test_interpolation_walks_from_base_to_target(inputs, tmp_path):
+    run(call_for(inputs, tmp_path / "i.parquet", mode="interpolate", n_samples=5,
+                 interpolate_to="MgO"))  # fmt: skip
+    frame = read_table(tmp_path / "i.parquet", "samples")
+    assert frame["t"].tolist() == [0, 0.25, 0.5, 0.75, 1]
+    assert frame["decile"].iloc[0] == 0 and frame["decile"].iloc[-1] == 1
+    assert frame["z_distance"].iloc[0] == 0 and frame["z_distance"].is_monotonic_increasing
+
+
+def test_unset_decile_comes_from_the_edges(inputs, tmp_path):
+    run(call_for(inputs, tmp_path / "d.parquet", base="CaTiO3", n_samples=2))
+    frame = read_table(tmp_path / "d.parquet", "samples")
+    assert (frame["decile"] == 0).all()  # -3.6 eV/atom is below the first edge
+
+
+@pytest.mark.parametrize(
+    ("kw", "base", "words"),
+    [
+        ({}, "KCl", "not in the base compounds table"),
+        ({}, "Xe", "not in the voxel store"),
+        ({"n_samples": 0}, "SrTiO3", "sample.n_samples is 0"),
+        ({"variance": 0.0}, "SrTiO3", "sample.variance is 0.0"),
+        ({"variance": -1.0}, "SrTiO3", "positive variance"),
+        ({"mode": "random", "n_samples": 15}, "SrTiO3", "multiple of 10"),
+        ({"mode": "interpolate"}, "SrTiO3", "interpolate_to is not set"),
+        ({"mode": "interpolate", "interpolate_to": "CeCrO3"}, "SrTiO3", "not a formula"),
+    ],
+)
+def test_bad_requests_stop_with_one_sentence(inputs, tmp_path, kw, base, words):
+    out = tmp_path / "x.parquet"
+    with pytest.raises(UserError, match=words) as info:
+        run(call_for(inputs, out, base=base, **kw))
+    message = str(info.value)
+    assert message.count(". ") == 0 and message.endswith(".")
+    assert not out.exists()
+
+
+def test_random_sampling_stats():
+    samples = pd.DataFrame(
+        {
+            "min_distance_angstrom": [1.0, 0.2, np.nan, 2.0, 1.5],
+            "formula_anonymous": ["AB", "AB", None, "ABC3", "AB"],
+        }
+    )
+    ef = np.array([-1.0, -2.0, np.nan, 0.5, -0.1])
+    stats = random_sampling_stats(samples, ef, min_distance=0.5, top=10).set_index("metric")
+    assert stats.loc["valid", "count"] == 3 and stats.loc["valid", "fraction"] == 0.6
+    assert stats.loc["negative_ef", "count"] == 2
+    assert stats.loc["negative_ef", "fraction"] == pytest.approx(2 / 3)
+    types = stats.loc["structure_type"]
+    assert types["formula_anonymous"].tolist() == ["AB", "ABC3"]
+    assert types["count"].tolist() == [2, 1]
+
+
+def test_folded_batchnorm_gives_the_same_segmentation():
+    from matdisc.models.unet import UNet3D
+    from matdisc.sample.generate import fold_batchnorm
+
+    torch.manual_seed(1)
+    unet = UNet3D(classes=[8, 11, 17], base_channels=2, depth=2).eval()
+    for m in unet.modules():
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    folded = fold_batchnorm(unet)
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in folded.modules())
+    x = torch.rand(2, GRID, GRID, GRID)
+    with torch.no_grad():
+        assert torch.allclose(unet(x)[0], folded(x)[0], atol=1e-5)
+        assert torch.equal(unet.segment(x), folded.segment(x))
+
+
+def test_masked_segmentation_equals_the_unet_segment():
+    from matdisc.models.unet import UNet3D
+    from matdisc.sample.generate import segment_masked
+
+    torch.manual_seed(2)
+    for channels_last in (False, True):
+        unet = UNet3D(classes=[8, 11, 17, 19], base_channels=2, depth=2,
+                      channels_last=channels_last).eval()  # fmt: skip
+        x = torch.rand(3, GRID, GRID, GRID)
+        with torch.no_grad():
+            unet.mask_head.bias.fill_(0.0)
+            logits = unet(x)[1].flatten()
+            for q in (0.95, 0.5, 0.1):  # few, about half, most voxels occupied
+                unet.mask_head.bias.fill_(-float(torch.quantile(logits, q)))
+                expected = unet.segment(x)
+                assert 0 < (expected > 0).sum() < expected.numel()
+                assert torch.equal(segment_masked(unet, x), expected)

@@ -1,0 +1,122 @@
+"""UNet: shapes, gradients, segmentation mapping, class weights, loss, checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from matdisc.models.losses import IGNORE_INDEX, class_weights, unet_loss
+from matdisc.models.unet import UNet3D
+from matdisc.train import load_model, save_model
+
+
+def tiny_unet(**kwargs) -> UNet3D:
+    torch.manual_seed(0)
+    args = dict(classes=[8, 11, 17], base_channels=2, depth=2, density_scale=2.0)
+    args.update(kwargs)
+    return UNet3D(**args)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_shapes_and_gradients(channels_last):
+    model = tiny_unet(channels_last=channels_last)
+    density = torch.rand(2, 1, 16, 16, 16)
+    logits, mask = model(density)
+    assert logits.shape == (2, 4, 16, 16, 16)
+    assert mask.shape == (2, 16, 16, 16)
+    target = torch.randint(0, 4, (2, 16, 16, 16))
+    weights = torch.tensor([0.0, 1.0, 1.0, 1.0])
+    loss, parts = unet_loss(logits, mask, target, (target > 0).float(), weights)
+    loss.backward()
+    assert set(parts) == {"ce", "bce"}
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+    features = model.features(density)
+    assert [f.shape[1:] for f in features] == [
+        (2, 16, 16, 16),
+        (4, 8, 8, 8),
+        (8, 4, 4, 4),
+    ]
+
+
+def test_4d_input_and_bad_grid():
+    model = tiny_unet()
+    logits, _ = model(torch.rand(1, 16, 16, 16))
+    assert logits.shape == (1, 4, 16, 16, 16)
+    with pytest.raises(Exception, match="divisible by 4"):
+        model(torch.rand(1, 1, 18, 18, 18))
+
+
+def test_segment_maps_classes_to_atomic_numbers_and_mask_gates():
+    model = tiny_unet().eval()
+    logits = torch.full((1, 4, 2, 2, 2), -5.0)
+    logits[0, 2] = 5.0  # class 2 = Na everywhere ...
+    logits[0, 0] = 10.0  # ... though background scores higher: it is ignored
+    mask = torch.tensor([1.0, -1.0]).repeat(4).view(1, 2, 2, 2)
+    classes = UNet3D.classes_from_logits(logits, mask)
+    numbers = model.atomic_numbers[classes]
+    assert set(numbers[mask > 0].tolist()) == {11}
+    assert set(numbers[mask <= 0].tolist()) == {0}
+    seg = model.segment(torch.rand(2, 16, 16, 16))
+    assert seg.shape == (2, 16, 16, 16) and seg.dtype == torch.long
+    assert set(seg.unique().tolist()) <= {0, 8, 11, 17}
+
+
+def test_class_weights_inverse_to_counts_background_zero():
+    w = class_weights([1000, 10, 40, 0])
+    assert w[0] == 0 and w[3] == 0
+    assert w[1] / w[2] == pytest.approx(4.0)
+    assert w[1:3].mean() == pytest.approx(1.0)
+
+
+def test_loss_ignores_unknown_elements_and_all_background_batch():
+    logits = torch.randn(1, 4, 4, 4, 4, requires_grad=True)
+    mask = torch.randn(1, 4, 4, 4)
+    target = torch.zeros(1, 4, 4, 4, dtype=torch.long)
+    weights = torch.tensor([0.0, 1.0, 1.0, 1.0])
+    loss, parts = unet_loss(logits, mask, target, torch.zeros_like(mask), weights)
+    assert torch.isfinite(loss) and parts["ce"] == 0.0
+    target[0, 0, 0, 0] = IGNORE_INDEX
+    target[0, 1, 0, 0] = 2
+    loss, parts = unet_loss(logits, mask, target, (target != 0).float(), weights)
+    expected = torch.nn.functional.cross_entropy(logits[:, :, 1, 0, 0], torch.tensor([2]))
+    assert parts["ce"] == pytest.approx(float(expected.detach()), rel=1e-5)
+
+
+def test_checkpoint_written_on_cpu_loads_with_device_auto(tmp_path):
+    model = tiny_unet().eval()
+    x = torch.rand(1, 1, 16, 16, 16)
+    path = save_model(tmp_path / "unet.pt", model, extra={"classes": model.classes})
+    loaded, extra = load_model(path, device="auto")
+    assert isinstance(loaded, UNet3D) and extra["classes"] == [8, 11, 17]
+    assert not loaded.training
+    expected_device = "cuda" if torch.cuda.is_available() else "cpu"
+    assert next(loaded.parameters()).device.type == expected_device
+    with torch.no_grad():
+        a = model(x)[0]
+        b = loaded(x.to(next(loaded.parameters()).device))[0].cpu()
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_training_loss_equals_full_loss_with_zero_background_weight():
+    model = tiny_unet()
+    torch.manual_seed(5)
+    density = torch.rand(2, 1, 16, 16, 16)
+    target = torch.randint(0, 4, (2, 16, 16, 16))
+    target[target == 3] = 0
+    target[0, 0, 0, :3] = IGNORE_INDEX
+    mask = (target != 0).float()
+    weights = torch.tensor([0.0, 0.7, 1.3, 1.0])
+    from matdisc.models.losses import unet_training_loss
+
+    fast, _parts_fast = unet_training_loss(model, density, target, mask, weights)
+    full, _parts_full = unet_loss(*model(density), target, mask, weights)
+    assert float(fast.detach()) == pytest.approx(float(full.detach()), rel=1e-5)
+    fast.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    full.backward()
+    for g, p in zip(grads, model.parameters(), strict=True):
+        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)

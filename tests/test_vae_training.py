@@ -1,0 +1,233 @@
+"""UNet/VAE training: resume reproduces an uninterrupted run; the stages end to end.
+
+A small in-memory voxel store of real rock-salt, CsCl and perovskite cells (grid 16)
+stands in for ``results/voxels/cubic.zarr``; it has the store's attributes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from matdisc.io import read_table
+from matdisc.models import stages
+from matdisc.models.data import UNetDataset, VAEDataset, load_split
+from matdisc.stage import StageCall
+from matdisc.train import TrainConfig, load_model
+
+GRID = 16
+PADDING = 0.25
+
+
+def _structures():
+    from pymatgen.core import Lattice, Structure
+
+    rock = [("Na", "Cl", 5.64), ("K", "Cl", 6.29), ("Mg", "O", 4.21), ("Na", "F", 4.63)]
+    cscl = [("Cs", "Cl", 4.12), ("Cs", "Br", 4.29)]
+    perov = [("Sr", "Ti", 3.905), ("Ba", "Ti", 4.00), ("Ca", "Ti", 3.84), ("Sr", "Zr", 4.15)]
+    out = []
+    for a, b, length in rock:
+        out.append(
+            Structure.from_spacegroup(
+                "Fm-3m", Lattice.cubic(length), [a, b], [[0, 0, 0], [0.5, 0.5, 0.5]]
+            )
+        )
+    for a, b, length in cscl:
+        out.append(
+            Structure.from_spacegroup(
+                "Pm-3m", Lattice.cubic(length), [a, b], [[0, 0, 0], [0.5, 0.5, 0.5]]
+            )
+        )
+    for a, b, length in perov:
+        out.append(
+            Structure.from_spacegroup(
+                "Pm-3m",
+                Lattice.cubic(length),
+                [a, b, "O"],
+                [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0]],
+            )
+        )
+    return out
+
+
+@dataclass
+class FakeStore:
+    """The attributes of ``matdisc.voxel.store.VoxelStore`` the models read."""
+
+    material_id: np.ndarray
+    formula: np.ndarray
+    split: np.ndarray
+    decile: np.ndarray
+    decile_edges: np.ndarray
+    lattice: np.ndarray
+    density: np.ndarray
+    species: np.ndarray
+    grid_size: int
+    padding: float
+    cells: list
+
+    def __len__(self) -> int:
+        return len(self.material_id)
+
+    def elements(self) -> list[int]:
+        train = self.species[self.split == "train"]
+        return sorted(int(z) for z in np.unique(train) if z)
+
+    def structure(self, index: int):
+        return self.cells[index]
+
+
+@pytest.fixture(scope="module")
+def store():
+    from matdisc.voxel import voxelize
+
+    structures = _structures()
+    results = [voxelize(s, grid_size=GRID, padding=PADDING) for s in structures]
+    n = len(structures)
+    split = np.array(["train"] * 7 + ["val"] * 3)
+    # Val holds the same chemistry classes as train (NaF rock salt, CsBr, SrZrO3).
+    order = [0, 1, 2, 4, 6, 7, 8, 3, 5, 9]
+    store = FakeStore(
+        material_id=np.array([f"mp-{i}" for i in order]),
+        formula=np.array([structures[i].composition.reduced_formula for i in order]),
+        split=split,
+        decile=np.array([i % 10 for i in range(n)], dtype=np.int64),
+        decile_edges=np.linspace(-3, 0, 9),
+        lattice=np.stack([results[i].lattice for i in order]).astype(np.float32),
+        density=np.stack([results[i].density for i in order]),
+        species=np.stack([results[i].species for i in order]),
+        grid_size=GRID,
+        padding=PADDING,
+        cells=[results[i].structure for i in order],
+    )
+    return store
+
+
+def unet_section(**kw):
+    section = dict(
+        base_channels=2,
+        depth=2,
+        epochs=2,
+        lr=1e-2,
+        batch_size=3,
+        patience=None,
+        max_minutes=None,
+        max_structures=None,
+        augment=True,
+        channels_last=False,
+        density_scale=None,
+    )
+    section.update(kw)
+    return section
+
+
+def test_datasets_items(store):
+    train = load_split(store, "train")
+    classes = store.elements()
+    density, target, mask = UNetDataset(train, classes, augment=True)[0]
+    assert density.shape == (1, GRID, GRID, GRID) and target.dtype == torch.long
+    assert mask.shape == (GRID,) * 3 and torch.equal(mask > 0, target != 0)
+    d, c, onehot, abc = VAEDataset(train, augment=True)[1]
+    assert d.shape == (1, GRID, GRID, GRID) and c.shape == (3, GRID, GRID, GRID)
+    assert onehot.sum() == 1 and onehot.argmax() == train.decile[1]
+    # A rotated cube keeps its coordinate grid, so the read-back cell length holds.
+    from matdisc.segment import lattice_from_coords
+
+    np.testing.assert_allclose(lattice_from_coords(c.numpy(), PADDING), abc.numpy(), rtol=1e-4)
+
+
+def _fit_unet(store, resume: Path, epochs: int):
+    train, val = load_split(store, "train"), load_split(store, "val")
+    section = unet_section(epochs=epochs)
+    config = TrainConfig(epochs=epochs, lr=1e-2, batch_size=3, seed=3, num_threads=1)
+    return stages.fit_unet(train, val, store.elements(), section, config, resume)
+
+
+def test_resume_reproduces_uninterrupted_run(store, tmp_path):
+    model_a, result_a, _ = _fit_unet(store, tmp_path / "a.resume", epochs=3)
+    # Interrupted after 1 epoch, then re-run with the full budget: continues from the file.
+    _, first, _ = _fit_unet(store, tmp_path / "b.resume", epochs=1)
+    assert first.epochs_run == 1
+    model_b, result_b, _ = _fit_unet(store, tmp_path / "b.resume", epochs=3)
+    assert result_b.steps == result_a.steps == 3 * 2  # 7 maps, batch 3, last dropped
+    assert result_b.epochs_run == result_a.epochs_run == 3
+    ckpt = torch.load(tmp_path / "b.resume", weights_only=False)
+    assert ckpt["epoch"] == 3
+    for key, value in model_a.state_dict().items():
+        torch.testing.assert_close(model_b.state_dict()[key], value, msg=key)
+    assert [h["train_loss"] for h in result_b.history] == pytest.approx(
+        [h["train_loss"] for h in result_a.history], rel=1e-5
+    )
+
+
+@pytest.mark.slow
+def test_stages_end_to_end(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(stages, "_open", lambda call: store)
+    settings = {
+        "seed": 1,
+        "train": {"device": "auto", "bf16": False},
+        "unet": unet_section(epochs=2, max_minutes=5.0),
+        "vae": dict(
+            channels=[4, 8],
+            latent_dim=8,
+            alpha=1.0,
+            beta=5e-4,
+            epochs=2,
+            lr=1e-3,
+            batch_size=3,
+            patience=3,
+            max_minutes=None,
+            max_structures=None,
+            augment=True,
+            channels_last=True,
+        ),
+    }
+    inputs = {"voxels": tmp_path / "cubic.zarr"}
+    unet_out = {"model": tmp_path / "unet.pt", "metrics": tmp_path / "unet.parquet"}
+    stages.train_unet(StageCall(settings=settings, inputs=inputs, outputs=unet_out))
+    assert not Path(str(unet_out["model"]) + ".resume").exists()
+    _unet, extra = load_model(unet_out["model"])
+    assert extra["classes"] == store.elements() and len(extra["decile_edges"]) == 9
+    assert extra["class_weights"][0] == 0.0
+
+    vae_out = {"model": tmp_path / "vae.pt", "metrics": tmp_path / "vae.parquet"}
+    stages.train_vae(
+        StageCall(settings=settings, inputs={**inputs, "unet": unet_out["model"]}, outputs=vae_out)
+    )
+    metrics = read_table(vae_out["metrics"], "reconstruction_metrics")
+    got = set(zip(metrics.pipeline, metrics.metric, strict=True))
+    for pipeline in ("unet_true_density", "vae_unet_chain"):
+        for metric in (
+            "nonzero_recall",
+            "macro_f1",
+            "site_emd_mean_angstrom",
+            "delta_n_sites_mean",
+            "a_mae_angstrom",
+            "b_mae_angstrom",
+            "c_mae_angstrom",
+            "valid_fraction",
+        ):
+            assert (pipeline, metric) in got
+    assert ("vae", "density_mse") in got and ("training", "epochs_run") in got
+    seg = metrics[metrics.pipeline == "unet_true_density"].set_index("metric")["value"]
+    # The true coordinate grid gives the cell back to float precision.
+    assert seg["a_mae_angstrom"] < 1e-3
+    assert 0.0 <= seg["valid_fraction"] <= 1.0
+    _vae, vextra = load_model(vae_out["model"])
+    assert vextra["classes"] == extra["classes"] and len(vextra["decile_edges"]) == 9
+
+    ev_out = {"metrics": tmp_path / "eval.parquet"}
+    stages.evaluate(
+        StageCall(
+            settings=settings,
+            inputs={**inputs, "unet": unet_out["model"], "vae": vae_out["model"]},
+            outputs=ev_out,
+        )
+    )
+    again = read_table(ev_out["metrics"]).set_index(["pipeline", "metric"])["value"]
+    first = metrics.set_index(["pipeline", "metric"])["value"]
+    assert again[("vae", "density_mse")] == pytest.approx(first[("vae", "density_mse")], rel=1e-5)
