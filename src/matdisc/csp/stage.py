@@ -1,18 +1,268 @@
-"""Stage entry points; see the module docstring of the package."""
+"""Stage entry points: ``train-ebm``, ``csp`` and ``evaluate-csp`` (the ``csp`` config section)."""
 
 from __future__ import annotations
 
-from matdisc.errors import StageNotImplementedError
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from matdisc.csp.energy import ContinuousEnergy, CrystalBatch
+from matdisc.csp.sampler import Schedule
+from matdisc.csp.train import EBMSettings, sample_structures
+from matdisc.csp.train import train_ebm as fit_ebm
+from matdisc.errors import UserError
+from matdisc.graphs import CrystalArrays, parse_structures
+from matdisc.io import read_table, write_table
 from matdisc.stage import StageCall
+from matdisc.train import load_model, save_model, seed_everything
+
+log = logging.getLogger(__name__)
+
+MODEL_KEYS = (
+    "node_features",
+    "edge_features",
+    "n_conv",
+    "mlp_layers",
+    "n_gaussians",
+    "width_factor",
+    "cutoff_factor",
+    "reference_density",
+)
+
+#: The seed's CSP metric.
+MATCHER_ARGS = {"stol": 0.5, "angle_tol": 10, "ltol": 0.3}
+
+
+def schedule_of(section: dict[str, Any], steps_key: str) -> Schedule:
+    return Schedule(
+        steps=int(section[steps_key]),
+        beta_start=float(section["beta_start"]),
+        beta_end=float(section["beta_end"]),
+        step_start=float(section["step_start"]),
+        step_end=float(section["step_end"]),
+    )
+
+
+def select_structures(table: pd.DataFrame, section: dict[str, Any]) -> pd.DataFrame:
+    """Rows of the structures table the EBM is trained / evaluated on (config filters)."""
+    keep = table["nsites"] <= int(section["max_sites"])
+    if section.get("structure_class"):
+        keep &= table["structure_class"] == section["structure_class"]
+    if section.get("crystal_system"):
+        keep &= table["crystal_system"] == section["crystal_system"]
+    chosen = table[keep]
+    log.info(
+        "ContinuouSP data: %d of %d structures (structure_class=%s, crystal_system=%s, "
+        "nsites <= %d); %d skipped by these filters",
+        len(chosen),
+        len(table),
+        section.get("structure_class"),
+        section.get("crystal_system"),
+        int(section["max_sites"]),
+        len(table) - len(chosen),
+    )
+    if chosen.empty:
+        raise UserError(
+            "no structure passes the csp filters (structure_class, crystal_system, max_sites); "
+            "relax them in the csp section of config.yaml."
+        )
+    return chosen
+
+
+def _arrays(frame: pd.DataFrame) -> tuple[CrystalArrays, pd.DataFrame]:
+    arrays, ok, bad = parse_structures(frame["structure_json"].tolist())
+    for i, reason in list(bad.items())[:5]:
+        log.warning("skipped %s: %s", frame["material_id"].iloc[i], reason)
+    if bad:
+        log.warning("%d structures skipped (unreadable or disordered)", len(bad))
+    return arrays, frame.iloc[ok]
+
+
+def _device_threads(call: StageCall) -> None:
+    torch.set_num_threads(max(call.threads, 1))
 
 
 def train_ebm(call: StageCall) -> None:
-    raise StageNotImplementedError("csp")
+    """structures.parquet (train split) -> results/models/ebm.pt + results/metrics/ebm.parquet."""
+    section = call.section("csp")
+    _device_threads(call)
+    seed_everything(call.seed)
+    table = select_structures(read_table(call.input("structures"), "structures"), section)
+    train = table[table["split"] == "train"]
+    arrays, train = _arrays(train)
+    model = ContinuousEnergy(**{k: section[k] for k in MODEL_KEYS})
+    settings = EBMSettings(
+        epochs=int(section["epochs"]),
+        batch_size=int(section["batch_size"]),
+        lr=float(section["lr"]),
+        geometric_p=float(section["geometric_p"]),
+        max_sites=int(section["max_sites"]),
+        energy_l2=float(section["energy_l2"]),
+        schedule=schedule_of(section, "train_steps"),
+        max_minutes=section.get("max_minutes"),
+    )
+    log.info("training the ContinuouSP EBM on %d crystals: %s", len(train), model.model_args)
+    history = fit_ebm(model, arrays, settings, seed=call.seed)
+    save_model(call.output("model"), model, extra={"csp": section, "n_train": len(train)})
+    write_table(
+        pd.DataFrame(history),
+        call.output("metrics"),
+        "ebm_metrics",
+        metadata={"seed": call.seed, "csp": section},
+    )
 
 
-def predict(call: StageCall) -> None:
-    raise StageNotImplementedError("csp")
+def _load_ebm(path: Path) -> ContinuousEnergy:
+    if not Path(path).is_file():
+        raise UserError(f"{path} does not exist; run the train_ebm rule (matdisc train-ebm) first.")
+    model, _ = load_model(path, device="cpu")
+    return model
 
 
 def evaluate(call: StageCall) -> None:
-    raise StageNotImplementedError("csp")
+    """The seed's CSP task on the test split: K samples per test crystal; match rate, RMSE."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    section = call.section("csp")
+    _device_threads(call)
+    table = select_structures(read_table(call.input("structures"), "structures"), section)
+    test = table[table["split"] == "test"]
+    if section.get("eval_limit"):
+        test = test.iloc[: int(section["eval_limit"])]
+    arrays, test = _arrays(test)
+    if not len(test):
+        raise UserError("the test split holds no structure for the csp filters; relax them.")
+    model = _load_ebm(call.input("ebm"))
+    k = int(section["samples"])
+    batch, energy = sample_structures(
+        model, arrays.numbers, k, schedule_of(section, "eval_steps"), seed=call.seed
+    )
+    samples = batch.structures()
+    truths = CrystalBatch.from_arrays(arrays.lattices, arrays.frac_coords, arrays.numbers)
+    truths = truths.structures()
+    matcher = StructureMatcher(**MATCHER_ARGS)
+    rows = []
+    for i, (truth, mid) in enumerate(zip(truths, test["material_id"], strict=True)):
+        rms = []
+        for s in samples[i * k : (i + 1) * k]:
+            try:
+                r = matcher.get_rms_dist(s, truth)
+            except (ValueError, RuntimeError, np.linalg.LinAlgError) as exc:
+                log.warning("StructureMatcher failed on a sample of %s: %s", mid, exc)
+                r = None
+            if r is not None:
+                rms.append(float(r[0]))
+        rows.append(
+            {
+                "material_id": mid,
+                "formula": truth.composition.reduced_formula,
+                "nsites": len(truth),
+                "n_samples": k,
+                "n_matched": len(rms),
+                "matched": bool(rms),
+                "rms_dist": min(rms) if rms else None,
+                "best_energy": float(energy[i * k : (i + 1) * k].min()),
+            }
+        )
+    frame = pd.DataFrame(rows)
+    match_rate = float(frame["matched"].mean())
+    rmse = float(frame["rms_dist"].dropna().mean()) if frame["matched"].any() else None
+    log.info(
+        "CSP on %d test crystals, %d samples each: match rate %.2f%%, RMSE %s",
+        len(frame),
+        k,
+        100 * match_rate,
+        rmse,
+    )
+    write_table(
+        frame,
+        call.output("metrics"),
+        "csp_metrics",
+        metadata={
+            "seed": call.seed,
+            "csp": section,
+            "match_rate": match_rate,
+            "rmse": rmse,
+            "matcher": MATCHER_ARGS,
+        },
+    )
+
+
+def predict(call: StageCall) -> None:
+    """K EBM samples per candidate composition, ranked by EBM and CGCNN formation energy."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.core import Structure
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    from matdisc.screen.predict import PropertyPredictor
+
+    section = call.section("csp")
+    _device_threads(call)
+    base = call.wildcard("base")
+    path = call.input("candidates")
+    candidates = read_table(path)
+    missing = [
+        c
+        for c in ("candidate_id", "base", "formula", "structure_json", "e_form_ev_per_atom")
+        if c not in candidates.columns
+    ]
+    if missing:
+        raise UserError(f"{path} lacks the columns {missing}; re-run the filter stage.")
+    model = _load_ebm(call.input("ebm"))
+    k = int(section["samples"])
+    cubic = [Structure.from_dict(json.loads(s)) for s in candidates["structure_json"]]
+    species = [np.asarray(s.atomic_numbers, dtype=np.int64) for s in cubic]
+    rows: list[dict] = []
+    if species:
+        batch, energy = sample_structures(
+            model, species, k, schedule_of(section, "eval_steps"), seed=call.seed
+        )
+        samples = batch.structures()
+        predictor = PropertyPredictor(call.input("cgcnn"), device="cpu")
+        e_form = predictor.predict(samples, ["e_form_ev_per_atom"])["e_form_ev_per_atom"]
+        matcher = StructureMatcher(**MATCHER_ARGS)
+        for i, cand in enumerate(candidates.itertuples(index=False)):
+            for j in range(k):
+                s = samples[i * k + j]
+                try:
+                    sga = SpacegroupAnalyzer(s, symprec=0.1)
+                    sg, system = int(sga.get_space_group_number()), sga.get_crystal_system()
+                except Exception as exc:  # spglib raises assorted errors on odd cells
+                    log.warning("no space group for a sample of %s: %s", cand.candidate_id, exc)
+                    sg, system = None, None
+                rows.append(
+                    {
+                        "candidate_id": cand.candidate_id,
+                        "base": base,
+                        "formula": cand.formula,
+                        "sample": j,
+                        "structure_json": json.dumps(s.as_dict()),
+                        "nsites": len(s),
+                        "spacegroup_number": sg,
+                        "crystal_system": system,
+                        "ebm_energy": float(energy[i * k + j]),
+                        "pred_e_form_ev_per_atom": float(e_form.iloc[i * k + j]),
+                        "candidate_e_form_ev_per_atom": cand.e_form_ev_per_atom,
+                        "matches_candidate": bool(matcher.fit(s, cubic[i])),
+                    }
+                )
+    frame = pd.DataFrame(rows, columns=[f.name for f in _schema("csp_predictions")])
+    if rows:
+        frame["rank_ebm"] = frame.groupby("candidate_id")["ebm_energy"].rank(method="first")
+        frame["rank_e_form"] = frame.groupby("candidate_id")["pred_e_form_ev_per_atom"].rank(
+            method="first"
+        )
+    else:
+        log.warning("no candidates for %s; writing an empty table", base)
+    write_table(frame, call.output("csp"), "csp_predictions", metadata={"csp": section})
+
+
+def _schema(name: str):
+    from matdisc.io.schemas import SCHEMAS
+
+    return SCHEMAS[name]
