@@ -101,6 +101,7 @@ def main() -> None:
     train, val = stages._splits(store, section["max_structures"])
     truth = true_structures(store, val)
     classes = [int(z) for z in store.elements()]
+    inverse = stages.inverse_options(call)
     if args.reuse_unet is not None:
         earlier = pd.read_parquet(args.out / "curve.parquet")
         rows.extend(earlier[earlier.stage == "unet"].to_dict("records"))
@@ -116,7 +117,8 @@ def main() -> None:
         unet, _, _ = stages.fit_unet(
             train, val, classes, section, config, args.work / "unet.resume"
         )
-        record(evaluate_unet(unet, val, truth, device=device), "unet", rnd, section["epochs"])
+        scores = evaluate_unet(unet, val, truth, device=device, invert_kwargs=inverse)
+        record(scores, "unet", rnd, section["epochs"])
         logging.info("UNet round %d done at %.1f min", rnd, (time.perf_counter() - started) / 60)
 
     section = cfg["vae"]
@@ -125,7 +127,8 @@ def main() -> None:
         section = {**cfg["vae"], "epochs": rnd * args.vae_epochs}
         config = stages._train_config(call, section)
         vae, _, _ = stages.fit_vae(train, val, unet, section, config, args.work / "vae.resume")
-        record(evaluate_chain(vae, unet, val, truth, device=device), "vae", rnd, section["epochs"])
+        scores = evaluate_chain(vae, unet, val, truth, device=device, invert_kwargs=inverse)
+        record(scores, "vae", rnd, section["epochs"])
         logging.info("VAE round %d done at %.1f min", rnd, (time.perf_counter() - started) / 60)
 
     frame = pd.DataFrame(rows)

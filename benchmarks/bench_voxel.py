@@ -105,7 +105,7 @@ def main() -> None:
         "label_fraction": vox["label_fraction"],
         "min_label_radius_voxels": vox["min_label_radius_voxels"],
     }
-    inv_options = invert_options(vox)
+    inv_options = {**invert_options(vox), "regions": "species"}  # true species maps
     load = os.getloadavg()
 
     table = read_table(args.data, "structures")

@@ -172,3 +172,23 @@ def test_delta_n_sites_and_lattice_mae():
     bigger = Structure(Lattice.orthorhombic(5.7, 5.64, 5.5), true.species, true.frac_coords)
     assert lattice_mae(bigger, true) == pytest.approx((0.06 + 0.0 + 0.14) / 3)
     assert lattice_mae([5.7, 5.64, 5.5], [5.64, 5.64, 5.64]) == pytest.approx(0.2 / 3)
+
+
+def test_mask_regions_take_the_majority_species_of_noisy_voxels():
+    """UNet output: one atom's voxels carry mixed species. By species they fall apart into
+    many regions; by mask they stay one atom with the majority species."""
+    d = 32
+    rng = np.random.default_rng(0)
+    centres = [np.array([10.0, 10.0, 10.0]), np.array([21.0, 21.0, 21.0])]
+    species = np.zeros((d, d, d), dtype=np.uint8)
+    for centre, z in zip(centres, (11, 17), strict=True):
+        ball = _ball(d, centre, 2.5)
+        noisy = np.where(rng.random(int(ball.sum())) < 0.3, 8, z)  # 30% of voxels say O
+        species[ball] = noisy
+    by_species = invert(species, lattice_abc=(8.0, 8.0, 8.0), regions="species")
+    by_mask = invert(species, lattice_abc=(8.0, 8.0, 8.0), regions="mask")
+    assert by_species.n_sites > 2
+    assert by_mask.ok and by_mask.n_sites == 2
+    assert sorted(by_mask.numbers.tolist()) == [11, 17]
+    with pytest.raises(ValueError, match="regions"):
+        invert(species, lattice_abc=(8.0, 8.0, 8.0), regions="both")

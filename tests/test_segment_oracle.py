@@ -33,7 +33,9 @@ def test_oracle_round_trip_on_every_cubic_snapshot_structure(snapshot_table):
             continue
         result = voxelize_cell(cell, **grid)
         abc = lattice_from_coords(result.coords, grid["padding"])
-        inverse = invert(result.species, lattice_abc=abc, **invert_options(vox))
+        inverse = invert(
+            result.species, lattice_abc=abc, **{**invert_options(vox), "regions": "species"}
+        )
         ok = inverse.structure is not None and sorted(inverse.numbers.tolist()) == sorted(
             cell.numbers.tolist()
         )

@@ -111,8 +111,9 @@ def test_training_loss_equals_full_loss_with_zero_background_weight():
     weights = torch.tensor([0.0, 0.7, 1.3, 1.0])
     from matdisc.models.losses import unet_training_loss
 
-    fast, _parts_fast = unet_training_loss(model, density, target, mask, weights)
-    full, _parts_full = unet_loss(*model(density), target, mask, weights)
+    extra = {"pos_weight": 5.0, "dice_weight": 1.0}
+    fast, _parts_fast = unet_training_loss(model, density, target, mask, weights, **extra)
+    full, _parts_full = unet_loss(*model(density), target, mask, weights, **extra)
     assert float(fast.detach()) == pytest.approx(float(full.detach()), rel=1e-5)
     fast.backward()
     grads = [p.grad.clone() for p in model.parameters()]
@@ -120,3 +121,36 @@ def test_training_loss_equals_full_loss_with_zero_background_weight():
     full.backward()
     for g, p in zip(grads, model.parameters(), strict=True):
         torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_mask_loss_defaults_to_plain_bce_and_weights_atom_voxels():
+    from matdisc.models.losses import mask_loss
+
+    torch.manual_seed(1)
+    logits = torch.randn(2, 8, 8, 8)
+    target = (torch.rand(2, 8, 8, 8) < 0.1).float()
+    plain, parts = mask_loss(logits, target)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    assert float(plain) == pytest.approx(float(bce), rel=1e-6) and set(parts) == {"bce"}
+    # pos_weight w multiplies the atom voxels' terms only: loss = (w·pos + neg) / N
+    per_voxel = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, target, reduction="none"
+    )
+    pos, neg = per_voxel[target > 0].sum(), per_voxel[target == 0].sum()
+    weighted, _ = mask_loss(logits, target, pos_weight=4.0)
+    assert float(weighted) == pytest.approx(float((4 * pos + neg) / target.numel()), rel=1e-5)
+
+
+def test_dice_term_rewards_overlap():
+    from matdisc.models.losses import mask_loss, soft_dice_loss
+
+    target = torch.zeros(1, 8, 8, 8)
+    target[0, 2:4, 2:4, 2:4] = 1.0
+    right = torch.where(target > 0, 20.0, -20.0)
+    assert float(soft_dice_loss(right, target)) < 1e-3
+    assert float(soft_dice_loss(-right, target)) > 0.99
+    half = right.clone()
+    half[0, 2] = -20.0  # half of the 8 atom voxels missed; smoothed Dice = (2·4 + 1) / (4 + 8 + 1)
+    assert float(soft_dice_loss(half, target)) == pytest.approx(1 - 9 / 13, abs=1e-4)
+    loss, parts = mask_loss(half, target, dice_weight=2.0)
+    assert float(loss) == pytest.approx(parts["bce"] + 2.0 * parts["dice"], rel=1e-5)

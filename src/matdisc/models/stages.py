@@ -99,13 +99,15 @@ def density_scale_of(density: np.ndarray) -> float:
 
 
 # -- UNet --------------------------------------------------------------------------------
-def unet_loss_fn(weights: torch.Tensor):
+def unet_loss_fn(weights: torch.Tensor, *, pos_weight: float = 1.0, dice_weight: float = 0.0):
     """``loss_fn`` for :func:`matdisc.train.fit` over :class:`UNetDataset` batches."""
     from matdisc.models.losses import unet_training_loss
 
     def loss_fn(model, batch, device):
         density, target, mask = (t.to(device, non_blocking=True) for t in batch)
-        return unet_training_loss(model, density, target, mask, weights)
+        return unet_training_loss(
+            model, density, target, mask, weights, pos_weight=pos_weight, dice_weight=dice_weight
+        )
 
     return loss_fn
 
@@ -151,7 +153,11 @@ def fit_unet(
     }
     result = fit(
         model=model,
-        loss_fn=unet_loss_fn(torch.tensor(weights, dtype=torch.float32)),
+        loss_fn=unet_loss_fn(
+            torch.tensor(weights, dtype=torch.float32),
+            pos_weight=section["mask_pos_weight"],
+            dice_weight=section["mask_dice_weight"],
+        ),
         train_set=UNetDataset(train, classes, augment=section["augment"]),
         val_set=UNetDataset(val, classes, augment=False),
         config=config,
@@ -182,7 +188,11 @@ def train_unet(call: StageCall) -> None:
     save_model(model_path, model, extra=extra)
     rows = training_rows("unet", result, len(train), len(val))
     rows += evaluate_unet(
-        model, val, true_structures(store, val), device=resolve_device(config.device)
+        model,
+        val,
+        true_structures(store, val),
+        device=resolve_device(config.device),
+        invert_kwargs=inverse_options(call),
     )
     _write_metrics(call.output("metrics"), rows, {"history": result.history, "seed": call.seed})
     resume.unlink(missing_ok=True)
@@ -274,13 +284,23 @@ def fit_vae(
     return model, result, extra
 
 
-def _evaluation_rows(vae: Any, unet: Any, store: Any, val: Any, device: Any) -> list[dict]:
+def inverse_options(call: StageCall) -> dict[str, Any]:
+    """Keyword arguments of :func:`matdisc.segment.invert` from the voxel config section,
+    except the padding (the evaluation takes it from the voxel store)."""
+    from matdisc.segment import invert_options
+
+    return {k: v for k, v in invert_options(call.section("voxel")).items() if k != "padding"}
+
+
+def _evaluation_rows(
+    vae: Any, unet: Any, store: Any, val: Any, device: Any, inverse: dict[str, Any]
+) -> list[dict]:
     from matdisc.models.evaluate import evaluate_chain, evaluate_unet, true_structures
 
     started = time.perf_counter()
     truth = true_structures(store, val)
-    rows = evaluate_unet(unet, val, truth, device=device)
-    rows += evaluate_chain(vae, unet, val, truth, device=device)
+    rows = evaluate_unet(unet, val, truth, device=device, invert_kwargs=inverse)
+    rows += evaluate_chain(vae, unet, val, truth, device=device, invert_kwargs=inverse)
     log.info("evaluation of %d structures took %.0f s", len(val), time.perf_counter() - started)
     return rows
 
@@ -306,7 +326,7 @@ def train_vae(call: StageCall) -> None:
     )
     save_model(model_path, vae, extra=extra)
     rows = training_rows("vae", result, extra["n_train"], extra["n_val"])
-    rows += _evaluation_rows(vae, unet, store, val, device)
+    rows += _evaluation_rows(vae, unet, store, val, device, inverse_options(call))
     _write_metrics(call.output("metrics"), rows, {"history": result.history, "seed": call.seed})
     resume.unlink(missing_ok=True)
 
@@ -323,5 +343,5 @@ def evaluate(call: StageCall) -> None:
     val = load_split(store, "val")
     unet, _ = load_model(call.input("unet"), device=device)
     vae, _ = load_model(call.input("vae"), device=device)
-    rows = _evaluation_rows(vae, unet, store, val, device)
+    rows = _evaluation_rows(vae, unet, store, val, device, inverse_options(call))
     _write_metrics(call.output("metrics"), rows, {"seed": call.seed})

@@ -2,7 +2,11 @@
 
 Steps of :func:`invert` (seed 000, "3-D Multiclass Atom Segmentation"):
 
-1. Connected regions of equal atomic number (6-connectivity, ``skimage.measure.label``).
+1. Connected regions (6-connectivity, ``skimage.measure.label``) of equal atomic number
+   (``regions="species"``: exact on true species maps, where touching atoms of different
+   species stay apart) or of occupied voxels whatever their species (``regions="mask"``:
+   for UNet output, whose per-voxel species are noisier than its occupancy; a region's
+   species is then the majority of its voxels' species).
 2. Touching atoms of one species are split. Regions that fill less than half the ball
    reaching their farthest voxel (a single atom, even cut by neighbours, fills more) are
    checked: markers are the maxima of the (chessboard) distance to the region's edge, at
@@ -88,6 +92,7 @@ def invert(
     split_touching: bool = True,
     min_peak_separation: int = 2,
     species_conflict: str = "vote",
+    regions: str = "species",
 ) -> InversionResult:
     """Read a crystal from a species map.
 
@@ -97,10 +102,13 @@ def invert(
     e.g. from :func:`matdisc.segment.lattice_from_coords`. padding: the grid's padding
     fraction. merge_tolerance: Å within which regions are images of one atom.
     border_reach: Å a region cut by the grid edge may sit inside its atom's centre.
-    min_region_voxels: smaller regions are dropped as noise. See the module docstring.
+    min_region_voxels: smaller regions are dropped as noise. regions: ``"species"`` or
+    ``"mask"``, what delimits a region (step 1). See the module docstring.
     """
     if species_conflict not in ("vote", "reject"):
         raise ValueError(f"species_conflict must be 'vote' or 'reject', got {species_conflict!r}")
+    if regions not in ("species", "mask"):
+        raise ValueError(f"regions must be 'species' or 'mask', got {regions!r}")
     lattice = np.asarray(list(lattice_abc), dtype=np.float64)
     if lattice.shape != (3,) or not np.all(np.isfinite(lattice)) or np.any(lattice <= 0):
         return InversionResult(None, BAD_LATTICE, 0)
@@ -115,18 +123,20 @@ def invert(
 
     if species.min() < 0 or species.max() > 255:
         raise ValueError("species_map must hold atomic numbers 0..255")
-    regions = _regions(species, split_touching, min_peak_separation, min_region_voxels)
-    if regions is None:
+    found = _regions(
+        species, split_touching, min_peak_separation, min_region_voxels, by_mask=regions == "mask"
+    )
+    if found is None:
         return InversionResult(None, NO_ATOMS, 0)
-    n_regions = len(regions["count"])
+    n_regions = len(found["count"])
     if n_regions > _MAX_IMAGES * max_sites:
         # Even if every atom showed all its images, there would be too many atoms; the
         # count reported is that lower bound (and the dense merge is not attempted).
         return InversionResult(None, TOO_MANY_SITES, -(-n_regions // _MAX_IMAGES))
     d = species.shape[0]
-    frac = fraction_of_index(regions["centroid"], d, padding)
-    cluster = _cluster(frac, regions, lattice, merge_tolerance, border_reach)
-    site_frac, site_z, conflict = _merge(frac, regions, cluster)
+    frac = fraction_of_index(found["centroid"], d, padding)
+    cluster = _cluster(frac, found, lattice, merge_tolerance, border_reach)
+    site_frac, site_z, conflict = _merge(frac, found, cluster)
     n_sites = len(site_z)
     if conflict and species_conflict == "reject":
         return InversionResult(None, INCONSISTENT, n_sites, site_frac, site_z)
@@ -167,13 +177,20 @@ def invert_many(
 
 
 def _regions(
-    species: np.ndarray, split_touching: bool, min_separation: int, min_voxels: int
+    species: np.ndarray,
+    split_touching: bool,
+    min_separation: int,
+    min_voxels: int,
+    *,
+    by_mask: bool = False,
 ) -> dict[str, np.ndarray] | None:
-    """Per region (equal species, 6-connected, touching atoms split): centroid (voxel
-    index), voxel count, species and the grid faces it touches; None if none is kept."""
+    """Per region (equal species, or any species if ``by_mask``; 6-connected, touching
+    atoms split): centroid (voxel index), voxel count, species (the majority of its voxels)
+    and the grid faces it touches; None if none is kept."""
     from skimage.measure import label
 
-    labels = label(species.astype(np.uint8), background=0, connectivity=1).astype(np.int32)
+    grid = (species > 0) if by_mask else species.astype(np.uint8)
+    labels = label(grid.astype(np.uint8), background=0, connectivity=1).astype(np.int32)
     stats = _stats(labels)
     if split_touching:
         candidates = _maybe_several(stats)
@@ -186,8 +203,7 @@ def _regions(
     keep = keep[keep > 0]
     if keep.size == 0:
         return None
-    region_species = np.zeros(len(counts), dtype=np.int64)
-    region_species[labels.ravel()] = species.ravel()
+    region_species = _majority_species(labels, species, len(counts))
     low, high = _faces(labels)
     return {
         "centroid": stats["centroid"][keep],
@@ -196,6 +212,16 @@ def _regions(
         "low": low[keep],
         "high": high[keep],
     }
+
+
+def _majority_species(labels: np.ndarray, species: np.ndarray, n_labels: int) -> np.ndarray:
+    """(n_labels,) the most frequent atomic number of each label's voxels (ties: smaller Z)."""
+    flat = labels.ravel()
+    where = np.flatnonzero(flat)
+    votes = np.bincount(
+        flat[where] * 256 + species.ravel()[where], minlength=n_labels * 256
+    ).reshape(n_labels, 256)
+    return votes.argmax(axis=1).astype(np.int64)
 
 
 def _faces(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
