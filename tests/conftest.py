@@ -80,3 +80,34 @@ def make_workdir(target: Path, tiny: pd.DataFrame, config: Path | None = None) -
 def tiny_workdir(tmp_path: Path, tiny_table: pd.DataFrame) -> Path:
     """A fresh working directory with the workflow, the tiny config and its data."""
     return make_workdir(tmp_path / "work", tiny_table)
+
+
+def fake_cgcnn_dir(path: Path, gap_means: float) -> Path:
+    """A CGCNN model directory (untrained tiny models, one per property) whose band-gap
+    model predicts ``gap_means`` eV for everything and the others 0.5 ± noise."""
+    import json
+
+    import torch
+
+    from matdisc.graphs import element_feature_table
+    from matdisc.io.schemas import PROPERTY_COLUMNS
+    from matdisc.models.cgcnn import CGCNN
+    from matdisc.train import save_model
+
+    path.mkdir()
+    torch.manual_seed(0)
+    graph = {"cutoff": 8.0, "max_neighbors": 12, "tie_tolerance": 1e-3}
+    manifest = {"graph": graph, "properties": {}}
+    for name in PROPERTY_COLUMNS:
+        model = CGCNN(
+            element_features=element_feature_table().tolist(), node_features=4, hidden_features=4
+        )
+        mean, std = (gap_means, 1e-9) if name == "band_gap_ev" else (0.5, 0.1)
+        save_model(
+            path / f"{name}.pt",
+            model,
+            extra={"target_mean": mean, "target_std": std, "graph": graph},
+        )
+        manifest["properties"][name] = {"trained": True, "reason": None, "checkpoint": f"{name}.pt"}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    return path

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import fake_cgcnn_dir
 from pymatgen.core import Lattice, Structure
 
 from matdisc.config import load_config
-from matdisc.csp.stage import evaluate, train_ebm
+from matdisc.csp.stage import evaluate, predict, train_ebm
 from matdisc.csp.train import reduced_numbers, sample_multiplicities
 from matdisc.io import read_table, write_table
 from matdisc.io.schemas import PROPERTY_COLUMNS
@@ -68,10 +69,9 @@ def test_multiplicities_follow_the_geometric_law() -> None:
     ]
 
 
-@pytest.mark.slow
-def test_train_and_evaluate_stages(tmp_path: Path) -> None:
+def _tiny_section() -> dict:
     config = load_config(Path(__file__).parents[1] / "config" / "config.yaml")
-    section = {
+    return {
         **config["csp"],
         "epochs": 1,
         "batch_size": 3,
@@ -84,6 +84,11 @@ def test_train_and_evaluate_stages(tmp_path: Path) -> None:
         "structure_class": "perovskite_ABX3",
         "max_sites": 10,
     }
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_stages(tmp_path: Path) -> None:
+    section = _tiny_section()
     structures = _table(tmp_path / "structures.parquet")
     settings = {"csp": section, "seed": 0}
     train_ebm(
@@ -106,3 +111,60 @@ def test_train_and_evaluate_stages(tmp_path: Path) -> None:
     assert metrics["material_id"].tolist() == ["mp-0"]
     assert metrics["n_samples"].tolist() == [2]
     assert (metrics["n_matched"] <= 2).all()
+
+
+@pytest.mark.slow
+def test_csp_stage_samples_every_candidate_and_ranks_them(tmp_path: Path) -> None:
+    section = _tiny_section()
+    settings = {"csp": section, "seed": 0}
+    structures = _table(tmp_path / "structures.parquet")
+    train_ebm(
+        StageCall(
+            settings,
+            {"structures": structures},
+            {"model": tmp_path / "ebm.pt", "metrics": tmp_path / "ebm.parquet"},
+        )
+    )
+    cgcnn = fake_cgcnn_dir(tmp_path / "cgcnn", 1.0)
+    table = read_table(structures, "structures").iloc[:2]
+    candidates = pd.DataFrame(
+        {
+            "candidate_id": ["SrTiO3-0", "BaTiO3-1"],
+            "base": "SrTiO3",
+            "formula": table["formula"].tolist(),
+            "structure_json": table["structure_json"].tolist(),
+            "e_form_ev_per_atom": [-3.4, -3.3],
+        }
+    )
+    candidates.to_parquet(tmp_path / "candidates.parquet")
+
+    def run(candidates_path: Path, out: Path) -> pd.DataFrame:
+        predict(
+            StageCall(
+                settings,
+                {"candidates": candidates_path, "ebm": tmp_path / "ebm.pt", "cgcnn": cgcnn},
+                {"csp": out},
+                wildcards={"base": "SrTiO3"},
+            )
+        )
+        return read_table(out, "csp_predictions")
+
+    frame = run(tmp_path / "candidates.parquet", tmp_path / "csp.parquet")
+    k = section["samples"]
+    assert len(frame) == 2 * k
+    assert frame.groupby("candidate_id")["sample"].apply(sorted).tolist() == [list(range(k))] * 2
+    for _, group in frame.groupby("candidate_id"):
+        assert sorted(group["rank_ebm"]) == list(range(1, k + 1))
+        assert sorted(group["rank_e_form"]) == list(range(1, k + 1))
+        # rank 1 is the lowest energy
+        assert group.loc[group["rank_ebm"].idxmin(), "ebm_energy"] == group["ebm_energy"].min()
+    assert np.isfinite(frame["ebm_energy"]).all()
+    assert np.isfinite(frame["pred_e_form_ev_per_atom"]).all()
+    assert frame["matches_candidate"].dtype == bool
+    for row in frame.itertuples():  # every sample keeps its candidate's composition
+        sample = Structure.from_dict(json.loads(row.structure_json))
+        assert sample.composition.reduced_formula == row.formula
+
+    empty = candidates.iloc[:0]
+    empty.to_parquet(tmp_path / "none.parquet")
+    assert run(tmp_path / "none.parquet", tmp_path / "csp_none.parquet").empty

@@ -10,17 +10,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import fake_cgcnn_dir
 from pymatgen.core import Lattice, Structure
 
 from matdisc.cli import main
-from matdisc.graphs import GraphStore, build_graph, element_feature_table
+from matdisc.graphs import GraphStore, build_graph
 from matdisc.io import read_table, write_table
 from matdisc.io.schemas import PROPERTY_COLUMNS
-from matdisc.models.cgcnn import CGCNN
 from matdisc.screen import PropertyPredictor, predict
 from matdisc.screen.properties import SPECS
 from matdisc.screen.train import CGCNNSettings, train_all, train_property
-from matdisc.train import load_model, save_model
+from matdisc.train import load_model
 
 CATIONS = ["Li", "Na", "K", "Rb", "Mg", "Ca", "Sr", "Ba"]
 ANIONS = ["F", "Cl", "Br", "O", "S"]
@@ -173,30 +173,9 @@ def test_masked_training_ignores_missing_labels(tmp_path):
     np.testing.assert_allclose(a.test_pred, b.test_pred, rtol=1e-5)
 
 
-def _fake_model_dir(path: Path, gap_means: float) -> Path:
-    """A model directory whose band-gap model predicts ``gap_means`` eV for everything."""
-    path.mkdir()
-    torch.manual_seed(0)
-    graph = {"cutoff": 8.0, "max_neighbors": 12, "tie_tolerance": 1e-3}
-    manifest = {"graph": graph, "properties": {}}
-    for name in PROPERTY_COLUMNS:
-        model = CGCNN(
-            element_features=element_feature_table().tolist(), node_features=4, hidden_features=4
-        )
-        mean, std = (gap_means, 1e-9) if name == "band_gap_ev" else (0.5, 0.1)
-        save_model(
-            path / f"{name}.pt",
-            model,
-            extra={"target_mean": mean, "target_std": std, "graph": graph},
-        )
-        manifest["properties"][name] = {"trained": True, "reason": None, "checkpoint": f"{name}.pt"}
-    (path / "manifest.json").write_text(json.dumps(manifest))
-    return path
-
-
 @pytest.mark.parametrize("gap, metal", [(-0.5, True), (0.05, True), (2.0, False)])
 def test_zero_gap_sets_refractive_index_and_dielectric_to_nan(tmp_path, gap, metal):
-    model_dir = _fake_model_dir(tmp_path / "m", gap)
+    model_dir = fake_cgcnn_dir(tmp_path / "m", gap)
     structures = [_rocksalt("Na", "Cl", 5.6), _cscl("Cs", "Br", 4.3)]
     out = PropertyPredictor(model_dir, device="cpu").predict(structures, zero_gap_threshold_ev=0.1)
     assert (out["band_gap_ev"] >= 0).all()  # clipped at zero

@@ -305,6 +305,15 @@ class ContinuousEnergy(nn.Module):
         self.density_weight = float(density_weight)
 
     def forward(self, batch: CrystalBatch) -> torch.Tensor:
+        network, penalty = self.energy_parts(batch)
+        return network + penalty
+
+    def energy_parts(self, batch: CrystalBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The learned energy (B,) and the fixed density penalty (B,); their sum is the energy.
+
+        Training regularises the learned part only: the penalty has no parameters, and a
+        sample of extreme density would otherwise dominate an L2 term on the energies.
+        """
         dtype = self.embedding.weight.dtype
         radius = cutoff_radius(batch, self.cutoff_factor)  # (B,)
         center, neighbor, offset = periodic_edges(batch, radius)
@@ -323,4 +332,4 @@ class ContinuousEnergy(nn.Module):
         pooled = pooled / batch.sizes.clamp(min=1)[:, None].to(v.dtype)
         energy = self.head(pooled).squeeze(1).to(batch.lattice.dtype)
         log_ratio = torch.log(number_density(batch) / self.reference_density)
-        return energy + self.density_weight * log_ratio**2
+        return energy, self.density_weight * log_ratio**2

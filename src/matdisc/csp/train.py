@@ -5,10 +5,12 @@ m ~ Geometric(p) (m >= 1, capped so the cell has at most ``max_sites`` sites) an
 sample x_s of the composition (reduced formula × m), drawn with MALA from the current
 energy without gradient to the parameters; then
 
-    L = mean E(x_d) - mean E(x_s) + α · mean(E(x_d)² + E(x_s)²)
+    L = mean E(x_d) - mean E(x_s) + α · mean(N(x_d)² + N(x_s)²)
 
-and Adam on the parameters. Gradients flow through the energy only (the samples are
-detached). α (``energy_l2``, 0 in the seed) keeps the energies bounded on short chains.
+and Adam on the parameters, N being the learned part of E (E minus the fixed density
+penalty). Gradients flow through the energy only (the samples are detached). α
+(``energy_l2``, 0 in the seed) keeps the learned energies bounded: without it they drift
+apart over a long run until MALA stops accepting moves.
 """
 
 from __future__ import annotations
@@ -97,11 +99,14 @@ def train_ebm(
                 model, random_crystals(species, generator=gen), settings.schedule, generator=gen
             )
             model.train()
-            e_data = model(CrystalBatch.from_arrays(data.lattices, data.frac_coords, data.numbers))
-            e_sample = model(result.batch.detach())
+            n_data, p_data = model.energy_parts(
+                CrystalBatch.from_arrays(data.lattices, data.frac_coords, data.numbers)
+            )
+            n_sample, p_sample = model.energy_parts(result.batch.detach())
+            e_data, e_sample = n_data + p_data, n_sample + p_sample
             loss = e_data.mean() - e_sample.mean()
             if settings.energy_l2 > 0:
-                loss = loss + settings.energy_l2 * (e_data.pow(2).mean() + e_sample.pow(2).mean())
+                loss = loss + settings.energy_l2 * (n_data.pow(2).mean() + n_sample.pow(2).mean())
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
