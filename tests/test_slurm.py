@@ -146,7 +146,14 @@ def finish(process: subprocess.Popen, timeout: float = RUN_TIMEOUT) -> tuple[int
 def cluster_state() -> str:
     """What Slurm says about its node and jobs, for the message of a hung run."""
     lines = []
-    for command in (["sinfo"], ["squeue", "--states=all", "-o", "%i %j %k %T %r %M"]):
+    state = Path(os.environ.get("MATDISC_SLURM_STATE", "/tmp/matdisc-slurm"))
+    for command in (
+        ["sinfo"],
+        ["squeue", "--states=all", "-o", "%i %j %k %T %r %M"],
+        ["scontrol", "show", "job"],
+        ["scontrol", "show", "node"],
+        ["tail", "-n", "40", str(state / "slurmctld.log")],
+    ):
         try:
             shown = subprocess.run(command, capture_output=True, text=True, timeout=30)
             lines.append(f"$ {' '.join(command)}\n{shown.stdout}{shown.stderr}")

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from matdisc.config import validate_config
 from matdisc.io import read_table
 from matdisc.models import stages
 from matdisc.models.data import UNetDataset, VAEDataset, load_split
@@ -108,7 +109,9 @@ def store():
 
 
 def unet_section(**kw):
-    section = dict(
+    """The schema's ``unet`` defaults (so new keys reach the test), sized for 16³ maps."""
+    section = validate_config({})["unet"]
+    section.update(
         base_channels=2,
         depth=2,
         epochs=2,
@@ -116,10 +119,17 @@ def unet_section(**kw):
         batch_size=3,
         patience=None,
         max_minutes=None,
-        max_structures=None,
-        augment=True,
         channels_last=False,
-        density_scale=None,
+    )
+    section.update(kw)
+    return section
+
+
+def vae_section(**kw):
+    """The schema's ``vae`` defaults, sized for 16³ maps."""
+    section = validate_config({})["vae"]
+    section.update(
+        channels=[4, 8], latent_dim=8, epochs=2, batch_size=3, patience=3, max_minutes=None
     )
     section.update(kw)
     return section
@@ -170,21 +180,9 @@ def test_stages_end_to_end(store, tmp_path, monkeypatch):
     settings = {
         "seed": 1,
         "train": {"device": "auto", "bf16": False},
+        "voxel": validate_config({})["voxel"],
         "unet": unet_section(epochs=2, max_minutes=5.0),
-        "vae": dict(
-            channels=[4, 8],
-            latent_dim=8,
-            alpha=1.0,
-            beta=5e-4,
-            epochs=2,
-            lr=1e-3,
-            batch_size=3,
-            patience=3,
-            max_minutes=None,
-            max_structures=None,
-            augment=True,
-            channels_last=True,
-        ),
+        "vae": vae_section(),
     }
     inputs = {"voxels": tmp_path / "cubic.zarr"}
     unet_out = {"model": tmp_path / "unet.pt", "metrics": tmp_path / "unet.parquet"}

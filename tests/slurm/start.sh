@@ -138,6 +138,10 @@ for daemon in slurmd slurmctld; do
     if alive "$pid" $daemon; then kill "$pid"; sleep 1; fi
 done
 rm -f "$STATE_DIR/slurmctld.pid" "$STATE_DIR/slurmd.pid"
+# A fresh controller state and slurmd spool: nothing saved by an earlier cluster (another
+# configuration, a job counter, cached node registrations) carries over.
+rm -rf "$STATE_DIR/ctld" "$STATE_DIR/spool"
+mkdir -p "$STATE_DIR/ctld" "$STATE_DIR/spool"
 /usr/sbin/slurmctld -c -f "$CONF"
 wait_for_file "$STATE_DIR/slurmctld.pid" || die "slurmctld did not start: $(tail -n 5 "$STATE_DIR/slurmctld.log")"
 record_pid slurmctld "$(cat "$STATE_DIR/slurmctld.pid")"
@@ -146,12 +150,28 @@ wait_for_file "$STATE_DIR/slurmd.pid" || die "slurmd did not start: $(tail -n 5 
 record_pid slurmd "$(cat "$STATE_DIR/slurmd.pid")"
 
 # 5. Wait until the node is idle.
+state=
 for ((i = 0; i < TIMEOUT * 2; i++)); do
     state=$(sinfo -h -n "$NODE" -o %t 2>/dev/null | head -n 1 || true)
-    if [ "$state" = idle ]; then
-        echo "start.sh: cluster up: $(sinfo -h -o '%P %t %C' | tr '\n' ' ')"
-        exit 0
-    fi
+    [ "$state" = idle ] && break
     sleep 0.5
 done
-die "node $NODE not idle after ${TIMEOUT}s (state: ${state:-none}); logs in $STATE_DIR"
+[ "$state" = idle ] || die "node $NODE not idle after ${TIMEOUT}s (state: ${state:-none}); logs in $STATE_DIR"
+
+# 6. A job of the size the workflow's jobs ask for (all CPUs, 4 GB, the GPU partition's GPU)
+#    must start on each partition: a cluster that only queues jobs would make Snakemake wait.
+diagnose() {
+    echo "--- squeue"; squeue --states=all -o '%i %P %j %T %r' 2>&1
+    echo "--- scontrol show node"; scontrol show node "$NODE" 2>&1
+    echo "--- slurmctld.log"; tail -n 40 "$STATE_DIR/slurmctld.log" 2>&1
+    echo "--- slurmd.log"; tail -n 20 "$STATE_DIR/slurmd.log" 2>&1
+}
+for partition in "$CPU_PARTITION" "$GPU_PARTITION"; do
+    extra=()
+    [ "$partition" = "$GPU_PARTITION" ] && extra=(--gpus=1)
+    if ! timeout "$TIMEOUT" srun -Q -p "$partition" -N 1 -c "$CPUS" --mem=4000 -t 1 "${extra[@]}" true; then
+        diagnose >&2
+        die "a test job did not run on partition $partition within ${TIMEOUT}s (diagnostics above)"
+    fi
+done
+echo "start.sh: cluster up: $(sinfo -h -o '%P %t %C' | tr '\n' ' ')"
