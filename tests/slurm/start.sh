@@ -5,7 +5,8 @@
 # only when missing, reuses a cluster this script already started, and never touches a
 # slurm.conf it did not write. No systemd: munged, slurmctld and slurmd are started directly
 # and their PIDs recorded in $STATE_DIR/pids, which tests/slurm/stop.sh reads to stop exactly
-# them. Waits until `sinfo` shows the node idle.
+# them. Waits until `sinfo` shows the node idle and a job of the workflow's size (all CPUs,
+# 4 GB, a GPU on the GPU partition) runs on each partition; restarts the daemons once if not.
 #
 # The cluster: partitions "$CPU_PARTITION" (default) and "$GPU_PARTITION" on one node with
 # this machine's CPUs and memory and one fake GPU (gres.conf: File=/dev/null) so GPU routing
@@ -89,7 +90,10 @@ fi
 if [ -e "$CONF" ] && ! grep -qF "$MARKER" "$CONF"; then
     die "$CONF exists and was not written by this script; refusing to overwrite it"
 fi
-CPUS=$(nproc)
+# All of the machine's CPUs (not only those this process may use), and at least the 2 threads
+# the workflow's rules declare, so every job fits the node (task/none does not pin CPUs).
+CPUS=$(nproc --all)
+[ "$CPUS" -ge 2 ] || CPUS=2
 MEM_MB=$(awk '/^MemTotal:/ {print int($2 / 1024 * 0.95)}' /proc/meminfo)
 mkdir -p "$CONF_DIR" "$STATE_DIR/ctld" "$STATE_DIR/spool"
 cat >"$CONF" <<EOF
@@ -132,31 +136,36 @@ $MARKER
 NodeName=$NODE Name=gpu File=/dev/null
 EOF
 
-# 4. The daemons, without systemd. A stale one of ours (e.g. after a crash) is stopped first.
-for daemon in slurmd slurmctld; do
-    pid=$(recorded_pid $daemon)
-    if alive "$pid" $daemon; then kill "$pid"; sleep 1; fi
-done
-rm -f "$STATE_DIR/slurmctld.pid" "$STATE_DIR/slurmd.pid"
-# A fresh controller state and slurmd spool: nothing saved by an earlier cluster (another
-# configuration, a job counter, cached node registrations) carries over.
-rm -rf "$STATE_DIR/ctld" "$STATE_DIR/spool"
-mkdir -p "$STATE_DIR/ctld" "$STATE_DIR/spool"
-/usr/sbin/slurmctld -c -f "$CONF"
-wait_for_file "$STATE_DIR/slurmctld.pid" || die "slurmctld did not start: $(tail -n 5 "$STATE_DIR/slurmctld.log")"
-record_pid slurmctld "$(cat "$STATE_DIR/slurmctld.pid")"
-/usr/sbin/slurmd -f "$CONF" -N "$NODE"
-wait_for_file "$STATE_DIR/slurmd.pid" || die "slurmd did not start: $(tail -n 5 "$STATE_DIR/slurmd.log")"
-record_pid slurmd "$(cat "$STATE_DIR/slurmd.pid")"
+# 4. The daemons, without systemd, from a fresh controller state and slurmd spool: nothing
+#    saved by an earlier cluster (another configuration, a job counter, cached node
+#    registrations) carries over. A stale daemon of ours (e.g. after a crash) is stopped first.
+start_daemons() {
+    local daemon pid
+    for daemon in slurmd slurmctld; do
+        pid=$(recorded_pid $daemon)
+        if alive "$pid" $daemon; then kill "$pid"; sleep 1; fi
+    done
+    rm -f "$STATE_DIR/slurmctld.pid" "$STATE_DIR/slurmd.pid"
+    rm -rf "$STATE_DIR/ctld" "$STATE_DIR/spool"
+    mkdir -p "$STATE_DIR/ctld" "$STATE_DIR/spool"
+    /usr/sbin/slurmctld -c -f "$CONF"
+    wait_for_file "$STATE_DIR/slurmctld.pid" || die "slurmctld did not start: $(tail -n 5 "$STATE_DIR/slurmctld.log")"
+    record_pid slurmctld "$(cat "$STATE_DIR/slurmctld.pid")"
+    /usr/sbin/slurmd -f "$CONF" -N "$NODE"
+    wait_for_file "$STATE_DIR/slurmd.pid" || die "slurmd did not start: $(tail -n 5 "$STATE_DIR/slurmd.log")"
+    record_pid slurmd "$(cat "$STATE_DIR/slurmd.pid")"
+}
 
 # 5. Wait until the node is idle.
-state=
-for ((i = 0; i < TIMEOUT * 2; i++)); do
-    state=$(sinfo -h -n "$NODE" -o %t 2>/dev/null | head -n 1 || true)
-    [ "$state" = idle ] && break
-    sleep 0.5
-done
-[ "$state" = idle ] || die "node $NODE not idle after ${TIMEOUT}s (state: ${state:-none}); logs in $STATE_DIR"
+wait_idle() {
+    local i state=
+    for ((i = 0; i < TIMEOUT * 2; i++)); do
+        state=$(sinfo -h -n "$NODE" -o %t 2>/dev/null | head -n 1 || true)
+        [ "$state" = idle ] && return 0
+        sleep 0.5
+    done
+    die "node $NODE not idle after ${TIMEOUT}s (state: ${state:-none}); logs in $STATE_DIR"
+}
 
 # 6. A job of the size the workflow's jobs ask for (all CPUs, 4 GB, the GPU partition's GPU)
 #    must start on each partition: a cluster that only queues jobs would make Snakemake wait.
@@ -166,12 +175,26 @@ diagnose() {
     echo "--- slurmctld.log"; tail -n 40 "$STATE_DIR/slurmctld.log" 2>&1
     echo "--- slurmd.log"; tail -n 20 "$STATE_DIR/slurmd.log" 2>&1
 }
-for partition in "$CPU_PARTITION" "$GPU_PARTITION"; do
-    extra=()
-    [ "$partition" = "$GPU_PARTITION" ] && extra=(--gpus=1)
-    if ! timeout "$TIMEOUT" srun -Q -p "$partition" -N 1 -c "$CPUS" --mem=4000 -t 1 "${extra[@]}" true; then
-        diagnose >&2
-        die "a test job did not run on partition $partition within ${TIMEOUT}s (diagnostics above)"
-    fi
-done
+test_jobs_run() {
+    local partition extra
+    for partition in "$CPU_PARTITION" "$GPU_PARTITION"; do
+        extra=()
+        [ "$partition" = "$GPU_PARTITION" ] && extra=(--gpus=1)
+        if ! timeout "$TIMEOUT" srun -Q -p "$partition" -N 1 -c "$CPUS" --mem=4000 -t 1 "${extra[@]}" true; then
+            echo "start.sh: a test job did not run on partition $partition within ${TIMEOUT}s" >&2
+            diagnose >&2
+            return 1
+        fi
+    done
+}
+
+# A cluster whose test jobs stay queued is restarted once before giving up.
+start_daemons
+wait_idle
+if ! test_jobs_run; then
+    echo "start.sh: restarting the cluster once" >&2
+    start_daemons
+    wait_idle
+    test_jobs_run || die "test jobs do not run on the cluster (diagnostics above)"
+fi
 echo "start.sh: cluster up: $(sinfo -h -o '%P %t %C' | tr '\n' ' ')"
