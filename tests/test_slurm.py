@@ -145,21 +145,10 @@ def finish(process: subprocess.Popen, timeout: float = RUN_TIMEOUT) -> tuple[int
 
 def cluster_state() -> str:
     """What Slurm says about its node and jobs, for the message of a hung run."""
-    lines = []
-    state = Path(os.environ.get("MATDISC_SLURM_STATE", "/tmp/matdisc-slurm"))
-    for command in (
-        ["sinfo"],
-        ["squeue", "--states=all", "-o", "%i %j %k %T %r %M"],
-        ["scontrol", "show", "job"],
-        ["scontrol", "show", "node"],
-        ["tail", "-n", "40", str(state / "slurmctld.log")],
-    ):
-        try:
-            shown = subprocess.run(command, capture_output=True, text=True, timeout=30)
-            lines.append(f"$ {' '.join(command)}\n{shown.stdout}{shown.stderr}")
-        except (OSError, subprocess.TimeoutExpired) as error:
-            lines.append(f"$ {' '.join(command)}: {error}")
-    return "\n".join(lines)
+    try:
+        return run_script("diagnose.sh", timeout=120).stdout
+    except subprocess.TimeoutExpired as error:
+        return f"tests/slurm/diagnose.sh: {error}"
 
 
 def snakemake(workdir: Path, *args: str, timeout: float = RUN_TIMEOUT) -> tuple[int, str]:

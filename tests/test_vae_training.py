@@ -22,6 +22,8 @@ from matdisc.train import TrainConfig, load_model
 
 GRID = 16
 PADDING = 0.25
+#: The schema's defaults, the base of every config section these tests pass.
+DEFAULTS = validate_config({})
 
 
 def _structures():
@@ -110,7 +112,7 @@ def store():
 
 def unet_section(**kw):
     """The schema's ``unet`` defaults (so new keys reach the test), sized for 16³ maps."""
-    section = validate_config({})["unet"]
+    section = dict(DEFAULTS["unet"])
     section.update(
         base_channels=2,
         depth=2,
@@ -127,7 +129,7 @@ def unet_section(**kw):
 
 def vae_section(**kw):
     """The schema's ``vae`` defaults, sized for 16³ maps."""
-    section = validate_config({})["vae"]
+    section = dict(DEFAULTS["vae"])
     section.update(
         channels=[4, 8], latent_dim=8, epochs=2, batch_size=3, patience=3, max_minutes=None
     )
@@ -180,7 +182,7 @@ def test_stages_end_to_end(store, tmp_path, monkeypatch):
     settings = {
         "seed": 1,
         "train": {"device": "auto", "bf16": False},
-        "voxel": validate_config({})["voxel"],
+        "voxel": DEFAULTS["voxel"],
         "unet": unet_section(epochs=2, max_minutes=5.0),
         "vae": vae_section(),
     }

@@ -95,7 +95,7 @@ fi
 CPUS=$(nproc --all)
 [ "$CPUS" -ge 2 ] || CPUS=2
 MEM_MB=$(awk '/^MemTotal:/ {print int($2 / 1024 * 0.95)}' /proc/meminfo)
-mkdir -p "$CONF_DIR" "$STATE_DIR/ctld" "$STATE_DIR/spool"
+mkdir -p "$CONF_DIR"
 cat >"$CONF" <<EOF
 $MARKER; stop with tests/slurm/stop.sh
 ClusterName=matdisc
@@ -169,12 +169,6 @@ wait_idle() {
 
 # 6. A job of the size the workflow's jobs ask for (all CPUs, 4 GB, the GPU partition's GPU)
 #    must start on each partition: a cluster that only queues jobs would make Snakemake wait.
-diagnose() {
-    echo "--- squeue"; squeue --states=all -o '%i %P %j %T %r' 2>&1
-    echo "--- scontrol show node"; scontrol show node "$NODE" 2>&1
-    echo "--- slurmctld.log"; tail -n 40 "$STATE_DIR/slurmctld.log" 2>&1
-    echo "--- slurmd.log"; tail -n 20 "$STATE_DIR/slurmd.log" 2>&1
-}
 test_jobs_run() {
     local partition extra
     for partition in "$CPU_PARTITION" "$GPU_PARTITION"; do
@@ -182,7 +176,7 @@ test_jobs_run() {
         [ "$partition" = "$GPU_PARTITION" ] && extra=(--gpus=1)
         if ! timeout "$TIMEOUT" srun -Q -p "$partition" -N 1 -c "$CPUS" --mem=4000 -t 1 "${extra[@]}" true; then
             echo "start.sh: a test job did not run on partition $partition within ${TIMEOUT}s" >&2
-            diagnose >&2
+            MATDISC_SLURM_STATE=$STATE_DIR bash "$(dirname "$0")/diagnose.sh" >&2
             return 1
         fi
     done
