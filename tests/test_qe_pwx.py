@@ -16,29 +16,15 @@ import numpy as np
 import pandas as pd
 import pytest
 from ase.io import read as ase_read
-from pymatgen.core import Lattice, Structure
+from pymatgen.core import Structure
+from qe_cases import CHEAP, DEBIAN_PSEUDO, write_qe_folder, zincblende
 
 from matdisc.io import read_table
-from matdisc.io.schemas import PROPERTY_COLUMNS
 from matdisc.qe.run import CONVERGED, FAILED, NO_INPUT, NOT_CONVERGED, pw_command, run_pw
-from matdisc.qe.stage import collect_manifest, relax, write_inputs
+from matdisc.qe.stage import collect_manifest, relax
 from matdisc.stage import StageCall
 
 pytestmark = pytest.mark.external
-
-DEBIAN_PSEUDO = Path("/usr/share/espresso/pseudo")
-FCC = [[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]]
-TETRA = [[x + 0.25, y + 0.25, z + 0.25] for x, y, z in FCC]
-
-#: Low-cost settings: pw.x runs in seconds (the physics stays PBE + D2 + smearing). The
-#: shifted 2x2x2 grid of the 8-atom diamond cell reduces to one k point by symmetry.
-CHEAP = {
-    "pseudo_dir": str(DEBIAN_PSEUDO),
-    "ecutwfc_ry": 12.0,
-    "kpoint_spacing_inv_angstrom": 0.6,
-    "kpoint_shift": [1, 1, 1],
-    "conv_thr_ry": 1e-7,
-}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -56,41 +42,11 @@ def pwx():
         pytest.skip(message)
 
 
-def zincblende(a: float, first: str, second: str) -> Structure:
-    return Structure(Lattice.cubic(a), [first] * 4 + [second] * 4, FCC + TETRA)
-
-
 def make_inputs(
     tmp_path: Path, structures: dict[str, Structure], qe: dict, base: str = "Si"
 ) -> Path:
-    """Candidates + screening tables → write_inputs → collect_manifest; the manifest path."""
-    candidates = pd.DataFrame(
-        [
-            {"candidate_id": cid, "base": base, "formula": s.composition.reduced_formula,
-             "structure_json": json.dumps(s.as_dict())}
-            for cid, s in structures.items()
-        ]
-    )  # fmt: skip
-    screening = pd.DataFrame(
-        {
-            "candidate_id": list(structures),
-            **{c: np.full(len(structures), -0.25) for c in PROPERTY_COLUMNS},
-        }
-    )
-    candidates.to_parquet(tmp_path / "candidates.parquet")
-    screening.to_parquet(tmp_path / "screening.parquet")
-    folder = tmp_path / "qe" / base
-    write_inputs(
-        StageCall(
-            settings={"qe": qe},
-            inputs={
-                "candidates": tmp_path / "candidates.parquet",
-                "screening": tmp_path / "screening.parquet",
-            },
-            outputs={"inputs": folder},
-            wildcards={"base": base},
-        )
-    )
+    """write_qe_folder → collect_manifest; the manifest path."""
+    folder = write_qe_folder(tmp_path, structures, qe, base)
     manifest = tmp_path / "qe" / "manifest.parquet"
     collect_manifest(
         StageCall(settings={"qe": qe}, inputs={base: folder}, outputs={"manifest": manifest})

@@ -7,25 +7,19 @@ and stopped afterwards only if this module started it.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 import yaml
-from pymatgen.core import Lattice, Structure
+from qe_cases import CHEAP, DEBIAN_PSEUDO, write_qe_folder, zincblende
 
 from matdisc.io import read_table
-from matdisc.io.schemas import PROPERTY_COLUMNS
 from matdisc.qe.jobscript import job_script
 from matdisc.qe.run import CONVERGED, check_output
 from matdisc.qe.settings import SlurmSettings
-from matdisc.qe.stage import write_inputs
-from matdisc.stage import StageCall
 
 pytestmark = [pytest.mark.slow, pytest.mark.external]
 
@@ -33,9 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "tests" / "slurm"
 PARTITIONS: dict[str, str] = yaml.safe_load((SCRIPTS / "partitions.yaml").read_text())
 IN_CI = os.environ.get("CI", "").lower() == "true"
-DEBIAN_PSEUDO = Path("/usr/share/espresso/pseudo")
-FCC = [[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]]
-TETRA = [[x + 0.25, y + 0.25, z + 0.25] for x, y, z in FCC]
 
 
 def skip_or_fail(reason: str) -> None:
@@ -73,25 +64,8 @@ def slurm_cluster():
 def test_job_script_runs_pw_under_sbatch(tmp_path, slurm_cluster):
     """write_inputs → sbatch --wait job.sbatch: pw.x runs through the MPI launcher,
     converges, and the script's own output check passes."""
-    structure = Structure(Lattice.cubic(5.5), ["Si"] * 8, FCC + TETRA)
-    pd.DataFrame(
-        [
-            {
-                "candidate_id": "Si-1",
-                "formula": "Si",
-                "structure_json": json.dumps(structure.as_dict()),
-            }
-        ]
-    ).to_parquet(tmp_path / "candidates.parquet")
-    pd.DataFrame(
-        {"candidate_id": ["Si-1"], **{c: np.zeros(1) for c in PROPERTY_COLUMNS}}
-    ).to_parquet(tmp_path / "screening.parquet")
     qe = {
-        "pseudo_dir": str(DEBIAN_PSEUDO),
-        "ecutwfc_ry": 12.0,
-        "kpoint_spacing_inv_angstrom": 0.6,
-        "kpoint_shift": [1, 1, 1],
-        "conv_thr_ry": 1e-7,
+        **CHEAP,
         # One rank keeps the shared test machine free; the launcher is the MPI one.
         # Debian's Open MPI lacks Slurm's PMI, so srun cannot start it: mpirun can.
         "slurm": {
@@ -102,18 +76,7 @@ def test_job_script_runs_pw_under_sbatch(tmp_path, slurm_cluster):
             "launcher": "mpirun -np $SLURM_NTASKS",
         },
     }
-    out = tmp_path / "qe" / "Si"
-    write_inputs(
-        StageCall(
-            settings={"qe": qe},
-            inputs={
-                "candidates": tmp_path / "candidates.parquet",
-                "screening": tmp_path / "screening.parquet",
-            },
-            outputs={"inputs": out},
-            wildcards={"base": "Si"},
-        )
-    )
+    out = write_qe_folder(tmp_path, {"Si-1": zincblende(5.5, "Si", "Si")}, qe)
     manifest = read_table(out / "manifest.parquet", "qe_manifest")
     folder = out / Path(manifest.at[0, "job_script_path"]).parent
     env = dict(os.environ)

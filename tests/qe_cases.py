@@ -1,0 +1,67 @@
+"""Shared pieces of the tests that run the real pw.x (test_qe_pwx, test_qe_slurm)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pymatgen.core import Lattice, Structure
+
+from matdisc.io.schemas import PROPERTY_COLUMNS
+from matdisc.qe.stage import write_inputs
+from matdisc.stage import StageCall
+
+DEBIAN_PSEUDO = Path("/usr/share/espresso/pseudo")
+FCC = [[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]]
+TETRA = [[x + 0.25, y + 0.25, z + 0.25] for x, y, z in FCC]
+
+#: Low-cost settings: pw.x runs in seconds (the physics stays PBE + D2 + smearing). The
+#: shifted 2x2x2 grid of the 8-atom diamond cell reduces to one k point by symmetry.
+CHEAP = {
+    "pseudo_dir": str(DEBIAN_PSEUDO),
+    "ecutwfc_ry": 12.0,
+    "kpoint_spacing_inv_angstrom": 0.6,
+    "kpoint_shift": [1, 1, 1],
+    "conv_thr_ry": 1e-7,
+}
+
+
+def zincblende(a: float, first: str, second: str) -> Structure:
+    """The 8-atom cubic cell of zinc blende (diamond when both species are the same)."""
+    return Structure(Lattice.cubic(a), [first] * 4 + [second] * 4, FCC + TETRA)
+
+
+def write_qe_folder(
+    tmp_path: Path, structures: dict[str, Structure], qe: dict, base: str = "Si"
+) -> Path:
+    """Candidates + screening tables of ``structures`` → the write_inputs stage; its folder."""
+    candidates = pd.DataFrame(
+        [
+            {"candidate_id": cid, "base": base, "formula": s.composition.reduced_formula,
+             "structure_json": json.dumps(s.as_dict())}
+            for cid, s in structures.items()
+        ]
+    )  # fmt: skip
+    screening = pd.DataFrame(
+        {
+            "candidate_id": list(structures),
+            **{c: np.full(len(structures), -0.25) for c in PROPERTY_COLUMNS},
+        }
+    )
+    candidates.to_parquet(tmp_path / "candidates.parquet")
+    screening.to_parquet(tmp_path / "screening.parquet")
+    folder = tmp_path / "qe" / base
+    write_inputs(
+        StageCall(
+            settings={"qe": qe},
+            inputs={
+                "candidates": tmp_path / "candidates.parquet",
+                "screening": tmp_path / "screening.parquet",
+            },
+            outputs={"inputs": folder},
+            wildcards={"base": base},
+        )
+    )
+    return folder
