@@ -80,6 +80,26 @@ def test_annealing_concentrates_on_the_minimum() -> None:
     assert float(((result.batch.lattice - LATTICE0) ** 2).mean()) == pytest.approx(var_l, rel=0.3)
 
 
+def test_adaptive_steps_reach_the_target_acceptance() -> None:
+    """A schedule whose steps are 100x too large for the energy stalls the fixed MALA; with
+    target_acceptance every chain shrinks its step and accepts about that fraction."""
+    gen = torch.Generator().manual_seed(2)
+    chains = 100
+    start = random_crystals([np.array([8, 8])] * chains, generator=gen)
+    start = CrystalBatch(
+        start.frac, LATTICE0.expand(chains, 3, 3).clone(), start.numbers, start.node_graph
+    )
+    steep = Schedule(steps=300, beta_start=1.0, beta_end=1.0, step_start=0.4, step_end=0.4)
+    fixed = mala(analytic_energy, start, steep, niggli=False, generator=gen)
+    adaptive = Schedule(**{**steep.__dict__, "target_acceptance": 0.6})
+    adapted = mala(analytic_energy, start, adaptive, niggli=False, generator=gen)
+    assert float(fixed.acceptance.mean()) < 0.1
+    assert float(adapted.acceptance.mean()) == pytest.approx(0.6, abs=0.1)
+    # and it samples the target: lattice entries ~ N(L0, 1/k) (adaptation settles early)
+    var = float(((adapted.batch.lattice - LATTICE0) ** 2).mean())
+    assert var == pytest.approx(1 / STIFFNESS, rel=0.25)
+
+
 def test_niggli_reduction_keeps_the_crystal() -> None:
     s = Structure(
         Lattice.cubic(3.905),

@@ -8,12 +8,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import fake_cgcnn_dir
 from pymatgen.core import Lattice, Structure
 
 from matdisc.config import load_config
+from matdisc.csp.energy import ContinuousEnergy
+from matdisc.csp.sampler import Schedule
 from matdisc.csp.stage import evaluate, predict, train_ebm
-from matdisc.csp.train import reduced_numbers, sample_multiplicities
+from matdisc.csp.train import EBMSettings, _negatives, reduced_numbers, sample_multiplicities
 from matdisc.io import read_table, write_table
 from matdisc.io.schemas import PROPERTY_COLUMNS
 from matdisc.stage import StageCall
@@ -67,6 +70,33 @@ def test_multiplicities_follow_the_geometric_law() -> None:
         22,
         38,
     ]
+
+
+def test_persistent_negatives_continue_their_chains() -> None:
+    """Fresh negatives start from random cells at a sampled multiplicity; kept ones go on
+    from the stored state of their data crystal, with the same species, at the final β."""
+    torch.manual_seed(0)
+    model = ContinuousEnergy(node_features=8, edge_features=8, n_conv=1)
+    units = [np.array([8, 8, 8, 22, 38]), np.array([11, 17])]
+    settings = EBMSettings(
+        max_sites=10, schedule=Schedule(steps=4, target_acceptance=0.5), persistent=1.0
+    )
+    rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
+    chains: list = [None, None]
+    first, _ = _negatives(
+        model, np.array([0, 1]), np.array([], int), chains, units, settings, rng, gen
+    )
+    stored = [(z.copy(), f.copy(), lat.copy()) for z, f, lat in chains]
+    assert all(len(z) % len(u) == 0 for (z, _, _), u in zip(stored, units, strict=True))
+    second, acceptance = _negatives(
+        model, np.array([], int), np.array([1, 0]), chains, units, settings, rng, gen
+    )
+    assert 0.0 <= acceptance <= 1.0
+    for i in (0, 1):
+        assert np.array_equal(chains[i][0], stored[i][0])  # same species and multiplicity
+        # held at the last step size (0.0005): a continued cell moves by hundredths of an Å
+        assert np.abs(chains[i][2] - stored[i][2]).max() < 0.5
+    assert second.n_graphs == first.n_graphs == 2
 
 
 def _tiny_section() -> dict:

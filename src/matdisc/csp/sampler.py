@@ -25,7 +25,6 @@ Niggli: an invariant energy does not care which reduced basis is used) at tensor
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -55,6 +54,12 @@ class Schedule:
     beta_end: float = 1000.0
     step_start: float = 0.5
     step_end: float = 0.0005
+    #: None = the seed's fixed step schedule. A number in (0, 1): each chain scales the
+    #: scheduled step by its own factor s, log s += adapt_rate · (α - target) after every
+    #: step (α the step's acceptance probability), so chains whose energy is steeper than
+    #: the schedule assumes shrink their steps instead of stalling.
+    target_acceptance: float | None = None
+    adapt_rate: float = 0.3
 
     def at(self, t: int) -> tuple[float, float]:
         frac = t / max(self.steps - 1, 1)
@@ -198,19 +203,22 @@ def mala(
     n_chains = batch.n_graphs
     energy, g_f, g_l = energy_and_grad(energy_fn, batch)
     accepted = torch.zeros(n_chains, dtype=dtype)
+    log_scale = torch.zeros(n_chains, dtype=dtype)  # per-chain step factor (adaptive steps)
     bar = tqdm(range(schedule.steps), desc="MALA", disable=not progress, leave=False)
     for t in bar:
-        beta, h = schedule.at(t)
-        noise_std = math.sqrt(2 * h)
+        beta, h_t = schedule.at(t)
+        h = h_t * log_scale.exp()  # (B,): the same step for frac and lattice of a chain
+        h_n, h_l = h[graph][:, None], h[:, None, None]
+        std_n, std_l = (2 * h_n).sqrt(), (2 * h_l).sqrt()
         xi_f = torch.randn(batch.frac.shape, generator=generator, dtype=dtype)
         xi_l = torch.randn(batch.lattice.shape, generator=generator, dtype=dtype)
-        prop_f = batch.frac - h * beta * g_f + noise_std * xi_f
-        prop_l = batch.lattice - h * beta * g_l + noise_std * xi_l
+        prop_f = batch.frac - h_n * beta * g_f + std_n * xi_f
+        prop_l = batch.lattice - h_l * beta * g_l + std_l * xi_l
         proposal = CrystalBatch(prop_f, prop_l, batch.numbers, graph)
         e_new, gf_new, gl_new = energy_and_grad(energy_fn, proposal)
         # log q(x'|x) = -|ξ|²/2 (up to a constant); reverse move: x = x' - hβ∇E(x') + √(2h) ξ_r
-        rev_f = (batch.frac - prop_f + h * beta * gf_new) / noise_std
-        rev_l = (batch.lattice - prop_l + h * beta * gl_new) / noise_std
+        rev_f = (batch.frac - prop_f + h_n * beta * gf_new) / std_n
+        rev_l = (batch.lattice - prop_l + h_l * beta * gl_new) / std_l
         sq_fwd = torch.zeros(n_chains, dtype=dtype).index_add_(0, graph, (xi_f**2).sum(1))
         sq_fwd += (xi_l**2).sum((1, 2))
         sq_rev = torch.zeros(n_chains, dtype=dtype).index_add_(0, graph, (rev_f**2).sum(1))
@@ -220,6 +228,9 @@ def mala(
         uniform = torch.rand(n_chains, generator=generator, dtype=dtype)
         accept = torch.log(uniform) < log_alpha
         accepted += accept.to(dtype)
+        if schedule.target_acceptance is not None:
+            alpha = log_alpha.clamp(max=0.0).exp()
+            log_scale += schedule.adapt_rate * (alpha - schedule.target_acceptance)
         node_accept = accept[graph][:, None]
         frac = torch.where(node_accept, prop_f, batch.frac)
         frac = frac - torch.floor(frac)

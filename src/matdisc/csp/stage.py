@@ -45,6 +45,7 @@ def schedule_of(section: dict[str, Any], steps_key: str) -> Schedule:
         beta_end=float(section["beta_end"]),
         step_start=float(section["step_start"]),
         step_end=float(section["step_end"]),
+        target_acceptance=section["target_acceptance"],
     )
 
 
@@ -105,6 +106,7 @@ def train_ebm(call: StageCall) -> None:
         energy_l2=float(section["energy_l2"]),
         schedule=schedule_of(section, "train_steps"),
         max_minutes=section.get("max_minutes"),
+        persistent=float(section["persistent"]),
     )
     log.info("training the ContinuouSP EBM on %d crystals: %s", len(train), model.model_args)
     history = fit_ebm(model, arrays, settings, seed=call.seed)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import reduce
 
 import numpy as np
@@ -62,6 +62,34 @@ class EBMSettings:
     energy_l2: float = 0.0
     schedule: Schedule = field(default_factory=Schedule)
     max_minutes: float | None = None
+    #: Fraction of a batch's negatives continued from the chain its data crystal had in
+    #: the previous epoch (persistent contrastive divergence; 0 = the seed's fresh chains).
+    #: Continued chains run ``schedule.steps`` more steps at the final β and step size, so
+    #: over the epochs they reach the low-energy states a short annealing from random
+    #: cells never sees, and the loss pushes those up where they are not data.
+    persistent: float = 0.0
+
+    def continued(self) -> Schedule:
+        """The schedule of continued chains: ``schedule``'s last β and step, held."""
+        s = self.schedule
+        return replace(s, beta_start=s.beta_end, step_start=s.step_end)
+
+
+#: One chain's state between epochs: (atomic numbers (n,), frac (n, 3), lattice (3, 3)).
+ChainState = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def chain_states(batch: CrystalBatch) -> list[ChainState]:
+    """Per-crystal (numbers, frac, lattice) numpy copies of a batch."""
+    graph = batch.node_graph.numpy()
+    z, f, lat = batch.numbers.numpy(), batch.frac.detach().numpy(), batch.lattice.detach().numpy()
+    return [(z[graph == b], f[graph == b].copy(), lat[b].copy()) for b in range(batch.n_graphs)]
+
+
+def batch_of_states(states: list[ChainState]) -> CrystalBatch:
+    return CrystalBatch.from_arrays(
+        [s[2] for s in states], [s[1] for s in states], [s[0] for s in states]
+    )
 
 
 def train_ebm(
@@ -76,6 +104,7 @@ def train_ebm(
     gen = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=(0.9, 0.999))
     formula_units = [reduced_numbers(z) for z in crystals.numbers]
+    chains: list[ChainState | None] = [None] * len(crystals)  # persistent negatives
     history: list[dict] = []
     t_start = time.perf_counter()
     for epoch in range(settings.epochs):
@@ -86,23 +115,18 @@ def train_ebm(
         for start in tqdm(batches, desc=f"EBM epoch {epoch + 1}", leave=False):
             idx = order[start : start + settings.batch_size]
             data = crystals.take(idx)
-            units = [formula_units[i] for i in idx]
-            m = sample_multiplicities(
-                np.array([len(u) for u in units]),
-                p=settings.geometric_p,
-                max_sites=settings.max_sites,
-                rng=rng,
-            )
-            species = [np.tile(u, k) for u, k in zip(units, m, strict=True)]
-            model.eval()
-            result = mala(
-                model, random_crystals(species, generator=gen), settings.schedule, generator=gen
+            keep = np.zeros(len(idx), dtype=bool)
+            if settings.persistent > 0:  # (no draw otherwise: the seed's random stream)
+                keep = np.array([chains[i] is not None for i in idx])
+                keep &= rng.random(len(idx)) < settings.persistent
+            negatives, acceptance = _negatives(
+                model, idx[~keep], idx[keep], chains, formula_units, settings, rng, gen
             )
             model.train()
             n_data, p_data = model.energy_parts(
                 CrystalBatch.from_arrays(data.lattices, data.frac_coords, data.numbers)
             )
-            n_sample, p_sample = model.energy_parts(result.batch.detach())
+            n_sample, p_sample = model.energy_parts(negatives)
             e_data, e_sample = n_data + p_data, n_sample + p_sample
             loss = e_data.mean() - e_sample.mean()
             if settings.energy_l2 > 0:
@@ -114,7 +138,7 @@ def train_ebm(
             sums["loss"] += float(loss.detach())
             sums["energy_data"] += float(e_data.detach().mean())
             sums["energy_sample"] += float(e_sample.detach().mean())
-            sums["acceptance"] += float(result.acceptance.mean())
+            sums["acceptance"] += acceptance
         row = {"epoch": epoch + 1, **{k: v / max(n_batches, 1) for k, v in sums.items()}}
         row["seconds"] = time.perf_counter() - t_start
         history.append(row)
@@ -131,6 +155,48 @@ def train_ebm(
             break
     model.eval()
     return history
+
+
+def _negatives(
+    model: ContinuousEnergy,
+    fresh: np.ndarray,
+    kept: np.ndarray,
+    chains: list[ChainState | None],
+    formula_units: list[np.ndarray],
+    settings: EBMSettings,
+    rng: np.random.Generator,
+    gen: torch.Generator,
+) -> tuple[CrystalBatch, float]:
+    """MALA negatives for data crystals ``fresh`` (new chains from random cells, annealed)
+    and ``kept`` (their chains continued); stores every final state in ``chains``.
+
+    Returns the negatives (fresh first) and the mean acceptance over all chains.
+    """
+    model.eval()
+    states: list[ChainState] = []
+    accepted: list[torch.Tensor] = []
+    if len(fresh):
+        units = [formula_units[i] for i in fresh]
+        m = sample_multiplicities(
+            np.array([len(u) for u in units]),
+            p=settings.geometric_p,
+            max_sites=settings.max_sites,
+            rng=rng,
+        )
+        species = [np.tile(u, k) for u, k in zip(units, m, strict=True)]
+        result = mala(
+            model, random_crystals(species, generator=gen), settings.schedule, generator=gen
+        )
+        states += chain_states(result.batch)
+        accepted.append(result.acceptance)
+    if len(kept):
+        start = batch_of_states([chains[i] for i in kept])  # type: ignore[misc]
+        result = mala(model, start, settings.continued(), generator=gen)
+        states += chain_states(result.batch)
+        accepted.append(result.acceptance)
+    for i, state in zip(np.concatenate([fresh, kept]), states, strict=True):
+        chains[i] = state
+    return batch_of_states(states), float(torch.cat(accepted).mean())
 
 
 def sample_structures(
