@@ -39,9 +39,9 @@ def load_models(args: argparse.Namespace, config: dict):
     u, v = config["unet"], config["vae"]
     classes = [3, 8, 9, 11, 12, 17, 19, 20, 22, 38]
     unet = UNet3D(classes=classes, base_channels=u["base_channels"], depth=u["depth"],
-                  channels_last=u["channels_last"])  # fmt: skip
+                  channels_last=True)  # fmt: skip
     vae = CondVAE3D(grid_size=config["voxel"]["grid_size"], channels=v["channels"],
-                    latent_dim=v["latent_dim"], channels_last=v["channels_last"])  # fmt: skip
+                    latent_dim=v["latent_dim"], channels_last=True)  # fmt: skip
     return unet.eval(), vae.eval(), "random_init"
 
 

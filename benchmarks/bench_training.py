@@ -9,7 +9,9 @@ frozen UNet forward on real and reconstructed density), as in training.
 
     python benchmarks/bench_training.py [--threads 2] [--batch 8] [--rounds 3] [--compile]
 
-Prints one JSON object; ``fastest`` names the variant to keep as the default.
+Prints one JSON object; ``fastest`` names the fastest variant and ``default`` the one
+config/config.yaml picks on this machine (``channels_last`` of the section, ``train.bf16``
+resolved here: ``auto`` = bf16 where the CPU has AMX).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from matdisc.config import load_config
 from matdisc.models.losses import unet_training_loss, vae_loss
 from matdisc.models.unet import UNet3D
 from matdisc.models.vae import CondVAE3D
+from matdisc.train.device import resolve_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 N_CLASSES = 60  # about the number of elements in the cubic training split
@@ -127,7 +130,14 @@ def main() -> None:
         "vae": {"channels": cfg["vae"]["channels"], "latent_dim": cfg["vae"]["latent_dim"]},
         "load_average_1min": None,
     }
+    bf16 = resolve_bf16(cfg["train"]["bf16"], torch.device("cpu"))
     for kind in ("unet", "vae"):
+        value = cfg[kind]["channels_last"]
+        layout = (not bf16) if value == "auto" else value  # as models.stages.channels_last_of
+        if bf16:
+            default = "channels_last+bf16" if layout else "bf16"
+        else:
+            default = "channels_last" if layout else "plain"
         steps = {}
         warmup = {}
         for name, v in variants.items():
@@ -150,6 +160,8 @@ def main() -> None:
             "first_step_s": {k: round(v, 2) for k, v in warmup.items()},
             "speedup_vs_plain": {k: round(v / median["plain"], 2) for k, v in median.items()},
             "fastest": max(median, key=median.get),
+            "default": default,
+            "default_is_fastest": default == max(median, key=median.get),
         }
     with contextlib.suppress(OSError):
         out["load_average_1min"] = round(float(Path("/proc/loadavg").read_text().split()[0]), 2)

@@ -11,6 +11,7 @@ from torch.utils.data import TensorDataset
 
 from matdisc.errors import UserError
 from matdisc.train import TrainConfig, fit, load_model, resolve_device, save_model
+from matdisc.train.device import bf16_supported, resolve_bf16
 
 
 class TinyNet(nn.Module):
@@ -114,3 +115,24 @@ def test_missing_cuda_is_a_user_error() -> None:
 def test_bad_train_config_is_a_user_error() -> None:
     with pytest.raises(UserError, match="batch_size"):
         TrainConfig(epochs=1, lr=1e-3, batch_size=0)
+
+
+def test_bf16_auto_follows_the_hardware() -> None:
+    cpu = torch.device("cpu")
+    assert resolve_bf16(True, cpu) is True and resolve_bf16(False, cpu) is False
+    amx = bool(torch.backends.mkldnn.is_available() and torch.cpu._is_amx_tile_supported())
+    assert bf16_supported(cpu) is amx
+    assert resolve_bf16("auto", cpu) is amx
+    with pytest.raises(UserError, match="auto, true or false"):
+        resolve_bf16("yes", cpu)
+
+
+def test_bf16_training_resumes_like_uninterrupted(tmp_path: Path) -> None:
+    """bf16 autocast (forced on, whatever the CPU) trains, lowers the loss and resumes."""
+    full, res_full = _train(tmp_path, 4, tmp_path / "full.resume", bf16=True)
+    _train(tmp_path, 2, tmp_path / "part.resume", bf16=True)
+    part, res_part = _train(tmp_path, 4, tmp_path / "part.resume", bf16=True)
+    assert res_part.steps == res_full.steps
+    assert res_full.history[-1]["train_loss"] < res_full.history[0]["train_loss"]
+    for a, b in zip(full.state_dict().values(), part.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

@@ -71,6 +71,15 @@ def test_class_weights_inverse_to_counts_background_zero():
     assert w[1:3].mean() == pytest.approx(1.0)
 
 
+def test_class_weight_power_tempers_the_inverse_counts():
+    counts = [1000, 10, 40, 0]
+    assert class_weights(counts, 1.0) == pytest.approx(class_weights(counts))
+    half = class_weights(counts, 0.5)
+    assert half[0] == 0 and half[3] == 0
+    assert half[1] / half[2] == pytest.approx(2.0)  # sqrt(40 / 10)
+    assert class_weights(counts, 0.0)[1:3] == pytest.approx([1.0, 1.0])
+
+
 def test_loss_ignores_unknown_elements_and_all_background_batch():
     logits = torch.randn(1, 4, 4, 4, 4, requires_grad=True)
     mask = torch.randn(1, 4, 4, 4)

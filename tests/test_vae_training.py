@@ -231,3 +231,13 @@ def test_stages_end_to_end(store, tmp_path, monkeypatch):
     again = read_table(ev_out["metrics"]).set_index(["pipeline", "metric"])["value"]
     first = metrics.set_index(["pipeline", "metric"])["value"]
     assert again[("vae", "density_mse")] == pytest.approx(first[("vae", "density_mse")], rel=1e-5)
+
+
+def test_channels_last_auto_follows_bf16():
+    """auto: channels-last in fp32, the contiguous layout under bf16; booleans as given."""
+    fp32 = TrainConfig(epochs=1, lr=1e-3, batch_size=1, device="cpu", bf16=False)
+    bf16 = TrainConfig(epochs=1, lr=1e-3, batch_size=1, device="cpu", bf16=True)
+    assert stages.channels_last_of({"channels_last": "auto"}, fp32) is True
+    assert stages.channels_last_of({"channels_last": "auto"}, bf16) is False
+    assert stages.channels_last_of({"channels_last": True}, bf16) is True
+    assert stages.channels_last_of({"channels_last": False}, fp32) is False

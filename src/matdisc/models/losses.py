@@ -25,17 +25,18 @@ from matdisc.models.unet import UNet3D
 IGNORE_INDEX = -100
 
 
-def class_weights(counts: Sequence[int] | np.ndarray) -> np.ndarray:
-    """Weights ∝ 1 / voxel count per class, background (index 0) weight 0, mean 1 over the rest.
+def class_weights(counts: Sequence[int] | np.ndarray, power: float = 1.0) -> np.ndarray:
+    """Weights ∝ count^-power per class, background (index 0) weight 0, mean 1 over the rest.
 
-    ``counts[k]``: voxels of class ``k`` in the training split. A class with no voxels
-    gets weight 0 (nothing to weigh).
+    ``counts[k]``: voxels of class ``k`` in the training split. ``power = 1`` is the
+    seed's inverse-count weighting; smaller powers temper it (0 = unweighted). A class
+    with no voxels gets weight 0 (nothing to weigh).
     """
     counts = np.asarray(counts, dtype=np.float64)
     weights = np.zeros_like(counts)
     seen = counts > 0
     seen[0] = False
-    weights[seen] = 1.0 / counts[seen]
+    weights[seen] = counts[seen] ** -float(power)
     if seen.any():
         weights[seen] /= weights[seen].mean()
     return weights

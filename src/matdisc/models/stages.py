@@ -91,6 +91,18 @@ def _write_metrics(path: Path, rows: list[dict], metadata: dict[str, Any]) -> No
             )
 
 
+def channels_last_of(section: dict[str, Any], config: Any) -> bool:
+    """The section's ``channels_last``; ``auto`` = channels-last 3-D unless bf16 autocast is
+    on (``benchmarks/bench_training.py``: channels-last is 1.6x faster in fp32 on 2 CPU
+    cores, and slower than the contiguous layout under bf16 on AMX)."""
+    from matdisc.train.device import resolve_bf16, resolve_device
+
+    value = section["channels_last"]
+    if isinstance(value, bool):
+        return value
+    return not resolve_bf16(config.bf16, resolve_device(config.device))
+
+
 def density_scale_of(density: np.ndarray) -> float:
     """Median over structures of the peak density: the network unit of density."""
     peaks = density.reshape(len(density), -1).max(axis=1)
@@ -127,7 +139,7 @@ def fit_unet(
     from matdisc.train import fit, seed_everything
 
     counts = class_counts(train.species, classes)
-    weights = class_weights(counts)
+    weights = class_weights(counts, section["class_weight_power"])
     scale = section["density_scale"] or density_scale_of(train.density)
     seed_everything(config.seed)
     model = UNet3D(
@@ -135,7 +147,7 @@ def fit_unet(
         base_channels=section["base_channels"],
         depth=section["depth"],
         density_scale=scale,
-        channels_last=section["channels_last"],
+        channels_last=channels_last_of(section, config),
     )
     # Start the mask head at the training occupancy (about 2% of the voxels at the
     # default label radius): otherwise the first hundreds of steps only move its bias.
@@ -260,7 +272,7 @@ def fit_vae(
         n_conditions=N_DECILES,
         density_scale=unet.density_scale,
         coord_scale=coord_scale,
-        channels_last=section["channels_last"],
+        channels_last=channels_last_of(section, config),
     )
     extra = {
         "classes": list(unet.classes),

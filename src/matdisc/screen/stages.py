@@ -30,7 +30,9 @@ def train_cgcnn(call: StageCall) -> None:
         model_dir=call.output("models"),
         metrics_dir=metrics_path.parent,
         device=train.get("device", "auto"),
-        bf16=bool(train.get("bf16", False)),
+        # auto leaves the graph models in fp32: their small scatter sums gain nothing from
+        # bf16 and lose precision; only an explicit true turns it on.
+        bf16=train["bf16"] is True,
         threads=call.threads,
         seed=call.seed,
     )

@@ -33,6 +33,31 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
         ) from exc
 
 
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bfloat16 matrix hardware backs autocast on ``device``.
+
+    CUDA: the GPU supports bf16 (Ampere and later). CPU: the oneDNN backend is there and
+    the CPU has AMX tiles (Sapphire Rapids and later), where bf16 convolutions ran 2x
+    faster than fp32 in ``benchmarks/bench_training.py``; without AMX, bf16 on the CPU
+    is emulated and slower, so it stays off.
+    """
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+        return bool(torch.backends.mkldnn.is_available() and amx is not None and amx())
+    return False
+
+
+def resolve_bf16(spec: bool | str, device: torch.device) -> bool:
+    """``train.bf16``: true/false as given; ``auto`` -> :func:`bf16_supported`."""
+    if isinstance(spec, bool):
+        return spec
+    if spec == "auto":
+        return bf16_supported(device)
+    raise UserError(f"train.bf16 is {spec!r}; use auto, true or false.")
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) random generators."""
     random.seed(seed)

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from matdisc import __version__
 from matdisc.errors import UserError
 from matdisc.io.atomic import atomic_path
-from matdisc.train.device import resolve_device, seed_everything
+from matdisc.train.device import resolve_bf16, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class TrainConfig:
     patience: int | None = None  # epochs without val improvement before stopping; None = never
     weight_decay: float = 0.0
     device: str = "auto"
-    bf16: bool = False
+    bf16: bool | str = False  # True, False or "auto" (see matdisc.train.device.resolve_bf16)
     seed: int = 0
     grad_clip: float | None = None
     num_threads: int = 1
@@ -112,6 +112,7 @@ def _run_epoch(
     config: TrainConfig,
     optimizer: torch.optim.Optimizer | None,
     desc: str,
+    bf16: bool,
 ) -> dict[str, float]:
     """One pass over ``loader``; trains when ``optimizer`` is given. Returns weighted means."""
     training = optimizer is not None
@@ -122,7 +123,7 @@ def _run_epoch(
     grad = contextlib.nullcontext() if training else torch.no_grad()
     with grad:
         for batch in _batches(loader, desc):
-            with _autocast(device, config.bf16):
+            with _autocast(device, bf16):
                 loss, metrics = loss_fn(model, batch, device)
             if not torch.isfinite(loss):
                 raise UserError(
@@ -181,6 +182,8 @@ def fit(
     resume_path = Path(resume_path)
     torch.set_num_threads(max(1, config.num_threads))
     device = resolve_device(config.device)
+    bf16 = resolve_bf16(config.bf16, device)
+    log.info("%s: training on %s, bf16 autocast %s", desc, device, "on" if bf16 else "off")
     seed_everything(config.seed)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -226,10 +229,17 @@ def fit(
     epoch = start_epoch
     for epoch in range(start_epoch, config.epochs):
         train_metrics = _run_epoch(
-            model, loss_fn, train_loader, device, config, optimizer, f"{desc} epoch {epoch + 1}"
+            model,
+            loss_fn,
+            train_loader,
+            device,
+            config,
+            optimizer,
+            f"{desc} epoch {epoch + 1}",
+            bf16,
         )
         val_metrics = (
-            _run_epoch(model, loss_fn, val_loader, device, config, None, f"{desc} val")
+            _run_epoch(model, loss_fn, val_loader, device, config, None, f"{desc} val", bf16)
             if val_loader is not None
             else {"loss": train_metrics["loss"]}
         )
