@@ -109,8 +109,12 @@ def train_ebm(call: StageCall) -> None:
         persistent=float(section["persistent"]),
     )
     log.info("training the ContinuouSP EBM on %d crystals: %s", len(train), model.model_args)
-    history = fit_ebm(model, arrays, settings, seed=call.seed)
-    save_model(call.output("model"), model, extra={"csp": section, "n_train": len(train)})
+    model_path = call.output("model")
+    # Not a Snakemake output: a killed job keeps it and the re-run continues from it.
+    resume = Path(str(model_path) + ".resume")
+    history = fit_ebm(model, arrays, settings, seed=call.seed, resume_path=resume)
+    save_model(model_path, model, extra={"csp": section, "n_train": len(train)})
+    resume.unlink(missing_ok=True)
     write_table(
         pd.DataFrame(history),
         call.output("metrics"),

@@ -20,6 +20,7 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from functools import reduce
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from tqdm import tqdm
 from matdisc.csp.energy import ContinuousEnergy, CrystalBatch
 from matdisc.csp.sampler import Schedule, mala, random_crystals
 from matdisc.graphs import CrystalArrays
+from matdisc.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -98,16 +100,34 @@ def train_ebm(
     settings: EBMSettings,
     *,
     seed: int = 0,
+    resume_path: Path | None = None,
 ) -> list[dict]:
-    """Fit ``model`` on ``crystals`` in place; returns one metrics row per epoch."""
+    """Fit ``model`` on ``crystals`` in place; returns one metrics row per epoch.
+
+    With ``resume_path``, everything a killed run needs (weights, optimizer, random
+    streams, persistent chains, history) is written there after every epoch, and a run
+    that finds the file continues from it: the result equals an uninterrupted run's.
+    """
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=(0.9, 0.999))
     formula_units = [reduced_numbers(z) for z in crystals.numbers]
     chains: list[ChainState | None] = [None] * len(crystals)  # persistent negatives
     history: list[dict] = []
+    if resume_path is not None and Path(resume_path).is_file():
+        state = torch.load(resume_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["rng"]
+        gen.set_state(state["generator"])
+        chains, history = state["chains"], state["history"]
+        log.info("EBM: resuming from %s after epoch %d", resume_path, len(history))
+        if state["stopped"]:
+            model.eval()
+            return history
+    elapsed_before = history[-1]["seconds"] if history else 0.0
     t_start = time.perf_counter()
-    for epoch in range(settings.epochs):
+    for epoch in range(len(history), settings.epochs):
         order = rng.permutation(len(crystals))
         sums = {"loss": 0.0, "energy_data": 0.0, "energy_sample": 0.0, "acceptance": 0.0}
         n_batches = 0
@@ -140,7 +160,7 @@ def train_ebm(
             sums["energy_sample"] += float(e_sample.detach().mean())
             sums["acceptance"] += acceptance
         row = {"epoch": epoch + 1, **{k: v / max(n_batches, 1) for k, v in sums.items()}}
-        row["seconds"] = time.perf_counter() - t_start
+        row["seconds"] = elapsed_before + time.perf_counter() - t_start
         history.append(row)
         log.info(
             "EBM epoch %d: loss %.4f, E(data) %.4f, E(sample) %.4f, acceptance %.2f",
@@ -150,7 +170,20 @@ def train_ebm(
             row["energy_sample"],
             row["acceptance"],
         )
-        if settings.max_minutes is not None and row["seconds"] > 60 * settings.max_minutes:
+        stop = settings.max_minutes is not None and row["seconds"] > 60 * settings.max_minutes
+        if resume_path is not None:
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": rng.bit_generator.state,
+                "generator": gen.get_state(),
+                "chains": chains,
+                "history": history,
+                "stopped": stop,
+            }
+            with atomic_path(resume_path, suffix=".pt") as tmp:
+                torch.save(state, tmp)
+        if stop:
             log.info("EBM training stopped after %.1f min (max_minutes)", row["seconds"] / 60)
             break
     model.eval()
