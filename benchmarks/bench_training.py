@@ -29,7 +29,7 @@ from matdisc.config import load_config
 from matdisc.models.losses import unet_training_loss, vae_loss
 from matdisc.models.unet import UNet3D
 from matdisc.models.vae import CondVAE3D
-from matdisc.train.device import resolve_bf16
+from matdisc.train.device import resolve_bf16, resolve_channels_last
 
 ROOT = Path(__file__).resolve().parents[1]
 N_CLASSES = 60  # about the number of elements in the cubic training split
@@ -132,8 +132,7 @@ def main() -> None:
     }
     bf16 = resolve_bf16(cfg["train"]["bf16"], torch.device("cpu"))
     for kind in ("unet", "vae"):
-        value = cfg[kind]["channels_last"]
-        layout = (not bf16) if value == "auto" else value  # as models.stages.channels_last_of
+        layout = resolve_channels_last(cfg[kind]["channels_last"], bf16)
         if bf16:
             default = "channels_last+bf16" if layout else "bf16"
         else:

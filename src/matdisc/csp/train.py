@@ -201,7 +201,8 @@ def _negatives(
     gen: torch.Generator,
 ) -> tuple[CrystalBatch, float]:
     """MALA negatives for data crystals ``fresh`` (new chains from random cells, annealed)
-    and ``kept`` (their chains continued); stores every final state in ``chains``.
+    and ``kept`` (their chains continued); with ``settings.persistent`` > 0 it stores
+    every final state in ``chains``.
 
     Returns the negatives (fresh first) and the mean acceptance over all chains.
     """
@@ -227,8 +228,9 @@ def _negatives(
         result = mala(model, start, settings.continued(), generator=gen)
         states += chain_states(result.batch)
         accepted.append(result.acceptance)
-    for i, state in zip(np.concatenate([fresh, kept]), states, strict=True):
-        chains[i] = state
+    if settings.persistent > 0:  # only continued chains need their states kept
+        for i, state in zip(np.concatenate([fresh, kept]), states, strict=True):
+            chains[i] = state
     return batch_of_states(states), float(torch.cat(accepted).mean())
 
 

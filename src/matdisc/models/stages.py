@@ -92,15 +92,11 @@ def _write_metrics(path: Path, rows: list[dict], metadata: dict[str, Any]) -> No
 
 
 def channels_last_of(section: dict[str, Any], config: Any) -> bool:
-    """The section's ``channels_last``; ``auto`` = channels-last 3-D unless bf16 autocast is
-    on (``benchmarks/bench_training.py``: channels-last is 1.6x faster in fp32 on 2 CPU
-    cores, and slower than the contiguous layout under bf16 on AMX)."""
-    from matdisc.train.device import resolve_bf16, resolve_device
+    """The section's ``channels_last`` for a training run with ``config`` (a TrainConfig)."""
+    from matdisc.train.device import resolve_bf16, resolve_channels_last, resolve_device
 
-    value = section["channels_last"]
-    if isinstance(value, bool):
-        return value
-    return not resolve_bf16(config.bf16, resolve_device(config.device))
+    bf16 = resolve_bf16(config.bf16, resolve_device(config.device))
+    return resolve_channels_last(section["channels_last"], bf16)
 
 
 def density_scale_of(density: np.ndarray) -> float:

@@ -59,6 +59,17 @@ def resolve_bf16(spec: bool | str, device: torch.device) -> bool:
     raise UserError(f"train.bf16 is {spec!r}; use auto, true or false.")
 
 
+def resolve_channels_last(spec: bool | str, bf16: bool) -> bool:
+    """A section's ``channels_last``; ``auto`` = channels-last 3-D unless bf16 autocast is on
+    (``benchmarks/bench_training.py``: channels-last is 1.6-1.8x the contiguous layout in
+    fp32 on 2 CPU cores, and slower than it under bf16 on AMX)."""
+    if isinstance(spec, bool):
+        return spec
+    if spec == "auto":
+        return not bf16
+    raise UserError(f"channels_last is {spec!r}; use auto, true or false.")
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) random generators."""
     random.seed(seed)
