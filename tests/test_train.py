@@ -12,6 +12,7 @@ from torch.utils.data import TensorDataset
 from matdisc.errors import UserError
 from matdisc.train import TrainConfig, fit, load_model, resolve_device, save_model
 from matdisc.train.device import bf16_supported, resolve_bf16
+from matdisc.train.loop import lr_factor
 
 
 class TinyNet(nn.Module):
@@ -67,6 +68,47 @@ def test_resumed_training_matches_uninterrupted(tmp_path: Path) -> None:
     ]
 
 
+def test_cosine_schedule_decays_per_step_and_resumes(tmp_path: Path) -> None:
+    kw = {"lr_schedule": "cosine", "lr_final": 0.1}
+    full, full_result = _train(tmp_path, 6, tmp_path / "full.resume", **kw)
+    lrs = [h["lr"] for h in full_result.history]
+    assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False))  # falls every epoch
+    steps = 6 * (96 // 16)
+    cfg = TrainConfig(epochs=6, lr=1e-2, batch_size=16, **kw)
+    # after the last step the schedule has reached lr_final x lr
+    assert lrs[-1] == pytest.approx(1e-2 * lr_factor(cfg, steps, steps))
+    assert lr_factor(cfg, 0, steps) == 1.0
+    assert lr_factor(cfg, steps - 1, steps) == pytest.approx(0.1)
+    assert lr_factor(cfg, (steps - 1) / 2, steps) == pytest.approx(0.55)
+    # the same 6-epoch run, killed during its 4th epoch, then resumed
+    calls = {"train": 0}
+
+    def dies_in_epoch_4(model, batch, device):
+        if model.training:
+            calls["train"] += 1
+            if calls["train"] > 3 * (96 // 16) + 2:
+                raise KeyboardInterrupt
+        return _loss(model, batch, device)
+
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        fit(
+            model=TinyNet(),
+            loss_fn=dies_in_epoch_4,
+            train_set=_data(96, 1),
+            val_set=_data(32, 2),
+            config=TrainConfig(epochs=6, lr=1e-2, batch_size=16, seed=3, **kw),
+            resume_path=tmp_path / "split.resume",
+        )
+    resumed, resumed_result = _train(tmp_path, 6, tmp_path / "split.resume", **kw)
+    assert [h["lr"] for h in resumed_result.history] == lrs
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    # a constant schedule keeps lr
+    _, const = _train(tmp_path, 2, tmp_path / "const.resume")
+    assert [h["lr"] for h in const.history] == [1e-2, 1e-2]
+
+
 def test_training_reduces_loss_and_keeps_best(tmp_path: Path) -> None:
     _, result = _train(tmp_path, 8, tmp_path / "r")
     losses = [h["val_loss"] for h in result.history]
@@ -115,6 +157,8 @@ def test_missing_cuda_is_a_user_error() -> None:
 def test_bad_train_config_is_a_user_error() -> None:
     with pytest.raises(UserError, match="batch_size"):
         TrainConfig(epochs=1, lr=1e-3, batch_size=0)
+    with pytest.raises(UserError, match="lr_schedule must be one of constant, cosine"):
+        TrainConfig(epochs=1, lr=1e-3, batch_size=1, lr_schedule="linear")
 
 
 def test_bf16_auto_follows_the_hardware() -> None:

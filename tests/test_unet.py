@@ -163,3 +163,19 @@ def test_dice_term_rewards_overlap():
     assert float(soft_dice_loss(half, target)) == pytest.approx(1 - 9 / 13, abs=1e-4)
     loss, parts = mask_loss(half, target, dice_weight=2.0)
     assert float(loss) == pytest.approx(parts["bce"] + 2.0 * parts["dice"], rel=1e-5)
+
+
+def test_confusion_scores_by_hand():
+    from matdisc.models.evaluate import Confusion, _pearson
+
+    # classes 0 (background), 1, 2; -1 = an element the UNet has no class for
+    true = np.array([0, 0, 1, 1, 2, 2, -1])
+    pred = np.array([0, 1, 1, 2, 2, 0, 1])
+    c = Confusion(3)
+    c.add(true, pred)
+    # atom voxels: true {2,3,4,5} + unknown 6; predicted {1,2,3,4,6}; both {2,3,4}
+    assert c.mask_iou() == pytest.approx(3 / 6)
+    assert c.nonzero_recall() == pytest.approx(2 / 5)  # voxels 2 and 4 of 4 known + 1 unknown
+    a = torch.arange(8, dtype=torch.float32).reshape(2, 4)
+    r = _pearson(a, torch.stack([2 * a[0] + 1, -a[1]]))
+    assert r == pytest.approx([1.0, -1.0])

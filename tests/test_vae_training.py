@@ -184,7 +184,7 @@ def test_stages_end_to_end(store, tmp_path, monkeypatch):
         "train": {"device": "auto", "bf16": False},
         "voxel": DEFAULTS["voxel"],
         "unet": unet_section(epochs=2, max_minutes=5.0),
-        "vae": vae_section(),
+        "vae": vae_section(alpha=1.0),  # the DFC perceptual term on (off by default)
     }
     inputs = {"voxels": tmp_path / "cubic.zarr"}
     unet_out = {"model": tmp_path / "unet.pt", "metrics": tmp_path / "unet.parquet"}
@@ -203,6 +203,7 @@ def test_stages_end_to_end(store, tmp_path, monkeypatch):
     for pipeline in ("unet_true_density", "vae_unet_chain"):
         for metric in (
             "nonzero_recall",
+            "mask_iou",
             "macro_f1",
             "site_emd_mean_angstrom",
             "delta_n_sites_mean",
@@ -213,6 +214,7 @@ def test_stages_end_to_end(store, tmp_path, monkeypatch):
         ):
             assert (pipeline, metric) in got
     assert ("vae", "density_mse") in got and ("training", "epochs_run") in got
+    assert ("vae", "density_correlation") in got
     seg = metrics[metrics.pipeline == "unet_true_density"].set_index("metric")["value"]
     # The true coordinate grid gives the cell back to float precision.
     assert seg["a_mae_angstrom"] < 1e-3

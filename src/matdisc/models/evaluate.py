@@ -83,6 +83,12 @@ class Confusion:
         total = self.matrix[1:].sum() + self.unknown_voxels
         return float(correct / total) if total else float("nan")
 
+    def mask_iou(self) -> float:
+        """Intersection over union of the atom voxels (any species) with the true ones."""
+        inter = self.matrix[1:, 1:].sum()
+        union = inter + self.matrix[0, 1:].sum() + self.matrix[1:, 0].sum() + self.unknown_voxels
+        return float(inter / union) if union else float("nan")
+
     def macro_f1(self, *, include_background: bool) -> float:
         """Unweighted mean F1 over the classes present in truth or prediction."""
         m = self.matrix.astype(np.float64)
@@ -133,6 +139,14 @@ class StructureScores:
             "c_mae_angstrom": (_mean(err[:, 2]), len(err)),
             "valid_fraction": (self.valid / self.total if self.total else float("nan"), self.total),
         }
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> list[float]:
+    """Pearson correlation of each pair of maps a[i], b[i] (B, ...) over their voxels."""
+    a = a.flatten(1) - a.flatten(1).mean(dim=1, keepdim=True)
+    b = b.flatten(1) - b.flatten(1).mean(dim=1, keepdim=True)
+    denom = (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)
+    return ((a * b).sum(dim=1) / denom).cpu().tolist()
 
 
 def _mean(values: Sequence[float] | np.ndarray) -> float:
@@ -194,6 +208,7 @@ def evaluate_unet(
             scores.add(result, truth[i], abc, data.lattice[i])
     voxel = {
         "nonzero_recall": (confusion.nonzero_recall(), len(data)),
+        "mask_iou": (confusion.mask_iou(), len(data)),
         "macro_f1": (confusion.macro_f1(include_background=True), len(data)),
         "macro_f1_nonzero": (confusion.macro_f1(include_background=False), len(data)),
     }
@@ -237,6 +252,7 @@ def evaluate_chain(
     sq_density = 0.0
     sq_coords = 0.0
     voxels = 0
+    correlations: list[float] = []
     for start in tqdm(
         range(0, len(data), batch_size), desc="evaluate chain", leave=False, disable=None
     ):
@@ -251,6 +267,7 @@ def evaluate_chain(
         sq_density += float(((recon[:, 0] - target[:, 0]) ** 2).sum())
         sq_coords += float(((recon[:, 1:] - target[:, 1:]) ** 2).sum()) / 3
         voxels += target[:, 0].numel()
+        correlations.extend(_pearson(recon[:, 0].float(), target[:, 0].float()))
         dens_out = (recon[:, 0] * vae.density_scale).clamp_min(0.0)
         coords_out = recon[:, 1:] * vae.coord_scale
         logits, mask = unet(dens_out)
@@ -273,10 +290,12 @@ def evaluate_chain(
         {
             "density_mse": (sq_density / max(voxels, 1), n),
             "coords_mse": (sq_coords / max(voxels, 1), n),
+            "density_correlation": (_mean(correlations), n),
         },
     )
     chain = {
         "nonzero_recall": (confusion.nonzero_recall(), n),
+        "mask_iou": (confusion.mask_iou(), n),
         "macro_f1": (confusion.macro_f1(include_background=True), n),
         "macro_f1_nonzero": (confusion.macro_f1(include_background=False), n),
         **scores.rows(),

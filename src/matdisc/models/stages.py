@@ -67,6 +67,8 @@ def _train_config(call: StageCall, section: dict[str, Any]) -> Any:
         seed=call.seed,
         num_threads=call.threads,
         max_minutes=section["max_minutes"],
+        lr_schedule=section["lr_schedule"],
+        lr_final=section["lr_final"],
     )
 
 

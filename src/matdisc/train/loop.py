@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 LossFn = Callable[[nn.Module, Any, torch.device], tuple[torch.Tensor, dict[str, float]]]
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
 @dataclass(kw_only=True)
 class TrainConfig:
     """Optimisation settings of one training run."""
@@ -49,6 +52,10 @@ class TrainConfig:
     grad_clip: float | None = None
     num_threads: int = 1
     max_minutes: float | None = None  # wall-time budget, checked at epoch ends
+    # constant = lr throughout; cosine = lr decayed per step along half a cosine to
+    # lr_final x lr at the last step of the last epoch (a max_minutes stop cuts it short)
+    lr_schedule: str = "constant"
+    lr_final: float = 0.01
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or not self.lr > 0:
@@ -56,6 +63,24 @@ class TrainConfig:
                 f"training needs epochs >= 0, batch_size >= 1 and lr > 0 "
                 f"(got {self.epochs}, {self.batch_size}, {self.lr}); fix the model's config section."
             )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UserError(
+                f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got "
+                f"'{self.lr_schedule}'; fix the model's config section."
+            )
+        if not 0.0 <= self.lr_final <= 1.0:
+            raise UserError(
+                f"lr_final is a fraction of lr in [0, 1], got {self.lr_final}; "
+                "fix the model's config section."
+            )
+
+
+def lr_factor(config: TrainConfig, step: float, total_steps: int) -> float:
+    """Multiplier of ``config.lr`` at optimiser step ``step`` (0-based) of ``total_steps``."""
+    if config.lr_schedule == "constant" or total_steps <= 1:
+        return 1.0
+    progress = min(step / (total_steps - 1), 1.0)
+    return config.lr_final + (1.0 - config.lr_final) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @dataclass
@@ -113,6 +138,7 @@ def _run_epoch(
     optimizer: torch.optim.Optimizer | None,
     desc: str,
     bf16: bool,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader``; trains when ``optimizer`` is given. Returns weighted means."""
     training = optimizer is not None
@@ -136,6 +162,8 @@ def _run_epoch(
                 if config.grad_clip:
                     nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
                 steps += 1
             n = _batch_len(batch)
             count += n
@@ -196,6 +224,10 @@ def fit(
         collate_fn=collate_fn,
         drop_last=len(train_set) > config.batch_size,  # BatchNorm needs > 1 sample
     )
+    total_steps = config.epochs * len(train_loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(config, step, total_steps)
+    )
     val_loader = (
         DataLoader(val_set, batch_size=config.batch_size, shuffle=False, collate_fn=collate_fn)
         if val_set is not None and len(val_set) > 0
@@ -212,6 +244,8 @@ def fit(
         ckpt = torch.load(resume_path, map_location="cpu", weights_only=False)
         model.load_state_dict(ckpt["state_dict"])
         optimizer.load_state_dict(ckpt["optimizer"])
+        if "scheduler" in ckpt:
+            scheduler.load_state_dict(ckpt["scheduler"])
         best_state = ckpt["best_state_dict"]
         best_loss = ckpt["best_loss"]
         bad_epochs = ckpt["bad_epochs"]
@@ -237,6 +271,7 @@ def fit(
             optimizer,
             f"{desc} epoch {epoch + 1}",
             bf16,
+            scheduler,
         )
         val_metrics = (
             _run_epoch(model, loss_fn, val_loader, device, config, None, f"{desc} val", bf16)
@@ -244,6 +279,7 @@ def fit(
             else {"loss": train_metrics["loss"]}
         )
         row = {"epoch": float(epoch + 1), "steps": train_metrics["steps"]}
+        row["lr"] = float(optimizer.param_groups[0]["lr"])
         row.update({f"train_{k}": v for k, v in train_metrics.items() if k != "steps"})
         row.update({f"val_{k}": v for k, v in val_metrics.items() if k not in ("steps",)})
         seconds = elapsed_before + time.perf_counter() - started
@@ -270,6 +306,7 @@ def fit(
             resume_path,
             model=model,
             optimizer=optimizer,
+            scheduler=scheduler,
             best_state=best_state,
             best_loss=best_loss,
             best_epoch=result.best_epoch,
@@ -306,6 +343,7 @@ def _save_resume(path: Path, **state: Any) -> None:
     payload = {
         "state_dict": {k: v.detach().cpu() for k, v in state.pop("model").state_dict().items()},
         "optimizer": state.pop("optimizer").state_dict(),
+        "scheduler": state.pop("scheduler").state_dict(),
         "best_state_dict": state.pop("best_state"),
         "train_config": asdict(config),
         "version": __version__,
