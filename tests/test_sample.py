@@ -156,6 +156,16 @@ def test_sampling_is_reproducible_and_records_every_draw(inputs, tmp_path):
         )
 
 
+def test_no_structure_counts_take_none_and_nan_as_structures():
+    from matdisc.sample.stage import no_structure_counts
+
+    # pandas keeps None in an all-None object column but may hold NaN after a concat
+    frame = pd.DataFrame({"reason": [None, np.nan, "empty_grid", "too_many_sites", "empty_grid"]})
+    counts = no_structure_counts(frame)
+    assert counts == {"empty_grid": 2, "too_many_sites": 1}
+    json.dumps(counts, sort_keys=True)  # the metadata write that failed on a NaN key
+
+
 def test_random_mode_draws_equally_per_decile(inputs, tmp_path):
     draws = latent.random(8, 1000, latent.rng_for(1, "X"))
     assert np.bincount(draws.decile).tolist() == [100] * 10

@@ -177,6 +177,12 @@ def samples_frame(
     return frame
 
 
+def no_structure_counts(frame: pd.DataFrame) -> dict[str, int]:
+    """Draws without a structure, by reason (the ``reason`` column is null for the others:
+    None or NaN, as pandas stores it)."""
+    return dict(Counter(str(r) for r in frame["reason"] if pd.notna(r)))
+
+
 def run(call: StageCall) -> None:
     """Draw, decode, segment and invert the samples of one base compound."""
     from matdisc.voxel.store import open_store
@@ -195,10 +201,10 @@ def run(call: StageCall) -> None:
     )
     seconds = time.perf_counter() - started
     frame = samples_frame(base, section["mode"], draws, rows)
-    reasons = Counter(r for r in frame["reason"] if r is not None)
+    reasons = no_structure_counts(frame)
     log.info(
         "%s: %d draws (%s), %d structures; no structure: %s; %.1f samples/s; time by step %s",
-        base, len(frame), section["mode"], int(frame["reason"].isna().sum()), dict(reasons),
+        base, len(frame), section["mode"], int(frame["reason"].isna().sum()), reasons,
         len(frame) / seconds if seconds > 0 else float("inf"),
         {k: round(v, 2) for k, v in gen.timings.items()},
     )  # fmt: skip
@@ -211,7 +217,7 @@ def run(call: StageCall) -> None:
             "base_material_id": row["material_id"],
             "base_decile": decile_of(store, index),
             "sample": section,
-            "no_structure": dict(reasons),
+            "no_structure": reasons,
             "seconds": seconds,
             "timings_s": dict(gen.timings),
         },
