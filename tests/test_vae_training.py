@@ -16,7 +16,7 @@ import torch
 from matdisc.config import validate_config
 from matdisc.io import read_table
 from matdisc.models import stages
-from matdisc.models.data import UNetDataset, VAEDataset, load_split
+from matdisc.models.data import UNetDataset, VAEDataset, coords_of, load_split, onehot
 from matdisc.stage import StageCall
 from matdisc.train import TrainConfig, load_model
 
@@ -184,7 +184,8 @@ def test_stages_end_to_end(store, tmp_path, monkeypatch):
         "train": {"device": "auto", "bf16": False},
         "voxel": DEFAULTS["voxel"],
         "unet": unet_section(epochs=2, max_minutes=5.0),
-        "vae": vae_section(alpha=1.0),  # the DFC perceptual term on (off by default)
+        # the DFC perceptual term on (off by default), two epochs of chain fine-tuning
+        "vae": vae_section(alpha=1.0, unet_finetune_epochs=2),
     }
     inputs = {"voxels": tmp_path / "cubic.zarr"}
     unet_out = {"model": tmp_path / "unet.pt", "metrics": tmp_path / "unet.parquet"}
@@ -194,7 +195,11 @@ def test_stages_end_to_end(store, tmp_path, monkeypatch):
     assert extra["classes"] == store.elements() and len(extra["decile_edges"]) == 9
     assert extra["class_weights"][0] == 0.0
 
-    vae_out = {"model": tmp_path / "vae.pt", "metrics": tmp_path / "vae.parquet"}
+    vae_out = {
+        "model": tmp_path / "vae.pt",
+        "unet_chain": tmp_path / "unet_chain.pt",
+        "metrics": tmp_path / "vae.parquet",
+    }
     stages.train_vae(
         StageCall(settings=settings, inputs={**inputs, "unet": unet_out["model"]}, outputs=vae_out)
     )
@@ -219,20 +224,47 @@ def test_stages_end_to_end(store, tmp_path, monkeypatch):
     # The true coordinate grid gives the cell back to float precision.
     assert seg["a_mae_angstrom"] < 1e-3
     assert 0.0 <= seg["valid_fraction"] <= 1.0
-    _vae, vextra = load_model(vae_out["model"])
+    vae, vextra = load_model(vae_out["model"])
     assert vextra["classes"] == extra["classes"] and len(vextra["decile_edges"]) == 9
+    # the chain's UNet: the trained UNet fine-tuned on the VAE's reconstructions
+    unet, _ = load_model(unet_out["model"])
+    chain, cextra = load_model(vae_out["unet_chain"])
+    assert cextra["finetune_epochs"] == 2 and len(cextra["finetune_history"]) == 2
+    assert cextra["classes"] == extra["classes"]
+    assert not torch.equal(chain.inc[0].weight, unet.inc[0].weight)
+    tuned = metrics[(metrics.model == "unet_chain") & (metrics.pipeline == "training")]
+    assert tuned.set_index("metric")["value"]["epochs_run"] == 2
+    assert not Path(str(vae_out["unet_chain"]) + ".resume").exists()
+    # what it was tuned on: decoded densities of the maps with a decile, labels unchanged
+    train = load_split(store, "train")
+    recon = stages.reconstructions(vae, train, torch.device("cpu"))
+    keep = np.flatnonzero(train.decile >= 0)
+    assert len(recon) == len(keep) and np.array_equal(recon.species, train.species[keep])
+    assert not np.allclose(recon.density, train.density[keep])
+    with torch.no_grad():
+        i = int(keep[0])
+        cond = torch.from_numpy(onehot(train.decile[i])[None])
+        coords = torch.from_numpy(coords_of(train.lattice[i], train.grid_size, train.padding)[None])
+        mu, _ = vae.encode(torch.from_numpy(train.density[i : i + 1]), coords, cond)
+        np.testing.assert_allclose(recon.density[0], vae.decode(mu, cond)[0][0].numpy(), atol=1e-5)
 
     ev_out = {"metrics": tmp_path / "eval.parquet"}
     stages.evaluate(
         StageCall(
             settings=settings,
-            inputs={**inputs, "unet": unet_out["model"], "vae": vae_out["model"]},
+            inputs={
+                **inputs,
+                "unet": unet_out["model"],
+                "vae": vae_out["model"],
+                "unet_chain": vae_out["unet_chain"],
+            },
             outputs=ev_out,
         )
     )
     again = read_table(ev_out["metrics"]).set_index(["pipeline", "metric"])["value"]
     first = metrics.set_index(["pipeline", "metric"])["value"]
-    assert again[("vae", "density_mse")] == pytest.approx(first[("vae", "density_mse")], rel=1e-5)
+    for key in (("vae", "density_mse"), ("vae_unet_chain", "mask_iou")):
+        assert again[key] == pytest.approx(first[key], rel=1e-5)
 
 
 def test_channels_last_auto_follows_bf16():

@@ -2,7 +2,7 @@ rule sample_structures:
     input:
         bases="results/data/base_compounds.parquet",
         voxels="results/voxels/cubic.zarr",
-        unet="results/models/unet.pt",
+        unet="results/models/unet_chain.pt",
         vae="results/models/vae.pt",
     output:
         samples="results/samples/{base}.parquet",

@@ -26,14 +26,17 @@ rule train_unet:
         " --output model={output.model} --output metrics={output.metrics} --log {log}"
 
 
-# Also scores the whole chain (VAE -> UNet -> inverse) on the val split, so vae.parquet
-# holds every Table 5 / Fig. 4 quantity; `matdisc evaluate` re-scores saved models.
+# Then fine-tunes the UNet on the VAE's reconstructions (unet_chain.pt, the UNet sampling
+# uses; vae.unet_finetune_epochs) and scores the UNet and the whole chain (VAE -> UNet ->
+# inverse) on the val split, so vae.parquet holds every Table 5 / Fig. 4 quantity;
+# `matdisc evaluate` re-scores saved models.
 rule train_vae:
     input:
         voxels="results/voxels/cubic.zarr",
         unet="results/models/unet.pt",
     output:
         model="results/models/vae.pt",
+        unet_chain="results/models/unet_chain.pt",
         metrics="results/metrics/vae.parquet",
     params:
         settings=settings("voxel", "train", "vae"),
@@ -51,7 +54,8 @@ rule train_vae:
     shell:
         "python -m matdisc train-vae --settings {params.settings:q} --threads {threads}"
         " --input voxels={input.voxels} --input unet={input.unet}"
-        " --output model={output.model} --output metrics={output.metrics} --log {log}"
+        " --output model={output.model} --output unet_chain={output.unet_chain}"
+        " --output metrics={output.metrics} --log {log}"
 
 
 rule train_cgcnn:

@@ -303,20 +303,113 @@ def inverse_options(call: StageCall) -> dict[str, Any]:
 
 
 def _evaluation_rows(
-    vae: Any, unet: Any, store: Any, val: Any, device: Any, inverse: dict[str, Any]
+    vae: Any,
+    unet: Any,
+    store: Any,
+    val: Any,
+    device: Any,
+    inverse: dict[str, Any],
+    chain_unet: Any = None,
 ) -> list[dict]:
+    """UNet rows on the true density (``unet``) and chain rows (``chain_unet``, by default
+    the same UNet)."""
     from matdisc.models.evaluate import evaluate_chain, evaluate_unet, true_structures
 
     started = time.perf_counter()
     truth = true_structures(store, val)
     rows = evaluate_unet(unet, val, truth, device=device, invert_kwargs=inverse)
-    rows += evaluate_chain(vae, unet, val, truth, device=device, invert_kwargs=inverse)
+    rows += evaluate_chain(
+        vae, chain_unet or unet, val, truth, device=device, invert_kwargs=inverse
+    )
     log.info("evaluation of %d structures took %.0f s", len(val), time.perf_counter() - started)
     return rows
 
 
+@torch.no_grad()
+def reconstructions(vae: Any, data: Any, device: Any, batch_size: int = 16) -> Any:
+    """The maps of ``data`` (a VoxelSplit) with known decile, their density replaced by the
+    VAE's reconstruction at z = μ (store units; species, lattices, ids unchanged)."""
+    import dataclasses
+
+    from matdisc.models.data import coords_of, onehot
+
+    data = data.subset(np.flatnonzero(data.decile >= 0))
+    vae.eval().to(device)
+    out = np.empty_like(data.density)
+    for start in range(0, len(data), batch_size):
+        idx = range(start, min(start + batch_size, len(data)))
+        sl = slice(start, idx.stop)
+        coords = np.stack([coords_of(data.lattice[i], data.grid_size, data.padding) for i in idx])
+        cond = np.stack([onehot(data.decile[i]) for i in idx])
+        density, coords_t, cond_t = (
+            torch.from_numpy(a).to(device) for a in (data.density[sl], coords, cond)
+        )
+        mu, _ = vae.encode(density, coords_t, cond_t)
+        out[sl] = vae.decode(mu, cond_t)[0].float().cpu().numpy()
+    return dataclasses.replace(data, density=out)
+
+
+def finetune_unet(
+    unet: Any,
+    unet_extra: dict[str, Any],
+    vae: Any,
+    train: Any,
+    val: Any,
+    epochs: int,
+    config: Any,
+    resume_path: Path,
+) -> tuple[Any, Any]:
+    """Fine-tune a copy of ``unet`` on the VAE's reconstructions of the training maps, the
+    kind of density it segments when sampling (a departure from the seed, whose UNet sees
+    true densities only). Optimiser settings and loss are the UNet's own
+    (``unet_extra["config"]``); returns (fine-tuned UNet, FitResult)."""
+    import copy
+    import dataclasses
+
+    from matdisc.models.data import UNetDataset
+    from matdisc.train import fit, resolve_device
+
+    device = resolve_device(config.device)
+    tuned = copy.deepcopy(unet).to(device)
+    tuned.requires_grad_(True)  # the perceptual model of the VAE was frozen
+    section = unet_extra["config"]
+    recon_train = reconstructions(vae, train, device)
+    recon_val = reconstructions(vae, val, device)
+    log.info(
+        "UNet fine-tuning on %d reconstructed training maps (%d val), %d epochs",
+        len(recon_train), len(recon_val), epochs,
+    )  # fmt: skip
+    tune_config = dataclasses.replace(
+        config,
+        epochs=epochs,
+        lr=section["lr"],
+        batch_size=section["batch_size"],
+        patience=section["patience"],
+        max_minutes=None,
+        lr_schedule=section.get("lr_schedule", "constant"),
+        lr_final=section.get("lr_final", 0.01),
+    )
+    result = fit(
+        model=tuned,
+        loss_fn=unet_loss_fn(
+            torch.tensor(unet_extra["class_weights"], dtype=torch.float32),
+            pos_weight=section["mask_pos_weight"],
+            dice_weight=section["mask_dice_weight"],
+        ),
+        train_set=UNetDataset(recon_train, tuned.classes, augment=section["augment"]),
+        val_set=UNetDataset(recon_val, tuned.classes, augment=False),
+        config=tune_config,
+        resume_path=resume_path,
+        meta={"finetune_of": "unet", "epochs": epochs},
+        desc="UNet on reconstructions",
+    )
+    return tuned, result
+
+
 def train_vae(call: StageCall) -> None:
-    """Train the Cond-DFC-VAE with the trained UNet as perceptual model; score the chain."""
+    """Train the Cond-DFC-VAE (the trained UNet as perceptual model when alpha > 0), then
+    fine-tune the UNet on its reconstructions (``vae.unet_finetune_epochs``) into the chain's
+    UNet (output ``unet_chain``); score the UNet and the chain."""
     from matdisc.models.evaluate import training_rows
     from matdisc.train import load_model, resolve_device, save_model
 
@@ -335,10 +428,25 @@ def train_vae(call: StageCall) -> None:
         history=result.history,
     )
     save_model(model_path, vae, extra=extra)
+    chain_path = call.output("unet_chain")
+    chain_resume = _resume_path(chain_path)
+    epochs = int(section["unet_finetune_epochs"])
+    chain_extra = {**unet_extra, "finetuned_on": "vae reconstructions", "finetune_epochs": epochs}
+    chain_unet = unet
     rows = training_rows("vae", result, extra["n_train"], extra["n_val"])
-    rows += _evaluation_rows(vae, unet, store, val, device, inverse_options(call))
+    if epochs > 0:
+        chain_unet, tuned = finetune_unet(
+            unet, unet_extra, vae, train, val, epochs, config, chain_resume
+        )
+        chain_extra["finetune_history"] = tuned.history
+        rows += training_rows("unet_chain", tuned, len(train), len(val))
+    save_model(chain_path, chain_unet, extra=chain_extra)
+    rows += _evaluation_rows(
+        vae, unet, store, val, device, inverse_options(call), chain_unet=chain_unet
+    )
     _write_metrics(call.output("metrics"), rows, {"history": result.history, "seed": call.seed})
     resume.unlink(missing_ok=True)
+    chain_resume.unlink(missing_ok=True)
 
 
 def evaluate(call: StageCall) -> None:
@@ -353,5 +461,10 @@ def evaluate(call: StageCall) -> None:
     val = load_split(store, "val")
     unet, _ = load_model(call.input("unet"), device=device)
     vae, _ = load_model(call.input("vae"), device=device)
-    rows = _evaluation_rows(vae, unet, store, val, device, inverse_options(call))
+    chain_unet = None
+    if "unet_chain" in call.inputs:
+        chain_unet, _ = load_model(call.input("unet_chain"), device=device)
+    rows = _evaluation_rows(
+        vae, unet, store, val, device, inverse_options(call), chain_unet=chain_unet
+    )
     _write_metrics(call.output("metrics"), rows, {"seed": call.seed})
