@@ -102,6 +102,7 @@ def main() -> None:
     truth = true_structures(store, val)
     classes = [int(z) for z in store.elements()]
     inverse = stages.inverse_options(call)
+    decoded_inverse = stages.inverse_options(call, decoded=True)
     if args.reuse_unet is not None:
         earlier = pd.read_parquet(args.out / "curve.parquet")
         rows.extend(earlier[earlier.stage == "unet"].to_dict("records"))
@@ -127,7 +128,7 @@ def main() -> None:
         section = {**cfg["vae"], "epochs": rnd * args.vae_epochs}
         config = stages._train_config(call, section)
         vae, _, _ = stages.fit_vae(train, val, unet, section, config, args.work / "vae.resume")
-        scores = evaluate_chain(vae, unet, val, truth, device=device, invert_kwargs=inverse)
+        scores = evaluate_chain(vae, unet, val, truth, device=device, invert_kwargs=decoded_inverse)
         record(scores, "vae", rnd, section["epochs"])
         logging.info("VAE round %d done at %.1f min", rnd, (time.perf_counter() - started) / 60)
 

@@ -4,8 +4,9 @@ Measures one optimisation step (forward, loss, backward, Adam) at the default co
 sizes on random 32³ batches, for each speed-up variant: plain (contiguous fp32),
 channels-last 3-D, bf16 autocast, both, and (``--compile``) ``torch.compile``. Variants
 are timed in interleaved rounds and the median per variant is reported, because the
-machine is shared and its load drifts. The VAE step includes the perceptual term (a
-frozen UNet forward on real and reconstructed density), as in training.
+machine is shared and its load drifts. The VAE step uses the config's loss weights: with
+``vae.alpha > 0`` it includes the perceptual term (a frozen UNet forward on real and
+reconstructed density), as in training; the default (alpha 0) has none.
 
     python benchmarks/bench_training.py [--threads 2] [--batch 8] [--rounds 3] [--compile]
 
@@ -73,7 +74,13 @@ def make_step(
 
         def loss(m):
             out = m(density, coords, cond)
-            return vae_loss(*out, beta=5e-4, alpha=1.0, unet=perceptual, density_scale=1.0)[0]
+            return vae_loss(
+                *out,
+                beta=cfg["vae"]["beta"],
+                alpha=cfg["vae"]["alpha"],
+                unet=perceptual,
+                density_scale=1.0,
+            )[0]
 
     model.train()
     runner = model
@@ -127,7 +134,11 @@ def main() -> None:
         "batch": args.batch,
         "grid": args.grid,
         "unet": {"base_channels": cfg["unet"]["base_channels"], "depth": cfg["unet"]["depth"]},
-        "vae": {"channels": cfg["vae"]["channels"], "latent_dim": cfg["vae"]["latent_dim"]},
+        "vae": {
+            "channels": cfg["vae"]["channels"],
+            "latent_dim": cfg["vae"]["latent_dim"],
+            "alpha": cfg["vae"]["alpha"],
+        },
         "load_average_1min": None,
     }
     bf16 = resolve_bf16(cfg["train"]["bf16"], torch.device("cpu"))

@@ -294,12 +294,14 @@ def fit_vae(
     return model, result, extra
 
 
-def inverse_options(call: StageCall) -> dict[str, Any]:
+def inverse_options(call: StageCall, *, decoded: bool = False) -> dict[str, Any]:
     """Keyword arguments of :func:`matdisc.segment.invert` from the voxel config section,
-    except the padding (the evaluation takes it from the voxel store)."""
+    except the padding (the evaluation takes it from the voxel store); ``decoded``: for
+    the chain's maps of VAE-decoded densities."""
     from matdisc.segment import invert_options
 
-    return {k: v for k, v in invert_options(call.section("voxel")).items() if k != "padding"}
+    options = invert_options(call.section("voxel"), decoded=decoded)
+    return {k: v for k, v in options.items() if k != "padding"}
 
 
 def _evaluation_rows(
@@ -310,16 +312,17 @@ def _evaluation_rows(
     device: Any,
     inverse: dict[str, Any],
     chain_unet: Any = None,
+    chain_inverse: dict[str, Any] | None = None,
 ) -> list[dict]:
-    """UNet rows on the true density (``unet``) and chain rows (``chain_unet``, by default
-    the same UNet)."""
+    """UNet rows on the true density (``unet``, inverted with ``inverse``) and chain rows
+    (``chain_unet``, by default the same UNet; ``chain_inverse``, by default ``inverse``)."""
     from matdisc.models.evaluate import evaluate_chain, evaluate_unet, true_structures
 
     started = time.perf_counter()
     truth = true_structures(store, val)
     rows = evaluate_unet(unet, val, truth, device=device, invert_kwargs=inverse)
     rows += evaluate_chain(
-        vae, chain_unet or unet, val, truth, device=device, invert_kwargs=inverse
+        vae, chain_unet or unet, val, truth, device=device, invert_kwargs=chain_inverse or inverse
     )
     log.info("evaluation of %d structures took %.0f s", len(val), time.perf_counter() - started)
     return rows
@@ -442,7 +445,14 @@ def train_vae(call: StageCall) -> None:
         rows += training_rows("unet_chain", tuned, len(train), len(val))
     save_model(chain_path, chain_unet, extra=chain_extra)
     rows += _evaluation_rows(
-        vae, unet, store, val, device, inverse_options(call), chain_unet=chain_unet
+        vae,
+        unet,
+        store,
+        val,
+        device,
+        inverse_options(call),
+        chain_unet=chain_unet,
+        chain_inverse=inverse_options(call, decoded=True),
     )
     _write_metrics(call.output("metrics"), rows, {"history": result.history, "seed": call.seed})
     resume.unlink(missing_ok=True)
@@ -465,6 +475,13 @@ def evaluate(call: StageCall) -> None:
     if "unet_chain" in call.inputs:
         chain_unet, _ = load_model(call.input("unet_chain"), device=device)
     rows = _evaluation_rows(
-        vae, unet, store, val, device, inverse_options(call), chain_unet=chain_unet
+        vae,
+        unet,
+        store,
+        val,
+        device,
+        inverse_options(call),
+        chain_unet=chain_unet,
+        chain_inverse=inverse_options(call, decoded=True),
     )
     _write_metrics(call.output("metrics"), rows, {"seed": call.seed})
