@@ -69,6 +69,10 @@ def test_sections_pass_only_what_a_stage_reads(config: dict) -> None:
     assert set(picked) == {"seed", "voxel"}
     picked["voxel"]["grid_size"] = 1
     assert config["voxel"]["grid_size"] == 32  # a copy
+    # the voxelizer does not read the inverse settings: they are left out of its params
+    lean = sections(config, ["voxel"], drop=["voxel.inverse", "voxel.absent.deeper"])
+    assert "inverse" not in lean["voxel"] and "inverse" in config["voxel"]
+    assert lean["voxel"]["grid_size"] == 32
 
 
 def test_missing_and_malformed_files(tmp_path: Path) -> None:

@@ -80,15 +80,27 @@ def load_config(path: Path | str, schema_path: Path | str = DEFAULT_SCHEMA) -> d
     return validate_config(load_yaml(path), schema_path)
 
 
-def sections(config: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
-    """The named top-level sections of ``config`` (``seed`` always included), deep-copied."""
+def sections(
+    config: Mapping[str, Any], names: Iterable[str], drop: Iterable[str] = ()
+) -> dict[str, Any]:
+    """The named top-level sections of ``config`` (``seed`` always included), deep-copied,
+    without the dotted keys in ``drop`` (e.g. ``voxel.inverse``: settings a stage does not
+    read, so that changing them does not re-run it)."""
     wanted = {"seed", *names}
-    return {k: copy.deepcopy(v) for k, v in config.items() if k in wanted}
+    out = {k: copy.deepcopy(v) for k, v in config.items() if k in wanted}
+    for dotted in drop:
+        *parents, last = dotted.split(".")
+        node: Any = out
+        for key in parents:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return out
 
 
-def sections_json(config: Mapping[str, Any], names: Iterable[str]) -> str:
+def sections_json(config: Mapping[str, Any], names: Iterable[str], drop: Iterable[str] = ()) -> str:
     """:func:`sections` as canonical JSON, as the rules pass it to the command line."""
-    return json.dumps(sections(config, names), sort_keys=True, separators=(",", ":"))
+    return json.dumps(sections(config, names, drop), sort_keys=True, separators=(",", ":"))
 
 
 def put_on_pythonpath(folder: Path | str) -> None:

@@ -38,13 +38,15 @@ wildcard_constraints:
     base="[A-Z][A-Za-z0-9]*",
 
 
-def settings(*names):
+def settings(*names, drop=()):
     """The config sections a stage reads, as the JSON its command line takes.
 
     Returned as a params function so that braces in config values are not read as
     wildcards; the JSON is part of the job's params, so a config change re-runs it.
+    ``drop``: dotted keys of those sections the stage does not read (not passed, so
+    changing them does not re-run it).
     """
-    text = sections_json(config, names)
+    text = sections_json(config, names, drop)
 
     def params(wildcards):
         return text

@@ -4,7 +4,7 @@ rule voxelize_structures:
     output:
         voxels=directory("results/voxels/cubic.zarr"),
     params:
-        settings=settings("voxel", "dask"),
+        settings=settings("voxel", "dask", drop=["voxel.inverse"]),
     log:
         "logs/voxelize_structures/all.log",
     benchmark:

@@ -305,24 +305,28 @@ def inverse_options(call: StageCall, *, decoded: bool = False) -> dict[str, Any]
 
 
 def _evaluation_rows(
+    call: StageCall,
     vae: Any,
     unet: Any,
     store: Any,
     val: Any,
     device: Any,
-    inverse: dict[str, Any],
     chain_unet: Any = None,
-    chain_inverse: dict[str, Any] | None = None,
 ) -> list[dict]:
-    """UNet rows on the true density (``unet``, inverted with ``inverse``) and chain rows
-    (``chain_unet``, by default the same UNet; ``chain_inverse``, by default ``inverse``)."""
+    """UNet rows on the true density (``unet``) and chain rows (``chain_unet``, by default
+    the same UNet; its maps of decoded densities inverted with their own noise threshold)."""
     from matdisc.models.evaluate import evaluate_chain, evaluate_unet, true_structures
 
     started = time.perf_counter()
     truth = true_structures(store, val)
-    rows = evaluate_unet(unet, val, truth, device=device, invert_kwargs=inverse)
+    rows = evaluate_unet(unet, val, truth, device=device, invert_kwargs=inverse_options(call))
     rows += evaluate_chain(
-        vae, chain_unet or unet, val, truth, device=device, invert_kwargs=chain_inverse or inverse
+        vae,
+        chain_unet or unet,
+        val,
+        truth,
+        device=device,
+        invert_kwargs=inverse_options(call, decoded=True),
     )
     log.info("evaluation of %d structures took %.0f s", len(val), time.perf_counter() - started)
     return rows
@@ -444,16 +448,7 @@ def train_vae(call: StageCall) -> None:
         chain_extra["finetune_history"] = tuned.history
         rows += training_rows("unet_chain", tuned, len(train), len(val))
     save_model(chain_path, chain_unet, extra=chain_extra)
-    rows += _evaluation_rows(
-        vae,
-        unet,
-        store,
-        val,
-        device,
-        inverse_options(call),
-        chain_unet=chain_unet,
-        chain_inverse=inverse_options(call, decoded=True),
-    )
+    rows += _evaluation_rows(call, vae, unet, store, val, device, chain_unet=chain_unet)
     _write_metrics(call.output("metrics"), rows, {"history": result.history, "seed": call.seed})
     resume.unlink(missing_ok=True)
     chain_resume.unlink(missing_ok=True)
@@ -474,14 +469,5 @@ def evaluate(call: StageCall) -> None:
     chain_unet = None
     if "unet_chain" in call.inputs:
         chain_unet, _ = load_model(call.input("unet_chain"), device=device)
-    rows = _evaluation_rows(
-        vae,
-        unet,
-        store,
-        val,
-        device,
-        inverse_options(call),
-        chain_unet=chain_unet,
-        chain_inverse=inverse_options(call, decoded=True),
-    )
+    rows = _evaluation_rows(call, vae, unet, store, val, device, chain_unet=chain_unet)
     _write_metrics(call.output("metrics"), rows, {"seed": call.seed})

@@ -118,7 +118,9 @@ def load_chain(call: StageCall, store: Any) -> Any:
         padding=store.padding,
         device=device,
         invert_kwargs={
-            k: v for k, v in invert_options(call.section("voxel")).items() if k != "padding"
+            k: v
+            for k, v in invert_options(call.section("voxel"), decoded=True).items()
+            if k != "padding"
         },
         threads=call.threads,
     )
