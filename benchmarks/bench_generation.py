@@ -2,9 +2,10 @@
 
     python benchmarks/bench_generation.py [--n 256] [--threads 2] [--unet PATH --vae PATH]
 
-Uses the trained checkpoints (results/models/{unet,vae}.pt) when they exist, otherwise
-randomly initialised models of the config's sizes (the inverse then sees untrained
-grids, so its time is not representative: the JSON says which). Draws targeted latents
+Uses the trained checkpoints (results/models/unet_chain.pt, the UNet sampling uses, and
+vae.pt) when they exist, otherwise randomly initialised models of the config's sizes (the
+inverse then sees untrained grids, so its time is not representative: the JSON says
+which). Draws targeted latents
 around the first base compound's encoding when the voxel store exists (else N(0, I)),
 runs the chain at two batch sizes side by side, and prints one JSON object: samples/s
 and the time split by step. The seed: 12,000 candidates in 12 h on one GPU (0.28/s).
@@ -103,7 +104,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=256, help="samples per batch-size setting")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 32])
-    parser.add_argument("--unet", type=Path, default=ROOT / "results/models/unet.pt")
+    parser.add_argument("--unet", type=Path, default=ROOT / "results/models/unet_chain.pt")
     parser.add_argument("--vae", type=Path, default=ROOT / "results/models/vae.pt")
     args = parser.parse_args()
 
