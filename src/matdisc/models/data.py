@@ -155,6 +155,20 @@ def coords_of(lattice: np.ndarray, grid_size: int, padding: float) -> np.ndarray
     return np.asarray(grid, dtype=np.float32)[0]
 
 
+def vae_batch(
+    data: VoxelSplit, start: int, stop: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Maps ``start:stop`` of ``data`` as the VAE takes them: density (B, d, d, d), coords
+    (B, 3, d, d, d) Å and one-hot deciles (B, 10) (every decile must be known)."""
+    idx = range(start, min(stop, len(data)))
+    coords = np.stack([coords_of(data.lattice[i], data.grid_size, data.padding) for i in idx])
+    cond = np.stack([onehot(data.decile[i]) for i in idx])
+    return tuple(  # type: ignore[return-value]
+        torch.from_numpy(np.ascontiguousarray(a)).to(device)
+        for a in (data.density[idx.start : idx.stop], coords, cond)
+    )
+
+
 class VAEDataset(Dataset):
     """Items (density (1, d, d, d), coords (3, d, d, d) Å, one-hot decile (10,), lattice (3,) Å).
 

@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from matdisc.models.data import VoxelSplit, class_lookup, coords_of, onehot
+from matdisc.models.data import VoxelSplit, class_lookup, coords_of, vae_batch
 from matdisc.models.unet import UNet3D
 from matdisc.models.vae import CondVAE3D
 
@@ -258,11 +258,7 @@ def evaluate_chain(
     ):
         sl = slice(start, start + batch_size)
         idx = range(start, min(start + batch_size, len(data)))
-        density = torch.from_numpy(data.density[sl]).to(device)
-        coords = torch.from_numpy(
-            np.stack([coords_of(data.lattice[i], data.grid_size, data.padding) for i in idx])
-        ).to(device)
-        cond = torch.from_numpy(np.stack([onehot(data.decile[i]) for i in idx])).to(device)
+        density, coords, cond = vae_batch(data, start, start + batch_size, device)
         recon, target, _, _ = vae(density, coords, cond)
         sq_density += float(((recon[:, 0] - target[:, 0]) ** 2).sum())
         sq_coords += float(((recon[:, 1:] - target[:, 1:]) ** 2).sum()) / 3

@@ -338,21 +338,15 @@ def reconstructions(vae: Any, data: Any, device: Any, batch_size: int = 16) -> A
     VAE's reconstruction at z = μ (store units; species, lattices, ids unchanged)."""
     import dataclasses
 
-    from matdisc.models.data import coords_of, onehot
+    from matdisc.models.data import vae_batch
 
     data = data.subset(np.flatnonzero(data.decile >= 0))
     vae.eval().to(device)
     out = np.empty_like(data.density)
     for start in range(0, len(data), batch_size):
-        idx = range(start, min(start + batch_size, len(data)))
-        sl = slice(start, idx.stop)
-        coords = np.stack([coords_of(data.lattice[i], data.grid_size, data.padding) for i in idx])
-        cond = np.stack([onehot(data.decile[i]) for i in idx])
-        density, coords_t, cond_t = (
-            torch.from_numpy(a).to(device) for a in (data.density[sl], coords, cond)
-        )
-        mu, _ = vae.encode(density, coords_t, cond_t)
-        out[sl] = vae.decode(mu, cond_t)[0].float().cpu().numpy()
+        density, coords, cond = vae_batch(data, start, start + batch_size, device)
+        mu, _ = vae.encode(density, coords, cond)
+        out[start : start + len(density)] = vae.decode(mu, cond)[0].float().cpu().numpy()
     return dataclasses.replace(data, density=out)
 
 
