@@ -359,11 +359,13 @@ def finetune_unet(
     epochs: int,
     config: Any,
     resume_path: Path,
+    patience: int | None = None,
 ) -> tuple[Any, Any]:
     """Fine-tune a copy of ``unet`` on the VAE's reconstructions of the training maps, the
     kind of density it segments when sampling (a departure from the seed, whose UNet sees
     true densities only). Optimiser settings and loss are the UNet's own
-    (``unet_extra["config"]``); returns (fine-tuned UNet, FitResult)."""
+    (``unet_extra["config"]``) except early stopping (``patience``, None = all epochs; the
+    best val epoch is kept either way); returns (fine-tuned UNet, FitResult)."""
     import copy
     import dataclasses
 
@@ -385,7 +387,7 @@ def finetune_unet(
         epochs=epochs,
         lr=section["lr"],
         batch_size=section["batch_size"],
-        patience=section["patience"],
+        patience=patience,
         max_minutes=None,
         lr_schedule=section.get("lr_schedule", "constant"),
         lr_final=section.get("lr_final", 0.01),
@@ -437,7 +439,8 @@ def train_vae(call: StageCall) -> None:
     rows = training_rows("vae", result, extra["n_train"], extra["n_val"])
     if epochs > 0:
         chain_unet, tuned = finetune_unet(
-            unet, unet_extra, vae, train, val, epochs, config, chain_resume
+            unet, unet_extra, vae, train, val, epochs, config, chain_resume,
+            patience=section["unet_finetune_patience"],
         )
         chain_extra["finetune_history"] = tuned.history
         rows += training_rows("unet_chain", tuned, len(train), len(val))
