@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,20 @@ from pymatgen.core import Lattice, Structure
 
 from matdisc.config import load_config
 from matdisc.csp.energy import ContinuousEnergy
-from matdisc.csp.sampler import Schedule
+from matdisc.csp.sampler import Schedule, energy_and_grad, random_crystals
 from matdisc.csp.stage import evaluate, predict, train_ebm
-from matdisc.csp.train import EBMSettings, _negatives, reduced_numbers, sample_multiplicities
+from matdisc.csp.train import (
+    EBMSettings,
+    _negatives,
+    _with_grad,
+    reduced_numbers,
+    sample_multiplicities,
+    squared_gradient,
+)
+from matdisc.csp.train import (
+    train_ebm as fit_ebm,
+)
+from matdisc.graphs import CrystalArrays
 from matdisc.io import read_table, write_table
 from matdisc.io.schemas import PROPERTY_COLUMNS
 from matdisc.stage import StageCall
@@ -97,6 +109,61 @@ def test_persistent_negatives_continue_their_chains() -> None:
         # held at the last step size (0.0005): a continued cell moves by hundredths of an Å
         assert np.abs(chains[i][2] - stored[i][2]).max() < 0.5
     assert second.n_graphs == first.n_graphs == 2
+
+
+def test_squared_gradient_is_the_samplers_gradient_and_trains() -> None:
+    """The penalty is |∂E/∂frac|² + |∂E/∂L|² per crystal (the gradients MALA follows),
+    averaged, and it back-propagates to the parameters."""
+    torch.manual_seed(0)
+    model = ContinuousEnergy(node_features=8, edge_features=8, n_conv=1)
+    species = [np.array([8, 8, 8, 22, 38]), np.array([11, 17, 11, 17])]
+    batch = random_crystals(species, generator=torch.Generator().manual_seed(1))
+    _, g_frac, g_lat = energy_and_grad(model, batch)
+    per_crystal = torch.zeros(2, dtype=g_frac.dtype).index_add(
+        0, batch.node_graph, (g_frac**2).sum(1)
+    ) + (g_lat**2).sum((1, 2))
+    leaf = _with_grad(batch)
+    network, _ = model.energy_parts(leaf)
+    # the density penalty has no parameters: the term regularises the learned part only
+    slope = squared_gradient(network, leaf)
+    _, g_frac_n, g_lat_n = energy_and_grad(lambda b: model.energy_parts(b)[0], batch)
+    expected = (
+        torch.zeros(2, dtype=g_frac.dtype).index_add(0, batch.node_graph, (g_frac_n**2).sum(1))
+        + (g_lat_n**2).sum((1, 2))
+    ).mean()
+    torch.testing.assert_close(slope, expected)
+    assert float(per_crystal.mean()) > 0
+    slope.backward()
+    # every weight shapes the slope (biases of the last layer do not: no gradient there)
+    grads = [p.grad for p in model.convs.parameters()]
+    assert all(g is not None and float(g.abs().sum()) > 0 for g in grads)
+
+
+def test_gradient_penalty_flattens_the_learned_energy() -> None:
+    """Trained alike but for γ, the penalised energy is flatter where MALA starts."""
+    cell = [np.diag([3.9, 3.9, 3.9])]
+    frac = [np.array([[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])]
+    numbers = [np.array([38, 22, 8, 8, 8])]
+    crystals = CrystalArrays(lattices=cell * 4, frac_coords=frac * 4, numbers=numbers * 4)
+    slopes = []
+    for gamma in (0.0, 10.0):
+        torch.manual_seed(0)
+        model = ContinuousEnergy(node_features=8, edge_features=8, n_conv=1)
+        settings = EBMSettings(
+            epochs=8,
+            batch_size=4,
+            lr=1e-2,
+            max_sites=10,
+            schedule=Schedule(steps=3),
+            grad_penalty=gamma,
+        )
+        history = fit_ebm(model, crystals, settings, seed=0)
+        assert math.isnan(history[-1]["squared_gradient"]) == (gamma == 0)
+        starts = _with_grad(
+            random_crystals(crystals.numbers * 4, generator=torch.Generator().manual_seed(5))
+        )
+        slopes.append(float(squared_gradient(model.energy_parts(starts)[0], starts).detach()))
+    assert slopes[1] < 0.5 * slopes[0], slopes
 
 
 def _tiny_section() -> dict:

@@ -107,6 +107,7 @@ def train_ebm(call: StageCall) -> None:
         schedule=schedule_of(section, "train_steps"),
         max_minutes=section.get("max_minutes"),
         persistent=float(section["persistent"]),
+        grad_penalty=float(section["grad_penalty"]),
     )
     log.info("training the ContinuouSP EBM on %d crystals: %s", len(train), model.model_args)
     model_path = call.output("model")

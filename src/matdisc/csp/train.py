@@ -5,12 +5,13 @@ m ~ Geometric(p) (m >= 1, capped so the cell has at most ``max_sites`` sites) an
 sample x_s of the composition (reduced formula × m), drawn with MALA from the current
 energy without gradient to the parameters; then
 
-    L = mean E(x_d) - mean E(x_s) + α · mean(N(x_d)² + N(x_s)²)
+    L = mean E(x_d) - mean E(x_s) + α · mean(N(x_d)² + N(x_s)²) + γ · mean(|∇N(x_d)|² + |∇N(x_s)|²)
 
 and Adam on the parameters, N being the learned part of E (E minus the fixed density
 penalty). Gradients flow through the energy only (the samples are detached). α
 (``energy_l2``, 0 in the seed) keeps the learned energies bounded: without it they drift
-apart over a long run until MALA stops accepting moves.
+apart over a long run until MALA stops accepting moves. γ (``grad_penalty``, 0 in the
+seed) bounds their slope, which is what MALA's fixed h·β needs (:attr:`EBMSettings.grad_penalty`).
 """
 
 from __future__ import annotations
@@ -70,6 +71,11 @@ class EBMSettings:
     #: over the epochs they reach the low-energy states a short annealing from random
     #: cells never sees, and the loss pushes those up where they are not data.
     persistent: float = 0.0
+    #: γ of γ · mean(|∇N(x_d)|² + |∇N(x_s)|²), the squared gradient of the learned energy
+    #: with respect to fractional coordinates and lattice, per crystal (0 = the seed's
+    #: loss). MALA's drift is h·β·∇E with h·β fixed at 0.5 by the seed's schedule, so an
+    #: energy steeper than O(1) makes every step overshoot; this keeps it samplable.
+    grad_penalty: float = 0.0
 
     def continued(self) -> Schedule:
         """The schedule of continued chains: ``schedule``'s last β and step, held."""
@@ -143,14 +149,19 @@ def train_ebm(
                 model, idx[~keep], idx[keep], chains, formula_units, settings, rng, gen
             )
             model.train()
-            n_data, p_data = model.energy_parts(
-                CrystalBatch.from_arrays(data.lattices, data.frac_coords, data.numbers)
-            )
+            data_batch = CrystalBatch.from_arrays(data.lattices, data.frac_coords, data.numbers)
+            if settings.grad_penalty > 0:
+                data_batch, negatives = _with_grad(data_batch), _with_grad(negatives)
+            n_data, p_data = model.energy_parts(data_batch)
             n_sample, p_sample = model.energy_parts(negatives)
             e_data, e_sample = n_data + p_data, n_sample + p_sample
             loss = e_data.mean() - e_sample.mean()
             if settings.energy_l2 > 0:
                 loss = loss + settings.energy_l2 * (n_data.pow(2).mean() + n_sample.pow(2).mean())
+            if settings.grad_penalty > 0:
+                slope = squared_gradient(n_data, data_batch) + squared_gradient(n_sample, negatives)
+                loss = loss + settings.grad_penalty * slope
+                sums["squared_gradient"] = sums.get("squared_gradient", 0.0) + float(slope) / 2
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -160,6 +171,7 @@ def train_ebm(
             sums["energy_sample"] += float(e_sample.detach().mean())
             sums["acceptance"] += acceptance
         row = {"epoch": epoch + 1, **{k: v / max(n_batches, 1) for k, v in sums.items()}}
+        row.setdefault("squared_gradient", math.nan)
         row["seconds"] = elapsed_before + time.perf_counter() - t_start
         history.append(row)
         log.info(
@@ -188,6 +200,29 @@ def train_ebm(
             break
     model.eval()
     return history
+
+
+def _with_grad(batch: CrystalBatch) -> CrystalBatch:
+    """The batch with fresh leaf frac and lattice tensors that require gradients."""
+    return CrystalBatch(
+        batch.frac.detach().requires_grad_(True),
+        batch.lattice.detach().requires_grad_(True),
+        batch.numbers,
+        batch.node_graph,
+    )
+
+
+def squared_gradient(energy: torch.Tensor, batch: CrystalBatch) -> torch.Tensor:
+    """Mean over crystals of |∂E/∂frac|² + |∂E/∂lattice|² (differentiable: a loss term).
+
+    energy: (B,) computed from ``batch``, whose frac and lattice require gradients.
+    """
+    g_frac, g_lat = torch.autograd.grad(
+        energy.sum(), [batch.frac, batch.lattice], create_graph=True
+    )
+    per_crystal = torch.zeros(batch.n_graphs, dtype=g_frac.dtype, device=g_frac.device)
+    per_crystal = per_crystal.index_add(0, batch.node_graph, (g_frac**2).sum(1))
+    return (per_crystal + (g_lat**2).sum((1, 2))).mean()
 
 
 def _negatives(

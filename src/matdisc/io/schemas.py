@@ -253,6 +253,8 @@ EBM_METRICS = pa.schema(
         pa.field("energy_data", pa.float64()),  # mean energy of the data crystals
         pa.field("energy_sample", pa.float64()),  # mean energy of the MALA samples
         pa.field("acceptance", pa.float64()),  # mean MALA acceptance rate
+        # mean |∇N|² of data and samples (the grad_penalty term; null when it is off)
+        pa.field("squared_gradient", pa.float64()),
         pa.field("seconds", pa.float64()),  # wall time since the start of training
     ]
 )

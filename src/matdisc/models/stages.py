@@ -439,7 +439,14 @@ def train_vae(call: StageCall) -> None:
     rows = training_rows("vae", result, extra["n_train"], extra["n_val"])
     if epochs > 0:
         chain_unet, tuned = finetune_unet(
-            unet, unet_extra, vae, train, val, epochs, config, chain_resume,
+            unet,
+            unet_extra,
+            vae,
+            train,
+            val,
+            epochs,
+            config,
+            chain_resume,
             patience=section["unet_finetune_patience"],
         )
         chain_extra["finetune_history"] = tuned.history
