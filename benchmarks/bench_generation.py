@@ -115,9 +115,7 @@ def main() -> None:
     config = load_config(ROOT / "config/config.yaml")
     torch.set_num_threads(args.threads)
     unet, vae, kind = load_models(args, config)
-    invert_kwargs = {
-        k: v for k, v in invert_options(config["voxel"], decoded=True).items() if k != "padding"
-    }
+    invert_kwargs = invert_options(config["voxel"], decoded=True)
     gen = Generator(vae=vae, unet=unet, padding=config["voxel"]["padding"],
                     invert_kwargs=invert_kwargs, threads=args.threads)  # fmt: skip
     draws, how = latents(vae, gen, args.n, config["seed"], config)

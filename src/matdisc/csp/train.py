@@ -136,6 +136,7 @@ def train_ebm(
     for epoch in range(len(history), settings.epochs):
         order = rng.permutation(len(crystals))
         sums = {"loss": 0.0, "energy_data": 0.0, "energy_sample": 0.0, "acceptance": 0.0}
+        sums["squared_gradient"] = 0.0 if settings.grad_penalty > 0 else math.nan
         n_batches = 0
         batches = range(0, len(order), settings.batch_size)
         for start in tqdm(batches, desc=f"EBM epoch {epoch + 1}", leave=False):
@@ -161,7 +162,7 @@ def train_ebm(
             if settings.grad_penalty > 0:
                 slope = squared_gradient(n_data, data_batch) + squared_gradient(n_sample, negatives)
                 loss = loss + settings.grad_penalty * slope
-                sums["squared_gradient"] = sums.get("squared_gradient", 0.0) + float(slope) / 2
+                sums["squared_gradient"] += float(slope) / 2
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -171,7 +172,6 @@ def train_ebm(
             sums["energy_sample"] += float(e_sample.detach().mean())
             sums["acceptance"] += acceptance
         row = {"epoch": epoch + 1, **{k: v / max(n_batches, 1) for k, v in sums.items()}}
-        row.setdefault("squared_gradient", math.nan)
         row["seconds"] = elapsed_before + time.perf_counter() - t_start
         history.append(row)
         log.info(

@@ -100,7 +100,8 @@ def _one(species: np.ndarray, abc: np.ndarray, invert_kwargs: dict[str, Any]) ->
 class Generator:
     """The trained chain. vae: ``CondVAE3D``; unet: ``UNet3D`` (both in eval mode, on
     ``device``); padding: the grid padding fraction; invert_kwargs: keyword arguments of
-    :func:`matdisc.segment.invert` other than the grid and lattice."""
+    :func:`matdisc.segment.invert` other than the grid and lattice (such as
+    :func:`matdisc.segment.invert_options`; a ``padding`` there is replaced by ``padding``)."""
 
     def __init__(
         self,
@@ -121,7 +122,8 @@ class Generator:
             model.to(memory_format=torch.channels_last_3d)
         self.padding = float(padding)
         self.device = torch.device(device)
-        self.invert_kwargs = {"padding": self.padding, **(invert_kwargs or {})}
+        # the grids' own padding wins over one in invert_kwargs (e.g. invert_options output)
+        self.invert_kwargs = {**(invert_kwargs or {}), "padding": self.padding}
         self.threads = max(1, int(threads))
         self.timings: dict[str, float] = defaultdict(float)
 

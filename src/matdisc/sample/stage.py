@@ -117,11 +117,7 @@ def load_chain(call: StageCall, store: Any) -> Any:
         unet=unet,
         padding=store.padding,
         device=device,
-        invert_kwargs={
-            k: v
-            for k, v in invert_options(call.section("voxel"), decoded=True).items()
-            if k != "padding"
-        },
+        invert_kwargs=invert_options(call.section("voxel"), decoded=True),
         threads=call.threads,
     )
 
