@@ -199,3 +199,20 @@ def test_mask_regions_take_the_majority_species_of_noisy_voxels():
     assert sorted(by_mask.numbers.tolist()) == [11, 17]
     with pytest.raises(ValueError, match="regions"):
         invert(species, lattice_abc=(8.0, 8.0, 8.0), regions="both")
+
+
+def test_structure_scores_count_recovered_stoichiometry_and_composition():
+    from matdisc.models.evaluate import StructureScores
+    from matdisc.segment.invert import InversionResult
+
+    true = rock_salt()
+    kbr = Structure(true.lattice, ["K"] * 4 + ["Br"] * 4, true.frac_coords)
+    na3cl = Structure(true.lattice, ["Na"] * 5 + ["Cl"] * 3, true.frac_coords)
+    scores = StructureScores()
+    abc = np.array(true.lattice.abc)
+    for s in (true, kbr, na3cl):
+        scores.add(InversionResult(s, None, len(s)), true, abc, abc)
+    scores.add(InversionResult(None, NO_ATOMS, 0), true, abc, abc)
+    rows = scores.rows()
+    assert rows["same_stoichiometry_fraction"] == (0.5, 4)  # NaCl and KBr of four
+    assert rows["same_composition_fraction"] == (0.25, 4)

@@ -216,6 +216,8 @@ def test_stages_end_to_end(store, tmp_path, monkeypatch):
             "b_mae_angstrom",
             "c_mae_angstrom",
             "valid_fraction",
+            "same_stoichiometry_fraction",
+            "same_composition_fraction",
         ):
             assert (pipeline, metric) in got
     assert ("vae", "density_mse") in got and ("training", "epochs_run") in got
@@ -224,6 +226,7 @@ def test_stages_end_to_end(store, tmp_path, monkeypatch):
     # The true coordinate grid gives the cell back to float precision.
     assert seg["a_mae_angstrom"] < 1e-3
     assert 0.0 <= seg["valid_fraction"] <= 1.0
+    assert 0.0 <= seg["same_composition_fraction"] <= seg["same_stoichiometry_fraction"] <= 1.0
     vae, vextra = load_model(vae_out["model"])
     assert vextra["classes"] == extra["classes"] and len(vextra["decile_edges"]) == 9
     # the chain's UNet: the trained UNet fine-tuned on the VAE's reconstructions

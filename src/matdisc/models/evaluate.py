@@ -111,6 +111,8 @@ class StructureScores:
     lattice_err: list[np.ndarray] = field(default_factory=list)
     valid: int = 0
     total: int = 0
+    same_stoichiometry: int = 0
+    same_composition: int = 0
     reasons: Counter = field(default_factory=Counter)
 
     def add(self, result: Any, true: Any, abc_pred: np.ndarray, abc_true: np.ndarray) -> None:
@@ -128,6 +130,9 @@ class StructureScores:
         self.dn.append(delta_n_sites(int(result.n_sites), len(true)))
         if result.ok:
             self.emd.append(site_emd(result.structure, true))
+            got, want = result.structure.composition, true.composition
+            self.same_stoichiometry += got.anonymized_formula == want.anonymized_formula
+            self.same_composition += got.reduced_formula == want.reduced_formula
 
     def rows(self) -> dict[str, tuple[float, int]]:
         err = np.array(self.lattice_err).reshape(-1, 3)
@@ -138,7 +143,14 @@ class StructureScores:
             "b_mae_angstrom": (_mean(err[:, 1]), len(err)),
             "c_mae_angstrom": (_mean(err[:, 2]), len(err)),
             "valid_fraction": (self.valid / self.total if self.total else float("nan"), self.total),
+            # the filter's stage 2 and the exact composition, over every input with a truth
+            "same_stoichiometry_fraction": _share(self.same_stoichiometry, len(self.dn)),
+            "same_composition_fraction": _share(self.same_composition, len(self.dn)),
         }
+
+
+def _share(count: int, total: int) -> tuple[float, int]:
+    return (count / total if total else float("nan"), total)
 
 
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> list[float]:

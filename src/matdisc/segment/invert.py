@@ -24,7 +24,11 @@ Steps of :func:`invert` (seed 000, "3-D Multiclass Atom Segmentation"):
    atom's position is the voxel-weighted mean of its uncut regions (all of them if every
    image is cut), its species the voxel-weighted majority (``species_conflict="vote"``)
    or, with ``"reject"``, any disagreement makes the grid ``inconsistent``.
-5. ``Structure(Lattice.orthorhombic(a, b, c), ...)`` with the given cell lengths.
+5. Optionally (``symmetry_agreement``), symmetry-equivalent atoms take one species: the
+   cubic symmetries of the positions that the labels agree with link atoms into orbits,
+   and each orbit takes the species with the most voxels over its atoms
+   (:mod:`matdisc.segment.symmetry`).
+6. ``Structure(Lattice.orthorhombic(a, b, c), ...)`` with the given cell lengths.
 
 A grid yields no structure, with a reason, when it has no labelled voxel (``no_atoms``),
 more than ``max_sites`` atoms after merging (``too_many_sites``), images of one atom
@@ -93,6 +97,8 @@ def invert(
     min_peak_separation: int = 2,
     species_conflict: str = "vote",
     regions: str = "species",
+    symmetry_agreement: float | None = None,
+    symmetry_tolerance: float = 0.5,
 ) -> InversionResult:
     """Read a crystal from a species map.
 
@@ -103,7 +109,11 @@ def invert(
     fraction. merge_tolerance: Å within which regions are images of one atom.
     border_reach: Å a region cut by the grid edge may sit inside its atom's centre.
     min_region_voxels: smaller regions are dropped as noise. regions: ``"species"`` or
-    ``"mask"``, what delimits a region (step 1). See the module docstring.
+    ``"mask"``, what delimits a region (step 1). symmetry_agreement: None, or the share
+    of sites a position symmetry must keep on their own species for the sites it links
+    to take one species (step 5, :mod:`matdisc.segment.symmetry`); symmetry_tolerance: Å
+    within which a symmetry must map every position onto another. See the module
+    docstring.
     """
     if species_conflict not in ("vote", "reject"):
         raise ValueError(f"species_conflict must be 'vote' or 'reject', got {species_conflict!r}")
@@ -136,12 +146,22 @@ def invert(
     d = species.shape[0]
     frac = fraction_of_index(found["centroid"], d, padding)
     cluster = _cluster(frac, found, lattice, merge_tolerance, border_reach)
-    site_frac, site_z, conflict = _merge(frac, found, cluster)
+    site_frac, site_z, votes, conflict = _merge(frac, found, cluster)
     n_sites = len(site_z)
     if conflict and species_conflict == "reject":
         return InversionResult(None, INCONSISTENT, n_sites, site_frac, site_z)
     if n_sites > max_sites:
         return InversionResult(None, TOO_MANY_SITES, n_sites, site_frac, site_z)
+    if symmetry_agreement is not None:
+        from matdisc.segment.symmetry import symmetrize_species
+
+        site_z = symmetrize_species(
+            site_frac,
+            votes,
+            lattice,
+            tolerance=symmetry_tolerance,
+            agreement=symmetry_agreement,
+        )
     from pymatgen.core import Lattice, Structure
 
     structure = Structure(Lattice.orthorhombic(*lattice), site_z.tolist(), site_frac)
@@ -438,8 +458,10 @@ def _weighted_positions(
 
 def _merge(
     frac: np.ndarray, regions: dict[str, np.ndarray], cluster: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Positions (k, 3) in [0, 1), atomic numbers (k,), and whether species disagreed."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """Positions (k, 3) in [0, 1), atomic numbers (k,), the votes (k, 256) behind them
+    (voxels of the atom's regions, each region voting its majority species) and whether
+    species disagreed."""
     k = int(cluster.max()) + 1
     count = regions["count"]
     cut = (regions["low"] | regions["high"]).any(axis=1)
@@ -455,5 +477,7 @@ def _merge(
     winners = best[np.r_[True, pairs[best, 0][1:] != pairs[best, 0][:-1]]]
     site_z = np.empty(k, dtype=np.int64)
     site_z[pairs[winners, 0]] = pairs[winners, 1]
+    site_votes = np.zeros((k, 256))
+    site_votes[pairs[:, 0], pairs[:, 1]] = votes
     conflict = len(pairs) > k
-    return pos, site_z, conflict
+    return pos, site_z, site_votes, conflict
