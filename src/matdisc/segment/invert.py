@@ -110,8 +110,8 @@ def invert(
     border_reach: Å a region cut by the grid edge may sit inside its atom's centre.
     min_region_voxels: smaller regions are dropped as noise. regions: ``"species"`` or
     ``"mask"``, what delimits a region (step 1). symmetry_agreement: None, or the share
-    of sites a position symmetry must keep on their own species for the sites it links
-    to take one species (step 5, :mod:`matdisc.segment.symmetry`); symmetry_tolerance: Å
+    of the sites a position symmetry moves that must land on their own species for the
+    sites it links to take one species (step 5, :mod:`matdisc.segment.symmetry`); symmetry_tolerance: Å
     within which a symmetry must map every position onto another. See the module
     docstring.
     """
@@ -473,11 +473,8 @@ def _merge(
     z = regions["species"]
     pairs, inverse = np.unique(np.stack([cluster, z], axis=1), axis=0, return_inverse=True)
     votes = np.bincount(inverse.ravel(), weights=count, minlength=len(pairs))
-    best = np.lexsort((-votes, pairs[:, 0]))
-    winners = best[np.r_[True, pairs[best, 0][1:] != pairs[best, 0][:-1]]]
-    site_z = np.empty(k, dtype=np.int64)
-    site_z[pairs[winners, 0]] = pairs[winners, 1]
     site_votes = np.zeros((k, 256))
     site_votes[pairs[:, 0], pairs[:, 1]] = votes
+    site_z = site_votes.argmax(axis=1).astype(np.int64)  # ties: the smaller atomic number
     conflict = len(pairs) > k
     return pos, site_z, site_votes, conflict

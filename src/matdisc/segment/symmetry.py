@@ -26,6 +26,8 @@ import itertools
 
 import numpy as np
 
+from matdisc.segment.invert import _components
+
 
 def cubic_rotations() -> np.ndarray:
     """(48, 3, 3) the point operations of m-3m on fractional coordinates of a cubic cell
@@ -40,10 +42,6 @@ def cubic_rotations() -> np.ndarray:
 
 
 _ROTATIONS = cubic_rotations()
-
-
-def _wrap(delta: np.ndarray) -> np.ndarray:
-    return delta - np.round(delta)
 
 
 def position_symmetries(frac: np.ndarray, lattice: np.ndarray, tolerance: float) -> np.ndarray:
@@ -115,8 +113,6 @@ def species_orbits(
     """Orbit id (0..k-1) per site: sites linked by a position symmetry under which at least
     ``agreement`` of the sites it moves land on a site of the same atomic number
     (``numbers``)."""
-    from matdisc.segment.invert import _components
-
     numbers = np.asarray(numbers).reshape(-1)
     n = len(numbers)
     perms = position_symmetries(frac, lattice, tolerance)[1:]
