@@ -117,6 +117,35 @@ def test_touching_atoms_of_one_species_are_split():
     assert merged.n_sites == 1
 
 
+def test_atoms_closer_than_the_fuse_distance_are_one_atom():
+    d = 32
+    big, small = np.array([15.0, 15.5, 16.0]), np.array([19.0, 15.5, 16.0])
+    species = np.zeros((d, d, d), dtype=np.uint8)
+    species[_ball(d, big, 1.8)] = 26
+    species[_ball(d, small, 1.0)] = 8  # a gap of a voxel: two regions, 1.5 Å apart
+    kept = invert(species, lattice_abc=(8.0, 8.0, 8.0), padding=0.25)
+    assert kept.n_sites == 2 and sorted(kept.numbers) == [8, 26]
+    fused = invert(species, lattice_abc=(8.0, 8.0, 8.0), padding=0.25, fuse_distance=1.6)
+    assert fused.n_sites == 1 and list(fused.numbers) == [26]  # the larger region's species
+    # the position is the voxel-weighted mean: between the two, nearer the larger one
+    x = np.sort(kept.frac[:, 0])
+    assert x[0] < fused.frac[0, 0] < (x[0] + x[1]) / 2
+    assert invert(species, lattice_abc=(8.0, 8.0, 8.0), fuse_distance=1.4).n_sites == 2
+
+
+def test_fusing_is_periodic_and_adds_the_votes():
+    from matdisc.segment.invert import _fuse
+
+    frac = np.array([[0.02, 0.5, 0.5], [0.97, 0.5, 0.5], [0.5, 0.0, 0.0]])
+    votes = np.zeros((3, 256))
+    votes[0, 8], votes[1, 26], votes[1, 8], votes[2, 11] = 10, 8, 4, 9
+    pos, z, fused = _fuse(frac, votes, np.array([10.0, 10.0, 10.0]), 1.0)  # 0.5 Å apart
+    assert list(z) == [8, 11]  # 14 O voxels against 8 Fe
+    assert fused[0, 8] == 14 and fused[0, 26] == 8
+    assert np.isclose(pos[0, 0], (0.02 - 0.05 * 12 / 22) % 1)  # across the boundary, not 0.5
+    assert np.allclose(pos[1], [0.5, 0.0, 0.0])
+
+
 def test_invert_many_and_options_from_config():
     vox = voxelize(rock_salt())
     settings = {

@@ -162,7 +162,7 @@ def train_ebm(
             if settings.grad_penalty > 0:
                 slope = squared_gradient(n_data, data_batch) + squared_gradient(n_sample, negatives)
                 loss = loss + settings.grad_penalty * slope
-                sums["squared_gradient"] += float(slope) / 2
+                sums["squared_gradient"] += float(slope.detach()) / 2
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

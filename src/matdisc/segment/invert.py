@@ -24,6 +24,10 @@ Steps of :func:`invert` (seed 000, "3-D Multiclass Atom Segmentation"):
    atom's position is the voxel-weighted mean of its uncut regions (all of them if every
    image is cut), its species the voxel-weighted majority (``species_conflict="vote"``)
    or, with ``"reject"``, any disagreement makes the grid ``inconsistent``.
+   Optionally (``fuse_distance``), atoms closer than that are one atom: their votes add
+   up and their positions average, weighted by voxels. No crystal has two atoms ~1 Å
+   apart, while a blurred atom read as two regions (or a cut piece labelled with another
+   species, which step 4 cannot join) leaves exactly such a pair.
 5. Optionally (``symmetry_agreement``), symmetry-equivalent atoms take one species: the
    cubic symmetries of the positions that the labels agree with link atoms into orbits,
    and each orbit takes the species with the most voxels over its atoms
@@ -99,6 +103,7 @@ def invert(
     regions: str = "species",
     symmetry_agreement: float | None = None,
     symmetry_tolerance: float = 0.5,
+    fuse_distance: float | None = None,
 ) -> InversionResult:
     """Read a crystal from a species map.
 
@@ -112,8 +117,8 @@ def invert(
     ``"mask"``, what delimits a region (step 1). symmetry_agreement: None, or the share
     of the sites a position symmetry moves that must land on their own species for the
     sites it links to take one species (step 5, :mod:`matdisc.segment.symmetry`); symmetry_tolerance: Å
-    within which a symmetry must map every position onto another. See the module
-    docstring.
+    within which a symmetry must map every position onto another. fuse_distance: None, or
+    the Å below which two atoms found are one (step 4b). See the module docstring.
     """
     if species_conflict not in ("vote", "reject"):
         raise ValueError(f"species_conflict must be 'vote' or 'reject', got {species_conflict!r}")
@@ -147,6 +152,8 @@ def invert(
     frac = fraction_of_index(found["centroid"], d, padding)
     cluster = _cluster(frac, found, lattice, merge_tolerance, border_reach)
     site_frac, site_z, votes, conflict = _merge(frac, found, cluster)
+    if fuse_distance is not None:
+        site_frac, site_z, votes = _fuse(site_frac, votes, lattice, fuse_distance)
     n_sites = len(site_z)
     if conflict and species_conflict == "reject":
         return InversionResult(None, INCONSISTENT, n_sites, site_frac, site_z)
@@ -454,6 +461,22 @@ def _weighted_positions(
     pos -= np.floor(pos)
     pos[pos > 1 - 1e-9] = 0.0
     return pos
+
+
+def _fuse(
+    frac: np.ndarray, votes: np.ndarray, lattice: np.ndarray, distance: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Atoms closer than ``distance`` Å (minimum image, chained) become one: votes summed,
+    position the vote-weighted mean; returns (frac, atomic numbers, votes)."""
+    group = _components(_distances(frac, frac, lattice) < distance)
+    k = int(group.max()) + 1
+    weight = votes.sum(axis=1)
+    if k < len(frac):
+        frac = _weighted_positions(frac, weight + 1e-9, group, k)
+        fused = np.zeros((k, votes.shape[1]))
+        np.add.at(fused, group, votes)
+        votes = fused
+    return frac, votes.argmax(axis=1).astype(np.int64), votes
 
 
 def _merge(
