@@ -156,15 +156,20 @@ def test_sampling_is_reproducible_and_records_every_draw(inputs, tmp_path):
         )
 
 
-def test_sampling_inverts_with_the_decoded_noise_threshold(inputs, tmp_path):
+def test_sampling_inverts_with_the_decoded_settings(inputs, tmp_path):
     from matdisc.sample.stage import load_chain
     from matdisc.voxel.store import open_store
 
     call = call_for(inputs, tmp_path / "a.parquet")
-    call.settings["voxel"]["inverse"].update(min_region_voxels=3, min_region_voxels_decoded=12)
+    call.settings["voxel"]["inverse"].update(
+        min_region_voxels=3,
+        symmetry_agreement=None,
+        decoded={"min_region_voxels": 12, "symmetry_agreement": 0.5},
+    )
     gen = load_chain(call, open_store(inputs["voxels"]))
     assert gen.invert_kwargs["min_region_voxels"] == 12
-    assert "min_region_voxels_decoded" not in gen.invert_kwargs
+    assert gen.invert_kwargs["symmetry_agreement"] == 0.5
+    assert "decoded" not in gen.invert_kwargs
 
 
 def test_no_structure_counts_take_none_and_nan_as_structures():

@@ -160,11 +160,17 @@ def test_invert_many_and_options_from_config():
     )
     assert [r.reason for r in results] == [None, NO_ATOMS]
     assert results[0].n_sites == 8
-    # decoded maps: their own noise threshold, never passed to invert under its own name
-    settings["inverse"].update(min_region_voxels=3, min_region_voxels_decoded=30)
+    # decoded maps: their own settings, never passed to invert under their own name
+    settings["inverse"].update(
+        min_region_voxels=3, decoded={"min_region_voxels": 30, "fuse_distance": 1.0}
+    )
     assert invert_options(settings)["min_region_voxels"] == 3
+    assert invert_options(settings)["merge_tolerance"] == 0.5
+    assert "fuse_distance" not in invert_options(settings)
     assert invert_options(settings, decoded=True)["min_region_voxels"] == 30
-    assert "min_region_voxels_decoded" not in invert_options(settings, decoded=True)
+    assert invert_options(settings, decoded=True)["fuse_distance"] == 1.0
+    assert invert_options(settings, decoded=True)["merge_tolerance"] == 0.5
+    assert "decoded" not in invert_options(settings, decoded=True)
     big = invert(vox.species, lattice_abc=vox.lattice, **invert_options(settings, decoded=True))
     assert big.n_sites < 8  # its smallest regions (24 voxels) are dropped as noise
 

@@ -178,12 +178,12 @@ def invert(
 def invert_options(voxel_settings: dict[str, Any], *, decoded: bool = False) -> dict[str, Any]:
     """Keyword arguments of :func:`invert` from the ``voxel`` config section
     (padding, max_sites and the ``inverse`` sub-section). ``decoded``: for the UNet's maps
-    of VAE-decoded densities (sampling, chain evaluation), whose noise regions are larger:
-    ``min_region_voxels_decoded`` then replaces ``min_region_voxels``."""
+    of VAE-decoded densities (sampling, chain evaluation), whose noise regions are larger
+    and whose atoms blur: the keys of ``inverse.decoded`` then replace their namesakes."""
     inverse = dict(voxel_settings.get("inverse", {}))
-    noise_decoded = inverse.pop("min_region_voxels_decoded", None)
-    if decoded and noise_decoded is not None:
-        inverse["min_region_voxels"] = noise_decoded
+    overrides = inverse.pop("decoded", None) or {}
+    if decoded:
+        inverse.update(overrides)
     return {
         "padding": float(voxel_settings["padding"]),
         "max_sites": int(voxel_settings["max_sites"]),
