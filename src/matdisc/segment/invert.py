@@ -25,9 +25,10 @@ Steps of :func:`invert` (seed 000, "3-D Multiclass Atom Segmentation"):
    image is cut), its species the voxel-weighted majority (``species_conflict="vote"``)
    or, with ``"reject"``, any disagreement makes the grid ``inconsistent``.
    Optionally (``fuse_distance``), atoms closer than that are one atom: their votes add
-   up and their positions average, weighted by voxels. No crystal has two atoms ~1 Å
-   apart, while a blurred atom read as two regions (or a cut piece labelled with another
-   species, which step 4 cannot join) leaves exactly such a pair.
+   up and their positions average, weighted by voxels. Bonds to hydrogen aside, no
+   crystal has two atoms within ~1 Å, while a blurred atom read as two regions (or a cut
+   piece labelled with another species, which step 4 cannot join) leaves such a pair;
+   the config turns it on for the UNet's maps of decoded densities only.
 5. Optionally (``symmetry_agreement``), symmetry-equivalent atoms take one species: the
    cubic symmetries of the positions that the labels agree with link atoms into orbits,
    and each orbit takes the species with the most voxels over its atoms
@@ -118,7 +119,7 @@ def invert(
     of the sites a position symmetry moves that must land on their own species for the
     sites it links to take one species (step 5, :mod:`matdisc.segment.symmetry`); symmetry_tolerance: Å
     within which a symmetry must map every position onto another. fuse_distance: None, or
-    the Å below which two atoms found are one (step 4b). See the module docstring.
+    the Å below which two atoms found are one (end of step 4). See the module docstring.
     """
     if species_conflict not in ("vote", "reject"):
         raise ValueError(f"species_conflict must be 'vote' or 'reject', got {species_conflict!r}")
