@@ -471,13 +471,17 @@ def _fuse(
     position the vote-weighted mean; returns (frac, atomic numbers, votes)."""
     group = _components(_distances(frac, frac, lattice) < distance)
     k = int(group.max()) + 1
-    weight = votes.sum(axis=1)
     if k < len(frac):
-        frac = _weighted_positions(frac, weight + 1e-9, group, k)
+        frac = _weighted_positions(frac, votes.sum(axis=1) + 1e-9, group, k)
         fused = np.zeros((k, votes.shape[1]))
         np.add.at(fused, group, votes)
         votes = fused
-    return frac, votes.argmax(axis=1).astype(np.int64), votes
+    return frac, _species(votes), votes
+
+
+def _species(votes: np.ndarray) -> np.ndarray:
+    """(k,) atomic number with the most votes per atom of (k, 256) votes (ties: smaller Z)."""
+    return votes.argmax(axis=1).astype(np.int64)
 
 
 def _merge(
@@ -499,6 +503,5 @@ def _merge(
     votes = np.bincount(inverse.ravel(), weights=count, minlength=len(pairs))
     site_votes = np.zeros((k, 256))
     site_votes[pairs[:, 0], pairs[:, 1]] = votes
-    site_z = site_votes.argmax(axis=1).astype(np.int64)  # ties: the smaller atomic number
     conflict = len(pairs) > k
-    return pos, site_z, site_votes, conflict
+    return pos, _species(site_votes), site_votes, conflict
