@@ -201,6 +201,19 @@ def test_select_bases_picks_lowest_energy_cubic_polymorph() -> None:
     assert chosen.loc["SrTiO3", "material_id"] == "m3"
 
 
+def test_base_outside_the_training_split_is_recorded_and_warned(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    table = _table({"m1": rocksalt(), "m2": perovskite()}, {"m1": -2.0, "m2": -3.4})
+    table.loc[table["material_id"] == "m1", "split"] = "train"
+    table.loc[table["material_id"] == "m2", "split"] = "test"
+    with caplog.at_level(logging.WARNING, logger="matdisc.data.bases"):
+        chosen = select_bases(["NaCl", "SrTiO3"], table, max_sites=40).set_index("base")
+    assert chosen["split"].to_dict() == {"NaCl": "train", "SrTiO3": "test"}
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "SrTiO3 (m2) is in the test split" in warned[0]
+
+
 def test_unknown_base_names_it_and_the_closest_formulas() -> None:
     table = _table({"m1": rocksalt(), "m2": rocksalt(species=("Na", "Br")), "m3": perovskite()}, {})
     with pytest.raises(UserError) as info:

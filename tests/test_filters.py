@@ -276,7 +276,7 @@ def test_filter_stage_writes_candidates_cifs_and_funnel(tmp_path, monkeypatch):
         {"base": ["SrTiO3"], "material_id": ["mp-5229"], "formula": ["SrTiO3"],
          "formula_anonymous": ["ABC3"], "structure_class": ["perovskite_ABX3"],
          "spacegroup_number": [221], "nsites": [5], "e_form_ev_per_atom": [-3.4],
-         "structure_json": [json.dumps(base.as_dict())]}
+         "split": ["train"], "structure_json": [json.dumps(base.as_dict())]}
     )  # fmt: skip
     write_table(bases, tmp_path / "bases.parquet", "base_compounds")
     entries = {

@@ -89,6 +89,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "spacegroup_number": [221, 225, 221, 225],
             "nsites": [5, 8, 5, 4],
             "e_form_ev_per_atom": [-3.5, -2.1, -3.6, 0.0],
+            "split": ["train", "train", "val", "train"],
             "structure_json": [json.dumps(s.as_dict()) for s in structures[3:4] + structures[:1]]
             + [json.dumps(structures[4].as_dict())] * 2,
         }

@@ -4,6 +4,11 @@ Each base must name a cubic structure with at most ``voxel.max_sites`` sites in 
 conventional cell (the VAE works on cubic voxel grids). When a formula has several cubic
 polymorphs, the one with the lowest formation energy is taken (then fewer sites, then
 the material id), so the choice is reproducible.
+
+The seed drew its base compounds from the VAE training set: the encoder has seen them,
+so μ_base decodes to (something near) the base. A base of the validation or test split
+works too but is logged as a warning, since the VAE may encode it far from where its
+decoder draws that structure; the table records each base's split.
 """
 
 from __future__ import annotations
@@ -104,12 +109,21 @@ def select_bases(bases: Sequence[str], table: pd.DataFrame, max_sites: int) -> p
             best["e_form_ev_per_atom"],
             len(cubic),
         )
+        if best["split"] != "train":
+            log.warning(
+                "base %s (%s) is in the %s split, which the VAE and UNet did not train on: "
+                "draws around it may not resemble it; the seed took its bases from the "
+                "training set",
+                base,
+                best["material_id"],
+                best["split"],
+            )
         rows.append(
             {"base": base, **{c: best[c] for c in best.index if c != "conventional_nsites"}}
         )
     frame = pd.DataFrame(rows)
     keep = ["base", "material_id", "formula", "formula_anonymous", "structure_class",
-            "spacegroup_number", "nsites", "e_form_ev_per_atom", "structure_json"]  # fmt: skip
+            "spacegroup_number", "nsites", "e_form_ev_per_atom", "split", "structure_json"]  # fmt: skip
     return frame[keep]
 
 

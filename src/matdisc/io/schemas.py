@@ -58,6 +58,7 @@ BASE_COMPOUNDS = pa.schema(
         pa.field("spacegroup_number", pa.int16(), nullable=False),
         pa.field("nsites", pa.int32(), nullable=False),
         pa.field("e_form_ev_per_atom", pa.float64()),
+        pa.field("split", pa.string(), nullable=False),  # train / val / test of the data split
         pa.field("structure_json", pa.string(), nullable=False),
     ]
 )
