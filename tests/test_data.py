@@ -196,9 +196,17 @@ def test_select_bases_picks_lowest_energy_cubic_polymorph() -> None:
         {"m1": rocksalt(5.64), "m2": rocksalt(5.50), "m3": perovskite()},
         {"m1": -2.0, "m2": -2.2},
     )
+    table["split"] = "train"
     chosen = select_bases(["NaCl", "SrTiO3"], table, max_sites=40).set_index("base")
     assert chosen.loc["NaCl", "material_id"] == "m2"
     assert chosen.loc["SrTiO3", "material_id"] == "m3"
+
+
+def test_select_bases_prefers_a_training_split_polymorph() -> None:
+    table = _table({"m1": rocksalt(5.64), "m2": rocksalt(5.50)}, {"m1": -2.0, "m2": -2.2})
+    table["split"] = ["train" if m == "m1" else "val" for m in table["material_id"]]
+    chosen = select_bases(["NaCl"], table, max_sites=40)
+    assert chosen["material_id"].tolist() == ["m1"] and chosen["split"].tolist() == ["train"]
 
 
 def test_base_outside_the_training_split_is_recorded_and_warned(

@@ -1,14 +1,15 @@
 """Base compounds: the configured formulas, checked against the downloaded data.
 
 Each base must name a cubic structure with at most ``voxel.max_sites`` sites in its
-conventional cell (the VAE works on cubic voxel grids). When a formula has several cubic
-polymorphs, the one with the lowest formation energy is taken (then fewer sites, then
-the material id), so the choice is reproducible.
+conventional cell (the VAE works on cubic voxel grids).
 
 The seed drew its base compounds from the VAE training set: the encoder has seen them,
-so μ_base decodes to (something near) the base. A base of the validation or test split
-works too but is logged as a warning, since the VAE may encode it far from where its
-decoder draws that structure; the table records each base's split.
+so μ_base decodes to (something near) the base. When a formula has several cubic
+polymorphs, one of the train split is taken if there is one, then the lowest formation
+energy (then fewer sites, then the material id), so the choice is reproducible. A base
+only in the validation or test split works too but is logged as a warning, since the
+VAE may encode it far from where its decoder draws that structure; the table records
+each base's split.
 """
 
 from __future__ import annotations
@@ -97,8 +98,10 @@ def select_bases(bases: Sequence[str], table: pd.DataFrame, max_sites: int) -> p
                 f"conventional cubic cell, more than voxel.max_sites = {max_sites}; "
                 "choose a smaller compound or raise voxel.max_sites."
             )
+        fitting = fitting.assign(_held_out=fitting["split"] != "train")
         best = fitting.sort_values(
-            ["e_form_ev_per_atom", "conventional_nsites", "material_id"], na_position="last"
+            ["_held_out", "e_form_ev_per_atom", "conventional_nsites", "material_id"],
+            na_position="last",
         ).iloc[0]
         log.info(
             "base %s -> %s (%s, space group %d, Ef %.3f eV/atom; %d cubic candidates)",
@@ -119,7 +122,10 @@ def select_bases(bases: Sequence[str], table: pd.DataFrame, max_sites: int) -> p
                 best["split"],
             )
         rows.append(
-            {"base": base, **{c: best[c] for c in best.index if c != "conventional_nsites"}}
+            {
+                "base": base,
+                **{c: best[c] for c in best.index if c not in ("conventional_nsites", "_held_out")},
+            }
         )
     frame = pd.DataFrame(rows)
     keep = ["base", "material_id", "formula", "formula_anonymous", "structure_class",
