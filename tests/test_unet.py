@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from matdisc.models.losses import IGNORE_INDEX, class_weights, unet_loss
-from matdisc.models.unet import UNet3D
+from matdisc.models.unet import LOG_FLOOR, UNet3D
 from matdisc.train import load_model, save_model
 
 
@@ -18,9 +18,11 @@ def tiny_unet(**kwargs) -> UNet3D:
     return UNet3D(**args)
 
 
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_shapes_and_gradients(channels_last):
-    model = tiny_unet(channels_last=channels_last)
+@pytest.mark.parametrize(
+    ("channels_last", "log_input"), [(False, False), (True, False), (False, True)]
+)
+def test_shapes_and_gradients(channels_last, log_input):
+    model = tiny_unet(channels_last=channels_last, log_input=log_input)
     density = torch.rand(2, 1, 16, 16, 16)
     logits, mask = model(density)
     assert logits.shape == (2, 4, 16, 16, 16)
@@ -39,6 +41,20 @@ def test_shapes_and_gradients(channels_last):
         (4, 8, 8, 8),
         (8, 4, 4, 4),
     ]
+
+
+def test_log_input_channel_is_the_log_of_the_scaled_density_floored():
+    model = tiny_unet(log_input=True)  # density_scale 2.0
+    density = torch.zeros(1, 1, 16, 16, 16)
+    density[0, 0, 3, 4, 5] = 4.0
+    density[0, 0, 0, 0, 0] = -1.0  # decoded maps can dip below zero: floored, not NaN
+    x = model._prepare(density)
+    assert x.shape == (1, 2, 16, 16, 16)
+    assert x[0, 0, 3, 4, 5] == 2.0
+    assert torch.isclose(x[0, 1, 3, 4, 5], torch.log(torch.tensor(2.0 + LOG_FLOOR)))
+    assert torch.isclose(x[0, 1, 0, 0, 0], torch.log(torch.tensor(LOG_FLOOR)))
+    assert torch.isfinite(x).all()
+    assert model.inc[0].in_channels == 2 and tiny_unet().inc[0].in_channels == 1
 
 
 def test_4d_input_and_bad_grid():
@@ -94,12 +110,14 @@ def test_loss_ignores_unknown_elements_and_all_background_batch():
     assert parts["ce"] == pytest.approx(float(expected.detach()), rel=1e-5)
 
 
-def test_checkpoint_written_on_cpu_loads_with_device_auto(tmp_path):
-    model = tiny_unet().eval()
+@pytest.mark.parametrize("log_input", [False, True])
+def test_checkpoint_written_on_cpu_loads_with_device_auto(tmp_path, log_input):
+    model = tiny_unet(log_input=log_input).eval()
     x = torch.rand(1, 1, 16, 16, 16)
     path = save_model(tmp_path / "unet.pt", model, extra={"classes": model.classes})
     loaded, extra = load_model(path, device="auto")
     assert isinstance(loaded, UNet3D) and extra["classes"] == [8, 11, 17]
+    assert loaded.log_input is log_input
     assert not loaded.training
     expected_device = "cuda" if torch.cuda.is_available() else "cpu"
     assert next(loaded.parameters()).device.type == expected_device

@@ -6,6 +6,8 @@ stands in for ``results/voxels/cubic.zarr``; it has the store's attributes.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,11 +16,20 @@ import pytest
 import torch
 
 from matdisc.config import validate_config
+from matdisc.errors import UserError
 from matdisc.io import read_table
 from matdisc.models import stages
-from matdisc.models.data import UNetDataset, VAEDataset, coords_of, load_split, onehot
+from matdisc.models.data import (
+    UNetDataset,
+    VAEDataset,
+    coords_of,
+    load_split,
+    onehot,
+    substitution_for,
+)
 from matdisc.stage import StageCall
 from matdisc.train import TrainConfig, load_model
+from matdisc.voxel.radii import DEFAULT_TABLE
 
 GRID = 16
 PADDING = 0.25
@@ -72,6 +83,8 @@ class FakeStore:
     grid_size: int
     padding: float
     cells: list
+    attrs: dict
+    path: Path = Path("cubic.zarr")
 
     def __len__(self) -> int:
         return len(self.material_id)
@@ -106,6 +119,11 @@ def store():
         grid_size=GRID,
         padding=PADDING,
         cells=[results[i].structure for i in order],
+        attrs={
+            "label_fraction": 0.6,
+            "min_label_radius_voxels": 1.0,
+            "radius_table_sha256": hashlib.sha256(DEFAULT_TABLE.read_bytes()).hexdigest(),
+        },
     )
     return store
 
@@ -152,6 +170,64 @@ def test_datasets_items(store):
     np.testing.assert_allclose(lattice_from_coords(c.numpy(), PADDING), abc.numpy(), rtol=1e-4)
 
 
+def test_substitution_draws_distinct_elements_of_similar_radius(store):
+    train = load_split(store, "train")
+    sub = substitution_for(store, train, store.elements(), probability=1.0, radius_ratio=1.3)
+    numbers = np.array([38, 22, 8, 8, 8])  # SrTiO3
+    seen = set()
+    for seed in range(50):
+        new = sub.draw(numbers, np.random.default_rng(seed))
+        assert np.array_equal(new, sub.draw(numbers, np.random.default_rng(seed)))
+        # sites of one element stay one element, distinct elements stay distinct
+        assert len(set(new[2:])) == 1 and len(set(new[:3])) == 3
+        ratio = sub.radii[new] / sub.radii[numbers]
+        assert np.all((ratio <= 1.3 + 1e-9) & (ratio >= 1 / 1.3 - 1e-9))
+        assert set(new) <= set(sub.classes)
+        seen.add(tuple(new))
+    assert len(seen) > 1
+
+
+def test_substitution_renders_what_the_voxelizer_draws(store):
+    from matdisc.voxel import voxelize
+
+    train = load_split(store, "train")
+    sub = substitution_for(store, train, store.elements(), probability=1.0, radius_ratio=1.3)
+    rng = np.random.default_rng(4)
+    i = 4  # a perovskite
+    density, species = sub.render(i, rng)
+    new = sub.draw(sub.numbers[i], np.random.default_rng(4))
+    cell = store.structure(int(train.index[i])).copy()
+    for site, z in enumerate(new):
+        cell.replace(site, int(z))
+    again = voxelize(cell, grid_size=GRID, padding=PADDING)
+    np.testing.assert_allclose(density, again.density, rtol=1e-5, atol=1e-6)
+    assert np.array_equal(species, again.species)
+    assert not np.array_equal(species, train.species[i])
+    # only the cell's own elements as classes and no slack: the stored maps come back
+    own = dataclasses.replace(sub, classes=np.unique(sub.numbers[i]), radius_ratio=1.0)
+    density, species = own.render(i, rng)
+    np.testing.assert_allclose(density, train.density[i], rtol=1e-5, atol=1e-6)
+    assert np.array_equal(species, train.species[i])
+    # the dataset substitutes at the given rate; its labels follow the new species
+    items = UNetDataset(train, store.elements(), augment=False, substitution=sub)
+    torch.manual_seed(0)
+    density, target, mask = items[i]
+    assert not np.allclose(density[0].numpy(), train.density[i])
+    assert torch.equal(mask > 0, target != 0)
+    off = UNetDataset(
+        train, store.elements(), augment=False, substitution=dataclasses.replace(sub, probability=0)
+    )
+    assert np.array_equal(off[i][0][0].numpy(), train.density[i])
+
+
+def test_substitution_refuses_a_store_of_another_radius_table(store):
+    other = dataclasses.replace(store, attrs={**store.attrs, "radius_table_sha256": "0" * 64})
+    with pytest.raises(UserError, match="another radius table"):
+        substitution_for(
+            other, load_split(other, "train"), other.elements(), probability=0.5, radius_ratio=1.3
+        )
+
+
 def _fit_unet(store, resume: Path, epochs: int):
     train, val = load_split(store, "train"), load_split(store, "val")
     section = unet_section(epochs=epochs)
@@ -183,7 +259,7 @@ def test_stages_end_to_end(store, tmp_path, monkeypatch):
         "seed": 1,
         "train": {"device": "auto", "bf16": False},
         "voxel": DEFAULTS["voxel"],
-        "unet": unet_section(epochs=2, max_minutes=5.0),
+        "unet": unet_section(epochs=2, max_minutes=5.0, substitution_probability=0.5),
         # the DFC perceptual term on (off by default), two epochs of chain fine-tuning
         "vae": vae_section(alpha=1.0, unet_finetune_epochs=2),
     }

@@ -112,17 +112,124 @@ def _rotate(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     return tuple(np.ascontiguousarray(a) for a in random_rot90(_rng(), *arrays))
 
 
+@dataclass(frozen=True)
+class Substitution:
+    """Species substitution: the training maps re-rendered with other elements on the sites.
+
+    With ``probability`` an item's cell is drawn again (:func:`density_and_species`, the
+    voxelizer's own rendering, ~1 ms at 32³) after every element of it is replaced by a
+    random class element whose radius lies within a factor ``radius_ratio`` of its own
+    (the element itself included; distinct elements stay distinct). The geometry stays
+    the real crystal's and the Gaussians stay (Z, σ) of real elements, but each element
+    is seen in many more contexts than the few cells that hold it, and next to the
+    elements of similar σ it must be told apart from (a departure from the seed, whose
+    78,588 maps cover the elements without it).
+    """
+
+    lattice: np.ndarray  # (n, 3) Å
+    frac: list[np.ndarray]  # per item (sites, 3)
+    numbers: list[np.ndarray]  # per item (sites,)
+    classes: np.ndarray  # (K,) atomic numbers that may be substituted in
+    radii: np.ndarray  # (256,) Å by atomic number (NaN = none)
+    probability: float
+    radius_ratio: float
+    grid_size: int
+    padding: float
+    label_fraction: float
+    min_label_radius_voxels: float
+
+    def draw(self, numbers: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``numbers`` with each element replaced by a random one of similar radius."""
+        elements = np.unique(numbers)
+        taken: set[int] = set()
+        mapping: dict[int, int] = {}
+        log_ratio = np.log(self.radius_ratio)
+        for z in rng.permutation(elements):
+            near = np.abs(np.log(self.radii[self.classes] / self.radii[z])) <= log_ratio
+            pool = [int(c) for c in self.classes[near] if int(c) not in taken]
+            mapping[int(z)] = int(rng.choice(pool)) if pool else int(z)
+            taken.add(mapping[int(z)])
+        return np.array([mapping[int(z)] for z in numbers], dtype=np.int64)
+
+    def render(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Density (d, d, d) float32 and species (d, d, d) uint8 of item ``i`` substituted."""
+        from matdisc.voxel.core import density_and_species
+
+        numbers = self.draw(self.numbers[i], rng)
+        return density_and_species(
+            self.lattice[i],
+            self.frac[i],
+            numbers,
+            self.radii[numbers],
+            grid_size=self.grid_size,
+            padding=self.padding,
+            label_fraction=self.label_fraction,
+            min_label_radius_voxels=self.min_label_radius_voxels,
+        )
+
+
+def substitution_for(
+    store: Any, data: VoxelSplit, classes: Sequence[int], *, probability: float, radius_ratio: float
+) -> Substitution:
+    """The :class:`Substitution` of ``data`` (items of ``store``) with the store's rendering
+    settings (grid, padding, label radii, radius table)."""
+    import hashlib
+
+    from matdisc.errors import UserError
+    from matdisc.voxel.cell import arrays_from_structure
+    from matdisc.voxel.radii import DEFAULT_TABLE, radius_lookup
+
+    digest = hashlib.sha256(DEFAULT_TABLE.read_bytes()).hexdigest()
+    if store.attrs.get("radius_table_sha256") != digest:
+        raise UserError(
+            f"the voxel store {store.path} was drawn with another radius table than "
+            f"{DEFAULT_TABLE.name} of this checkout, so substituted maps would not match it; "
+            "re-run the voxelize rule or set unet.substitution_probability: 0."
+        )
+    radii = np.full(256, np.nan)
+    lookup = radius_lookup(DEFAULT_TABLE)
+    radii[: len(lookup)] = lookup
+    frac, numbers = [], []
+    for index in data.index:
+        _, f, z = arrays_from_structure(store.structure(int(index)))
+        frac.append(f)
+        numbers.append(np.asarray(z, dtype=np.int64))
+    usable = np.array([int(z) for z in classes if np.isfinite(radii[int(z)])], dtype=np.int64)
+    return Substitution(
+        lattice=np.asarray(data.lattice, dtype=np.float64),
+        frac=frac,
+        numbers=numbers,
+        classes=usable,
+        radii=radii,
+        probability=float(probability),
+        radius_ratio=float(radius_ratio),
+        grid_size=data.grid_size,
+        padding=data.padding,
+        label_fraction=float(store.attrs["label_fraction"]),
+        min_label_radius_voxels=float(store.attrs["min_label_radius_voxels"]),
+    )
+
+
 class UNetDataset(Dataset):
     """Items (density (1, d, d, d) float32, class index (d, d, d) int64, mask (d, d, d) float32).
 
     Class indices follow ``classes`` (index k + 1 = element ``classes[k]``); elements
     without a class get :data:`IGNORE_INDEX` (the cross-entropy skips them).
+    ``substitution``: re-render a share of the items with substituted species (training).
     """
 
-    def __init__(self, data: VoxelSplit, classes: Sequence[int], *, augment: bool) -> None:
+    def __init__(
+        self,
+        data: VoxelSplit,
+        classes: Sequence[int],
+        *,
+        augment: bool,
+        substitution: Substitution | None = None,
+    ) -> None:
         self.data = data
         self.lut = class_lookup(classes)
         self.augment = augment
+        self.substitution = substitution
         unknown = np.setdiff1d(np.unique(data.species), [0, *classes])
         if unknown.size:
             log.info(
@@ -137,6 +244,11 @@ class UNetDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         density = self.data.density[i]
         species = self.data.species[i]
+        sub = self.substitution
+        if sub is not None and sub.probability > 0:
+            rng = _rng()
+            if rng.random() < sub.probability:
+                density, species = sub.render(i, rng)
         if self.augment:
             density, species = _rotate(density, species)
         target = self.lut[species]

@@ -129,8 +129,10 @@ def fit_unet(
     section: dict[str, Any],
     config: Any,
     resume_path: Path,
+    substitution: Any = None,
 ) -> tuple[Any, Any, dict[str, Any]]:
-    """Build and train the UNet; return (model, FitResult, extra for the checkpoint)."""
+    """Build and train the UNet; return (model, FitResult, extra for the checkpoint).
+    ``substitution``: a :class:`matdisc.models.data.Substitution` of the training maps."""
     from matdisc.models.data import UNetDataset, class_counts
     from matdisc.models.losses import class_weights
     from matdisc.models.unet import UNet3D
@@ -146,6 +148,7 @@ def fit_unet(
         depth=section["depth"],
         density_scale=scale,
         channels_last=channels_last_of(section, config),
+        log_input=section["log_input"],
     )
     # Start the mask head at the training occupancy (about 2% of the voxels at the
     # default label radius): otherwise the first hundreds of steps only move its bias.
@@ -168,7 +171,9 @@ def fit_unet(
             pos_weight=section["mask_pos_weight"],
             dice_weight=section["mask_dice_weight"],
         ),
-        train_set=UNetDataset(train, classes, augment=section["augment"]),
+        train_set=UNetDataset(
+            train, classes, augment=section["augment"], substitution=substitution
+        ),
         val_set=UNetDataset(val, classes, augment=False),
         config=config,
         resume_path=resume_path,
@@ -191,7 +196,24 @@ def train_unet(call: StageCall) -> None:
     config = _train_config(call, section)
     model_path = call.output("model")
     resume = _resume_path(model_path)
-    model, result, extra = fit_unet(train, val, classes, section, config, resume)
+    substitution = None
+    if section["substitution_probability"] > 0:
+        from matdisc.models.data import substitution_for
+
+        substitution = substitution_for(
+            store,
+            train,
+            classes,
+            probability=section["substitution_probability"],
+            radius_ratio=section["substitution_radius_ratio"],
+        )
+        log.info(
+            "UNet: %.0f%% of the training maps re-rendered with substituted species "
+            "(radius within x%.2f)",
+            100 * substitution.probability,
+            substitution.radius_ratio,
+        )
+    model, result, extra = fit_unet(train, val, classes, section, config, resume, substitution)
     extra.update(
         decile_edges=np.asarray(store.decile_edges, dtype=float).tolist(), history=result.history
     )
