@@ -194,6 +194,10 @@ def test_confusion_scores_by_hand():
     # atom voxels: true {2,3,4,5} + unknown 6; predicted {1,2,3,4,6}; both {2,3,4}
     assert c.mask_iou() == pytest.approx(3 / 6)
     assert c.nonzero_recall() == pytest.approx(2 / 5)  # voxels 2 and 4 of 4 known + 1 unknown
+    # per element (class 1 = O, 2 = Na): O 1 of 2 right, 1 read as Na; Na 1 of 2, 1 missed
+    more = Confusion(3)
+    more.add(np.array([1, 1, 1, 2, 2]), np.array([1, 2, 2, 2, 0]))
+    assert more.by_element([8, 11]) == [("O", 3, 1 / 3, 0.0, "Na"), ("Na", 2, 0.5, 0.5, "-")]
     a = torch.arange(8, dtype=torch.float32).reshape(2, 4)
     r = _pearson(a, torch.stack([2 * a[0] + 1, -a[1]]))
     assert r == pytest.approx([1.0, -1.0])

@@ -228,9 +228,9 @@ def test_substitution_refuses_a_store_of_another_radius_table(store):
         )
 
 
-def _fit_unet(store, resume: Path, epochs: int):
+def _fit_unet(store, resume: Path, epochs: int, **section_kw):
     train, val = load_split(store, "train"), load_split(store, "val")
-    section = unet_section(epochs=epochs)
+    section = unet_section(epochs=epochs, **section_kw)
     config = TrainConfig(epochs=epochs, lr=1e-2, batch_size=3, seed=3, num_threads=1)
     return stages.fit_unet(train, val, store.elements(), section, config, resume)
 
@@ -250,6 +250,20 @@ def test_resume_reproduces_uninterrupted_run(store, tmp_path):
     assert [h["train_loss"] for h in result_b.history] == pytest.approx(
         [h["train_loss"] for h in result_a.history], rel=1e-5
     )
+
+
+def test_resume_file_of_other_settings_is_set_aside_not_loaded(store, tmp_path, caplog):
+    resume = tmp_path / "unet.pt.resume"
+    _fit_unet(store, resume, epochs=1)  # a killed run of the plain UNet
+    fresh, _, _ = _fit_unet(store, tmp_path / "fresh.resume", epochs=2, log_input=True)
+    # the same file, now for a UNet with a log-density channel (other input shape)
+    with caplog.at_level("WARNING"):
+        model, result, _ = _fit_unet(store, resume, epochs=2, log_input=True)
+    assert "other settings (meta.config.log_input)" in caplog.text
+    assert (tmp_path / "unet.pt.resume.stale").is_file()
+    assert result.epochs_run == 2
+    for key, value in fresh.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value, msg=key)
 
 
 @pytest.mark.slow

@@ -83,6 +83,43 @@ class Confusion:
         total = self.matrix[1:].sum() + self.unknown_voxels
         return float(correct / total) if total else float("nan")
 
+    def by_element(
+        self, classes: Sequence[int], top: int = 10
+    ) -> list[tuple[str, int, float, float, str]]:
+        """The ``top`` most frequent true elements: (symbol, voxels, recall, share the mask
+        missed, element most often predicted instead)."""
+        from pymatgen.core.periodic_table import Element
+
+        rows = self.matrix[1:]
+        total = rows.sum(axis=1)
+        out = []
+        for k in np.argsort(-total, kind="stable")[:top]:
+            if total[k] == 0:
+                break
+            wrong = rows[k].copy()
+            wrong[[0, k + 1]] = 0
+            instead = (
+                Element.from_Z(int(classes[wrong.argmax() - 1])).symbol if wrong.any() else "-"
+            )
+            out.append(
+                (
+                    Element.from_Z(int(classes[k])).symbol,
+                    int(total[k]),
+                    float(rows[k, k + 1] / total[k]),
+                    float(rows[k, 0] / total[k]),
+                    instead,
+                )
+            )
+        return out
+
+    def log_elements(self, classes: Sequence[int], label: str) -> None:
+        """Log :meth:`by_element`: where the recall is lost (mask or species) per element."""
+        parts = [
+            f"{sym} {100 * recall:.0f}% (mask missed {100 * missed:.0f}%, else mostly {instead})"
+            for sym, _, recall, missed, instead in self.by_element(classes)
+        ]
+        log.info("%s, recall of the most frequent elements: %s", label, "; ".join(parts))
+
     def mask_iou(self) -> float:
         """Intersection over union of the atom voxels (any species) with the true ones."""
         inter = self.matrix[1:, 1:].sum()
@@ -224,6 +261,7 @@ def evaluate_unet(
         "macro_f1": (confusion.macro_f1(include_background=True), len(data)),
         "macro_f1_nonzero": (confusion.macro_f1(include_background=False), len(data)),
     }
+    confusion.log_elements(unet.classes, "UNet on true density")
     if scores.reasons:
         log.info("UNet on true density: no structure for %s", dict(scores.reasons))
     return _rows("unet", "unet_true_density", split, {**voxel, **scores.rows()})
@@ -288,6 +326,7 @@ def evaluate_chain(
                 atomic[j], lattice_abc=abc_all[j], padding=data.padding, **(invert_kwargs or {})
             )
             scores.add(result, truth[i], abc_all[j], data.lattice[i])
+    confusion.log_elements(unet.classes, "VAE→UNet chain")
     if scores.reasons:
         log.info("VAE→UNet chain: no structure for %s", dict(scores.reasons))
     n = len(data)

@@ -241,6 +241,8 @@ def fit(
     start_epoch = 0
     elapsed_before = 0.0
     if resume_path.is_file():
+        _set_aside_if_stale(resume_path, config, meta, desc)
+    if resume_path.is_file():
         ckpt = torch.load(resume_path, map_location="cpu", weights_only=False)
         model.load_state_dict(ckpt["state_dict"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -336,6 +338,49 @@ def fit(
         model.load_state_dict(best_state)
     model.eval()
     return result
+
+
+#: Settings that only bound how long a run goes on (or where): a resume file written under
+#: other values of these continues; any other difference means another model.
+_BUDGET_KEYS = frozenset({"epochs", "max_minutes", "patience", "num_threads", "device"})
+
+
+def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two JSON-like trees (budget keys aside)."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out = []
+        for key in sorted(set(saved) | set(current), key=str):
+            if key in _BUDGET_KEYS:
+                continue
+            out += _differences(saved.get(key), current.get(key), f"{prefix}{key}.")
+        return out
+    if isinstance(saved, (list, tuple)) and isinstance(current, (list, tuple)):
+        if len(saved) == len(current):
+            return [
+                k for a, b in zip(saved, current, strict=True) for k in _differences(a, b, prefix)
+            ]
+    elif saved == current:
+        return []
+    return [prefix.rstrip(".") or "(value)"]
+
+
+def _set_aside_if_stale(path: Path, config: TrainConfig, meta: Any, desc: str) -> None:
+    """Rename a resume file written for other settings to ``<path>.stale`` (kept, not
+    loaded): continuing from it would train another model, or fail on its shapes."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    saved = {"train": ckpt.get("train_config", {}), "meta": ckpt.get("meta")}
+    changed = _differences(saved, {"train": asdict(config), "meta": meta})
+    if not changed:
+        return
+    stale = path.with_name(path.name + ".stale")
+    path.replace(stale)
+    log.warning(
+        "%s: %s was written with other settings (%s); kept as %s, training starts afresh",
+        desc,
+        path,
+        ", ".join(changed[:6]) + (" ..." if len(changed) > 6 else ""),
+        stale,
+    )
 
 
 def _save_resume(path: Path, **state: Any) -> None:
