@@ -7,7 +7,6 @@ stands in for ``results/voxels/cubic.zarr``; it has the store's attributes.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from matdisc.models.data import (
 )
 from matdisc.stage import StageCall
 from matdisc.train import TrainConfig, load_model
-from matdisc.voxel.radii import DEFAULT_TABLE
+from matdisc.voxel.radii import DEFAULT_TABLE, table_sha256
 
 GRID = 16
 PADDING = 0.25
@@ -122,7 +121,7 @@ def store():
         attrs={
             "label_fraction": 0.6,
             "min_label_radius_voxels": 1.0,
-            "radius_table_sha256": hashlib.sha256(DEFAULT_TABLE.read_bytes()).hexdigest(),
+            "radius_table_sha256": table_sha256(DEFAULT_TABLE),
         },
     )
     return store

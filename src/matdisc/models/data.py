@@ -130,7 +130,7 @@ class Substitution:
     frac: list[np.ndarray]  # per item (sites, 3)
     numbers: list[np.ndarray]  # per item (sites,)
     classes: np.ndarray  # (K,) atomic numbers that may be substituted in
-    radii: np.ndarray  # (256,) Å by atomic number (NaN = none)
+    radii: np.ndarray  # (119,) Å by atomic number (NaN = none), the voxelizer's table
     probability: float
     radius_ratio: float
     grid_size: int
@@ -173,22 +173,17 @@ def substitution_for(
 ) -> Substitution:
     """The :class:`Substitution` of ``data`` (items of ``store``) with the store's rendering
     settings (grid, padding, label radii, radius table)."""
-    import hashlib
-
     from matdisc.errors import UserError
     from matdisc.voxel.cell import arrays_from_structure
-    from matdisc.voxel.radii import DEFAULT_TABLE, radius_lookup
+    from matdisc.voxel.radii import DEFAULT_TABLE, radius_lookup, table_sha256
 
-    digest = hashlib.sha256(DEFAULT_TABLE.read_bytes()).hexdigest()
-    if store.attrs.get("radius_table_sha256") != digest:
+    if store.attrs.get("radius_table_sha256") != table_sha256(DEFAULT_TABLE):
         raise UserError(
             f"the voxel store {store.path} was drawn with another radius table than "
             f"{DEFAULT_TABLE.name} of this checkout, so substituted maps would not match it; "
             "re-run the voxelize rule or set unet.substitution_probability: 0."
         )
-    radii = np.full(256, np.nan)
-    lookup = radius_lookup(DEFAULT_TABLE)
-    radii[: len(lookup)] = lookup
+    radii = radius_lookup(DEFAULT_TABLE)
     frac, numbers = [], []
     for index in data.index:
         _, f, z = arrays_from_structure(store.structure(int(index)))

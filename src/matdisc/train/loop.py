@@ -240,10 +240,8 @@ def fit(
     bad_epochs = 0
     start_epoch = 0
     elapsed_before = 0.0
-    if resume_path.is_file():
-        _set_aside_if_stale(resume_path, config, meta, desc)
-    if resume_path.is_file():
-        ckpt = torch.load(resume_path, map_location="cpu", weights_only=False)
+    ckpt = _load_resume(resume_path, config, meta, desc)
+    if ckpt is not None:
         model.load_state_dict(ckpt["state_dict"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if "scheduler" in ckpt:
@@ -348,30 +346,31 @@ _BUDGET_KEYS = frozenset({"epochs", "max_minutes", "patience", "num_threads", "d
 def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two JSON-like trees (budget keys aside)."""
     if isinstance(saved, dict) and isinstance(current, dict):
-        out = []
-        for key in sorted(set(saved) | set(current), key=str):
-            if key in _BUDGET_KEYS:
-                continue
-            out += _differences(saved.get(key), current.get(key), f"{prefix}{key}.")
-        return out
-    if isinstance(saved, (list, tuple)) and isinstance(current, (list, tuple)):
-        if len(saved) == len(current):
-            return [
-                k for a, b in zip(saved, current, strict=True) for k in _differences(a, b, prefix)
-            ]
-    elif saved == current:
-        return []
-    return [prefix.rstrip(".") or "(value)"]
+        keys = sorted((set(saved) | set(current)) - _BUDGET_KEYS, key=str)
+        return [
+            d for k in keys for d in _differences(saved.get(k), current.get(k), f"{prefix}{k}.")
+        ]
+    same_length_lists = (
+        isinstance(saved, (list, tuple))
+        and isinstance(current, (list, tuple))
+        and len(saved) == len(current)
+    )
+    if same_length_lists:
+        return [d for a, b in zip(saved, current, strict=True) for d in _differences(a, b, prefix)]
+    return [] if saved == current else [prefix.rstrip(".") or "(value)"]
 
 
-def _set_aside_if_stale(path: Path, config: TrainConfig, meta: Any, desc: str) -> None:
-    """Rename a resume file written for other settings to ``<path>.stale`` (kept, not
-    loaded): continuing from it would train another model, or fail on its shapes."""
+def _load_resume(path: Path, config: TrainConfig, meta: Any, desc: str) -> dict | None:
+    """The resume checkpoint at ``path``, or None when there is none or it was written for
+    other settings: then it is renamed to ``<path>.stale`` (kept, not loaded), since
+    continuing from it would train another model, or fail on its shapes."""
+    if not path.is_file():
+        return None
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     saved = {"train": ckpt.get("train_config", {}), "meta": ckpt.get("meta")}
     changed = _differences(saved, {"train": asdict(config), "meta": meta})
     if not changed:
-        return
+        return ckpt
     stale = path.with_name(path.name + ".stale")
     path.replace(stale)
     log.warning(
@@ -381,6 +380,7 @@ def _set_aside_if_stale(path: Path, config: TrainConfig, meta: Any, desc: str) -
         ", ".join(changed[:6]) + (" ..." if len(changed) > 6 else ""),
         stale,
     )
+    return None
 
 
 def _save_resume(path: Path, **state: Any) -> None:

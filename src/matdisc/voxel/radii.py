@@ -14,6 +14,13 @@ DEFAULT_TABLE = Path(__file__).resolve().parents[3] / "resources" / "ionic_radii
 MAX_Z = 118
 
 
+def table_sha256(path: Path | str = DEFAULT_TABLE) -> str:
+    """sha256 hex digest of a radius table file (recorded in the voxel store's attributes)."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 @functools.lru_cache(maxsize=4)
 def radius_lookup(path: Path | str = DEFAULT_TABLE) -> np.ndarray:
     """(MAX_Z + 1,) float64 radius in Å indexed by atomic number; NaN = no radius known."""

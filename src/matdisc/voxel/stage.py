@@ -58,7 +58,7 @@ def build_store(
 
     from matdisc.io import read_table
     from matdisc.parallel import dask_compute
-    from matdisc.voxel.radii import DEFAULT_TABLE
+    from matdisc.voxel.radii import DEFAULT_TABLE, table_sha256
     from matdisc.voxel.store import CHUNK_ENTRIES, create_store
 
     table = read_table(source, "structures")
@@ -136,7 +136,7 @@ def build_store(
         **grid_options,
         "max_sites": int(settings["max_sites"]),
         "radius_table": DEFAULT_TABLE.name,
-        "radius_table_sha256": _sha256(DEFAULT_TABLE),
+        "radius_table_sha256": table_sha256(DEFAULT_TABLE),
         "decile_edges": [float(x) for x in edges],
         "skipped": dict(skipped),
         "source": str(source),
@@ -267,9 +267,3 @@ def _grid_batch(
         present.append([int(x) for x in np.flatnonzero(counts[1:]) + 1])
     write_grids(path, start, density, species)
     return present
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
