@@ -144,19 +144,23 @@ def test_each_stage_rejects_what_it_should():
         "not_in_training": 5,
         "ef_window": 4,
         "unique_composition": 3,
+        "selected": 3,
         "dft_eligible": 2,
-        "selected": 2,
     }
     assert calls == [5]  # the CGCNN sees only the stage-3 survivors
     assert list(result.stage_reached) == [
         "initial", "initial", "distance_valid", "same_stoichiometry", "not_in_training",
-        "selected", "ef_window", "unique_composition", "selected",
+        "dft_eligible", "ef_window", "selected", "dft_eligible",
     ]  # fmt: skip
+    # as the seed: the top-k closest to the base's Ef are the candidates; one holding an
+    # excluded element stays a candidate, flagged, and goes on to no DFT
     cands = result.candidates
-    assert list(cands["formula"]) == ["CaZrO3", "BaHfO3"]  # closest to -3.5 first
-    assert list(cands["sample_index"]) == [5, 8]
-    assert list(cands["rank"]) == [1, 2]
-    assert cands["delta_e_form_ev_per_atom"].tolist() == pytest.approx([0.2, 0.4])
+    assert list(cands["formula"]) == ["ZrUO3", "CaZrO3", "BaHfO3"]  # closest to -3.5 first
+    assert list(cands["sample_index"]) == [7, 5, 8]
+    assert list(cands["rank"]) == [1, 2, 3]
+    assert cands["delta_e_form_ev_per_atom"].tolist() == pytest.approx([0.1, 0.2, 0.4])
+    assert list(cands["dft_eligible"]) == [False, True, True]
+    assert list(cands["excluded_elements"]) == ["U", "", ""]
 
 
 def test_window_is_centred_on_the_base_formation_energy():
@@ -193,8 +197,52 @@ def test_top_k_keeps_the_closest():
         predict_ef=fake_ef(efs),
         settings=settings,
     )
-    assert result.counts["dft_eligible"] == 5 and result.counts["selected"] == 2
+    assert result.counts["selected"] == 2 and result.counts["dft_eligible"] == 2
     assert sorted(result.candidates["sample_index"]) == [1, 2]  # Sr, Ba: Ef -2.95, -2.9
+
+
+def test_no_survivor_gives_an_empty_candidates_table(tmp_path):
+    from matdisc.filters.stage import candidates_frame
+    from matdisc.io import read_table, write_table
+
+    samples = samples_of([None, rocksalt(5.6)]).assign(
+        lattice_a_angstrom=5.6, lattice_b_angstrom=5.6, lattice_c_angstrom=5.6
+    )
+    result = run_filter(
+        samples,
+        base_formula_anonymous="ABC3",
+        base_ef=-3.0,
+        training_formulas=set(),
+        predict_ef=fake_ef({}),
+        settings=SETTINGS,
+    )
+    assert result.counts["same_stoichiometry"] == 0 and result.counts["dft_eligible"] == 0
+    frame = candidates_frame("CaZrO3", result.candidates, -3.0, tmp_path / "cifs")
+    write_table(frame, tmp_path / "c.parquet", "candidates")
+    back = read_table(tmp_path / "c.parquet", "candidates")
+    assert len(back) == 0 and "dft_eligible" in back.columns
+
+
+def test_top_k_is_taken_before_the_dft_exclusion():
+    # seed 000: the 10 closest are selected, then those with actinides are not run
+    structures = [perovskite(4.0, (n, "Zr", "O")) for n in ("U", "Sr", "Ba")]
+    efs = {"ZrUO3": -3.0, "SrZrO3": -2.9, "BaZrO3": -2.7}
+    settings = FilterSettings(
+        min_distance_angstrom=0.5, ef_window=0.2, top_k=2, exclude_elements=("U", "Th")
+    )
+    result = run_filter(
+        samples_of(structures),
+        base_formula_anonymous="ABC3",
+        base_ef=-3.0,
+        training_formulas=set(),
+        predict_ef=fake_ef(efs),
+        settings=settings,
+    )
+    assert result.counts["unique_composition"] == 3
+    assert result.counts["selected"] == 2 and result.counts["dft_eligible"] == 1
+    cands = result.candidates
+    assert list(cands["formula"]) == ["ZrUO3", "SrZrO3"]  # BaZrO3 is not among the top 2
+    assert list(cands["dft_eligible"]) == [False, True]
 
 
 def test_structure_matcher_keeps_new_polymorphs_of_training_compositions():
@@ -306,6 +354,7 @@ def test_filter_stage_writes_candidates_cifs_and_funnel(tmp_path, monkeypatch):
     assert cands["formula"].tolist() == ["CaZrO3", "BaHfO3"]
     assert cands["candidate_id"].tolist() == ["SrTiO3-s00003", "SrTiO3-s00004"]
     assert (cands["base_e_form_ev_per_atom"] == -3.4).all()
+    assert cands["dft_eligible"].all() and (cands["excluded_elements"] == "").all()
     cifs = sorted(p.name for p in (out / "SrTiO3").iterdir())
     assert cifs == ["SrTiO3-s00003.cif", "SrTiO3-s00004.cif"]
     parsed = Structure.from_file(out / "SrTiO3" / cifs[0])

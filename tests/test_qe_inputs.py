@@ -422,6 +422,31 @@ def test_write_inputs_keeps_going_past_bad_candidates(tmp_path, caplog):
     assert Path(merged.set_index("candidate_id").at["NiO-1", "input_path"]).is_file()
 
 
+def test_candidate_flagged_not_for_dft_gets_a_manifest_row_and_no_input(tmp_path, caplog):
+    cand, screen = write_candidate_tables(
+        tmp_path, {"NiO-1": rocksalt_nio(), "NiO-2": rocksalt_nio()}
+    )
+    table = pd.read_parquet(cand)
+    table["dft_eligible"] = [True, False]
+    table["excluded_elements"] = ["", "U"]  # as the filter flags a uranium compound
+    table.to_parquet(cand)
+    out = tmp_path / "qe" / "NiO"
+    call = StageCall(
+        settings={"qe": {"pseudo_dir": str(PSEUDO)}},
+        inputs={"candidates": cand, "screening": screen},
+        outputs={"inputs": out},
+        wildcards={"base": "NiO"},
+    )
+    with caplog.at_level("INFO"):
+        write_inputs(call)
+    manifest = read_table(out / "manifest.parquet", "qe_manifest").set_index("candidate_id")
+    assert (out / "NiO-1" / "pw.in").is_file() and not (out / "NiO-2").exists()
+    assert pd.isna(manifest.at["NiO-1", "error"])
+    assert manifest.at["NiO-2", "error"].startswith("excluded from DFT: holds U")
+    assert pd.isna(manifest.at["NiO-2", "input_path"]) and manifest.at["NiO-2", "nsites"] == 8
+    assert "1 candidates have no input (excluded element: 1)" in caplog.text
+
+
 def test_missing_pseudo_folder_stops_before_writing(tmp_path):
     cand, screen = write_candidate_tables(tmp_path, {"NiO-1": rocksalt_nio()})
     out = tmp_path / "qe" / "NiO"

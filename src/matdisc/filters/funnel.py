@@ -14,8 +14,11 @@ Stages, applied in order to the samples drawn around one base compound, each cou
    formation energy: ``|Ef - Ef_base| <= ef_window * |Ef_base|``.
 5. ``unique_composition``: one sample per reduced formula, the lowest predicted Ef.
 
-Then, for DFT: ``dft_eligible`` drops candidates with an excluded element (actinides by
-default) and ``selected`` keeps the ``top_k`` (10) closest to the base's Ef.
+Then, as the seed selects for DFT: ``selected`` keeps the ``top_k`` (10) closest to the
+base's Ef, and ``dft_eligible`` counts those without an excluded element (actinides by
+default). All selected samples are candidates (with a CIF); the ones holding an excluded
+element are flagged (``dft_eligible`` false, ``excluded_elements``) and get no DFT input,
+as the seed could not run DFT on its actinide candidates.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from matdisc.filters.distance import min_distance
 log = logging.getLogger(__name__)
 
 #: (name, description) of every counted step, in order. The first six are the seed's
-#: Table 2 rows; the last two are its selection for DFT.
+#: Table 2 rows; the last two are its selection for DFT (top-k, then no excluded element).
 STAGES: tuple[tuple[str, str], ...] = (
     ("initial", "initial samples"),
     ("distance_valid", "interatomic distance valid"),
@@ -42,8 +45,8 @@ STAGES: tuple[tuple[str, str], ...] = (
     ("not_in_training", "not in training set"),
     ("ef_window", "Ef within window of base"),
     ("unique_composition", "unique composition"),
-    ("dft_eligible", "no excluded element"),
     ("selected", "top-k closest to base Ef"),
+    ("dft_eligible", "no element excluded for DFT"),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(name for name, _ in STAGES)
 
@@ -85,8 +88,9 @@ class FilterSettings:
 
 @dataclass(frozen=True)
 class FilterResult:
-    """candidates: the selected rows (input columns + ``e_form_ev_per_atom`` and
-    ``delta_e_form_ev_per_atom``), closest to the base first. counts: stage -> number
+    """candidates: the selected rows (input columns + ``e_form_ev_per_atom``,
+    ``delta_e_form_ev_per_atom``, ``dft_eligible`` and ``excluded_elements``: the
+    excluded elements it holds, comma-separated, empty if none), closest to the base first. counts: stage -> number
     of samples left after it (each <= the previous). stage_reached: per input row, the
     last stage it passed."""
 
@@ -133,11 +137,12 @@ def within_window(ef: np.ndarray, base_ef: float, window: float) -> np.ndarray:
         return np.abs(ef - base_ef) <= window * abs(base_ef)
 
 
-def has_excluded(formula: str, excluded: Iterable[str]) -> bool:
+def excluded_in(formula: str, excluded: Iterable[str]) -> list[str]:
+    """The elements of ``formula`` that are in ``excluded`` (in the formula's order)."""
     from pymatgen.core import Composition
 
     excluded = set(excluded)
-    return any(el.symbol in excluded for el in Composition(formula).elements)
+    return [el.symbol for el in Composition(formula).elements if el.symbol in excluded]
 
 
 def _matches_training(structure_json: str, training: Sequence[str], matcher: Any) -> bool:
@@ -241,26 +246,25 @@ def run_filter(
     reached[keep] = "unique_composition"
     counts["unique_composition"] = int(keep.sum())
 
-    # then for DFT: no excluded element, the top_k closest to the base's Ef
-    excluded = np.array(
-        [
-            bool(k) and has_excluded(f, settings.exclude_elements)
-            for k, f in zip(keep, formulas, strict=True)
-        ]
-    )
-    if excluded.any():
-        log.info("%d unique candidates hold an excluded element (%s)", int(excluded.sum()),
-                 ", ".join(sorted({formulas[i] for i in np.flatnonzero(excluded)})))  # fmt: skip
-    keep &= ~excluded
-    reached[keep] = "dft_eligible"
-    counts["dft_eligible"] = int(keep.sum())
-
-    eligible = frame[keep].assign(_gap=lambda f: f["delta_e_form_ev_per_atom"].abs())
-    chosen = eligible.sort_values(["_gap", "sample_index"]).head(settings.top_k)
+    # then for DFT: the top_k closest to the base's Ef, of which those without an
+    # excluded element go on (the others stay candidates, flagged)
+    gap = frame.loc[keep, "delta_e_form_ev_per_atom"].abs().rename("_gap")
+    chosen = frame[keep].join(gap).sort_values(["_gap", "sample_index"]).head(settings.top_k)
     keep = np.zeros(n, dtype=bool)
     keep[chosen.index.to_numpy()] = True
     reached[keep] = "selected"
     counts["selected"] = int(keep.sum())
+
+    held = [excluded_in(f, settings.exclude_elements) for f in chosen["formula"]]
+    chosen["excluded_elements"] = [",".join(h) for h in held]
+    chosen["dft_eligible"] = [not h for h in held]
+    flagged = [f"{f} ({','.join(h)})" for f, h in zip(chosen["formula"], held, strict=True) if h]
+    if flagged:
+        log.info("%d selected candidates hold an element excluded for DFT, no DFT input: %s",
+                 len(flagged), ", ".join(flagged))  # fmt: skip
+    eligible = chosen.index[chosen["dft_eligible"].to_numpy(dtype=bool)].to_numpy()
+    reached.loc[eligible] = "dft_eligible"
+    counts["dft_eligible"] = len(eligible)
 
     candidates = chosen.drop(columns="_gap").reset_index(drop=True)
     candidates.insert(0, "rank", np.arange(1, len(candidates) + 1))

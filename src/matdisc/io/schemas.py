@@ -213,6 +213,10 @@ CANDIDATES = pa.schema(
         pa.field("e_form_ev_per_atom", pa.float64()),  # CGCNN-predicted
         pa.field("base_e_form_ev_per_atom", pa.float64()),  # the reference of the window
         pa.field("delta_e_form_ev_per_atom", pa.float64()),  # predicted - base
+        # false = it holds an element of filter.exclude_elements (excluded_elements,
+        # comma-separated; "" if none): a candidate with a CIF, but no DFT input
+        pa.field("dft_eligible", pa.bool_(), nullable=False),
+        pa.field("excluded_elements", pa.string(), nullable=False),
         pa.field("cif_path", pa.string(), nullable=False),
         pa.field("structure_json", pa.string(), nullable=False),
     ]

@@ -7,8 +7,10 @@ What is read (documented minimum; other columns are ignored):
 - screening table (``results/screening/{base}.parquet``): ``candidate_id`` and the eight
   columns of :data:`matdisc.io.schemas.PROPERTY_COLUMNS` (CGCNN predictions).
 
-A candidate whose structure cannot be read or has an element without a pseudopotential
-gets a manifest row that says why and no input; the others are written.
+A candidate the filter flagged as not for DFT (column ``dft_eligible`` false: it holds an
+element of ``filter.exclude_elements``, actinides by default), whose structure cannot be
+read or that has an element without a pseudopotential gets a manifest row that says why
+and no input; the others are written.
 """
 
 from __future__ import annotations
@@ -150,6 +152,15 @@ def generate_inputs(
             log.error("candidate %s of %s: %s", cid, base, row["error"])
             continue
         row["nsites"] = len(structure)
+        if not bool(record.get("dft_eligible", True)):
+            held = str(record.get("excluded_elements") or "an excluded element")
+            row["error"] = (
+                f"excluded from DFT: holds {held} (filter.exclude_elements; remove the element "
+                f"from that list to get an input)"
+            )
+            failures["excluded element"] += 1
+            log.info("candidate %s of %s (%s): %s", cid, base, structure.formula, row["error"])
+            continue
         try:
             pw = build_input(structure, settings, library)
         except UserError as exc:  # StructureError, PseudoError, impossible cut-offs
