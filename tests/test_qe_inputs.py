@@ -374,6 +374,16 @@ def write_candidate_tables(tmp_path: Path, structures: dict[str, object], base: 
     return cand_path, screen_path
 
 
+def inputs_call(cand: Path, screen: Path, out: Path) -> StageCall:
+    """The write_inputs stage call of base NiO with the test pseudopotentials."""
+    return StageCall(
+        settings={"qe": {"pseudo_dir": str(PSEUDO)}},
+        inputs={"candidates": cand, "screening": screen},
+        outputs={"inputs": out},
+        wildcards={"base": "NiO"},
+    )
+
+
 def test_write_inputs_keeps_going_past_bad_candidates(tmp_path, caplog):
     cand, screen = write_candidate_tables(
         tmp_path,
@@ -385,12 +395,7 @@ def test_write_inputs_keeps_going_past_bad_candidates(tmp_path, caplog):
         },
     )
     out = tmp_path / "qe" / "NiO"
-    call = StageCall(
-        settings={"qe": {"pseudo_dir": str(PSEUDO)}},
-        inputs={"candidates": cand, "screening": screen},
-        outputs={"inputs": out},
-        wildcards={"base": "NiO"},
-    )
+    call = inputs_call(cand, screen, out)
     write_inputs(call)
     manifest = read_table(out / "manifest.parquet", "qe_manifest").set_index("candidate_id")
     assert list(manifest.index) == ["NiO-1", "broken", "NiAl-2", "SiC-3"]
@@ -431,12 +436,7 @@ def test_candidate_flagged_not_for_dft_gets_a_manifest_row_and_no_input(tmp_path
     table["excluded_elements"] = ["", "U"]  # as the filter flags a uranium compound
     table.to_parquet(cand)
     out = tmp_path / "qe" / "NiO"
-    call = StageCall(
-        settings={"qe": {"pseudo_dir": str(PSEUDO)}},
-        inputs={"candidates": cand, "screening": screen},
-        outputs={"inputs": out},
-        wildcards={"base": "NiO"},
-    )
+    call = inputs_call(cand, screen, out)
     with caplog.at_level("INFO"):
         write_inputs(call)
     manifest = read_table(out / "manifest.parquet", "qe_manifest").set_index("candidate_id")
