@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pymatgen.core import Element, Lattice, Structure
+from pymatgen.core import Composition, Element, Lattice, Structure
 
 from matdisc.segment import invert
 from matdisc.segment.symmetry import (
+    complete_orbits,
     cubic_rotations,
+    partial_symmetries,
     position_symmetries,
     species_orbits,
     symmetrize_species,
@@ -155,3 +157,111 @@ def test_invert_symmetrizes_a_mislabelled_atom_of_a_voxel_grid():
     fixed = invert(species, lattice_abc=vox.lattice, regions="mask", symmetry_agreement=0.6)
     assert fixed.ok and sorted(fixed.numbers.tolist()) == [11] * 4 + [17] * 4
     assert fixed.structure.composition.reduced_formula == "NaCl"
+
+
+# -- orbit rounding (invert step 5, orbit_occupancy) -----------------------------------
+
+
+def _round(structure: Structure, keep: list[int], extra=(), jitter: float = 0.0, **kw):
+    """complete_orbits of ``structure``'s sites ``keep`` plus ``extra`` (Z, frac) atoms,
+    positions jittered by up to ``jitter`` Å; returns (frac, atomic numbers)."""
+    frac = structure.frac_coords[keep]
+    z = [structure[i].specie.Z for i in keep]
+    for number, position in extra:
+        frac = np.vstack([frac, position])
+        z.append(number)
+    lattice = np.array(structure.lattice.abc)
+    frac = frac + np.random.default_rng(1).uniform(-jitter, jitter, frac.shape) / lattice
+    options = {"tolerance": 0.5, "support": 0.6, "occupancy": 0.5, **kw}
+    out, votes = complete_orbits(frac, _votes(z), lattice, **options)
+    return out, votes.argmax(axis=1)
+
+
+def _same_sites(frac_a, z_a, frac_b, z_b, lattice, tol=0.3) -> bool:
+    """Every site of a has one of b's within tol Å with the same number, and vice versa."""
+    if len(frac_a) != len(frac_b):
+        return False
+    d = frac_a[:, None, :] - frac_b[None, :, :]
+    d = np.linalg.norm((d - np.rint(d)) * lattice, axis=-1)
+    match = (d < tol) & (np.asarray(z_a)[:, None] == np.asarray(z_b)[None, :])
+    return bool(match.any(axis=1).all() and match.any(axis=0).all())
+
+
+def test_partial_symmetries_of_a_perovskite_missing_an_oxygen_are_pm3m():
+    s = perovskite()
+    lattice = np.array(s.lattice.abc)
+    rot, shift = partial_symmetries(
+        s.frac_coords[:4], np.array(_z(s)[:4]), lattice, tolerance=0.3, support=0.6
+    )
+    assert len(rot) == 48 and np.array_equal(rot[0], np.eye(3)) and not shift[0].any()
+    # every operation fixes the Ca (origin) up to a lattice vector: no stray translations
+    assert np.allclose((shift + 0.5) % 1 - 0.5, 0, atol=1e-6)
+    # all four sites are needed at support 1: only the operations keeping the two O
+    rot, _ = partial_symmetries(
+        s.frac_coords[:4], np.array(_z(s)[:4]), lattice, tolerance=0.3, support=1.0
+    )
+    assert len(rot) == 16
+
+
+def test_a_missing_oxygen_is_put_back():
+    s = perovskite()
+    frac, z = _round(s, [0, 1, 2, 3], jitter=0.1)
+    assert _same_sites(frac, z, s.frac_coords, _z(s), np.array(s.lattice.abc))
+
+
+def test_spurious_atoms_in_the_holes_of_rock_salt_are_removed():
+    """Two Na in two of the eight tetrahedral holes: 25 % of an orbit, emptied."""
+    s = rock_salt()
+    extra = [(11, [0.25, 0.25, 0.25]), (11, [0.75, 0.75, 0.25])]
+    frac, z = _round(s, list(range(8)), extra, jitter=0.1)
+    assert _same_sites(frac, z, s.frac_coords, _z(s), np.array(s.lattice.abc))
+
+
+def test_five_of_eight_heusler_holes_are_filled_and_y_z_stay_apart():
+    """Three of the eight Ni gone (as in decoded HfNi2Sn maps): the 8c orbit is 5/8 full
+    and filled again, while Hf (4a) and Sn (4b) keep their own species."""
+    s = heusler()
+    frac, z = _round(s, list(range(8)) + [8, 9, 12, 14, 15], jitter=0.1)
+    assert _same_sites(frac, z, s.frac_coords, _z(s), np.array(s.lattice.abc))
+
+
+def test_a_three_eighths_full_orbit_is_emptied():
+    s = heusler()
+    frac, z = _round(s, list(range(8)) + [8, 9, 12])
+    assert sorted(z.tolist()) == [50] * 4 + [72] * 4
+
+
+def test_an_orbit_takes_its_majority_species():
+    s = rock_salt()
+    z = _z(s)
+    z[7] = 35  # one Cl read as Br
+    out, votes = complete_orbits(
+        s.frac_coords, _votes(z), np.array(s.lattice.abc), tolerance=0.5, support=0.6, occupancy=0.5
+    )
+    assert sorted(votes.argmax(axis=1).tolist()) == [11] * 4 + [17] * 4
+
+
+def test_whole_crystals_and_crystals_without_symmetry_are_unchanged():
+    for s in (rock_salt(), perovskite(), heusler()):
+        frac, z = _round(s, list(range(len(s))), jitter=0.05)
+        assert _same_sites(frac, z, s.frac_coords, _z(s), np.array(s.lattice.abc), tol=0.1)
+    # three atoms no cubic operation relates: the identity alone, the input returned
+    frac = np.array([[0.1, 0.2, 0.3], [0.6, 0.15, 0.4], [0.35, 0.7, 0.8]])
+    votes = _votes([8, 26, 29])
+    out, out_votes = complete_orbits(
+        frac, votes, np.array([5.0, 5.0, 5.0]), tolerance=0.3, support=0.6, occupancy=0.5
+    )
+    assert np.array_equal(out, frac) and np.array_equal(out_votes, votes)
+
+
+def test_invert_rounds_the_orbits_of_a_voxel_grid():
+    """A Heusler grid with three Ni atoms erased: Hf4Sn4Ni5 as read, HfNi2Sn rounded."""
+    s = heusler()
+    s.remove_sites([10, 11, 13])
+    vox = voxelize(s)
+    plain = invert(vox.species, lattice_abc=vox.lattice, regions="mask")
+    assert plain.structure.composition == Composition("Hf4Sn4Ni5")
+    rounded = invert(vox.species, lattice_abc=vox.lattice, regions="mask", orbit_occupancy=0.5)
+    assert rounded.ok and rounded.n_sites == 16
+    assert rounded.structure.composition.reduced_formula == "HfNi2Sn"
+    assert rounded.structure.composition.anonymized_formula == "ABC2"

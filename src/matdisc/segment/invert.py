@@ -29,7 +29,13 @@ Steps of :func:`invert` (seed 000, "3-D Multiclass Atom Segmentation"):
    crystal has two atoms within ~1 Å, while a blurred atom read as two regions (or a cut
    piece labelled with another species, which step 4 cannot join) leaves such a pair;
    the config turns it on for the UNet's maps of decoded densities only.
-5. Optionally (``symmetry_agreement``), symmetry-equivalent atoms take one species: the
+5. Optionally (``orbit_occupancy``), partly filled orbits are rounded to whole
+   (:func:`matdisc.segment.symmetry.complete_orbits`): the cubic operations that map
+   most atoms (``orbit_support``) onto atoms of their own species give the orbits, an
+   orbit with at least ``orbit_occupancy`` of its positions occupied is filled, the
+   others are emptied, and each orbit takes one species. A blurred decoded density
+   shows, say, five of the eight tetrahedral holes of a Heusler cell; no cubic crystal
+   has a partly filled orbit. Otherwise, optionally (``symmetry_agreement``), symmetry-equivalent atoms take one species: the
    cubic symmetries of the positions that the labels agree with link atoms into orbits,
    and each orbit takes the species with the most voxels over its atoms
    (:mod:`matdisc.segment.symmetry`).
@@ -105,6 +111,8 @@ def invert(
     symmetry_agreement: float | None = None,
     symmetry_tolerance: float = 0.5,
     fuse_distance: float | None = None,
+    orbit_occupancy: float | None = None,
+    orbit_support: float = 0.6,
 ) -> InversionResult:
     """Read a crystal from a species map.
 
@@ -119,7 +127,10 @@ def invert(
     of the sites a position symmetry moves that must land on their own species for the
     sites it links to take one species (step 5, :mod:`matdisc.segment.symmetry`); symmetry_tolerance: Å
     within which a symmetry must map every position onto another. fuse_distance: None, or
-    the Å below which two atoms found are one (end of step 4). See the module docstring.
+    the Å below which two atoms found are one (end of step 4). orbit_occupancy: None, or
+    the share of an orbit's positions that must hold an atom for the orbit to be filled
+    (else it is emptied; step 5); orbit_support: the share of the atoms an operation
+    must map onto their own species to count. See the module docstring.
     """
     if species_conflict not in ("vote", "reject"):
         raise ValueError(f"species_conflict must be 'vote' or 'reject', got {species_conflict!r}")
@@ -155,12 +166,25 @@ def invert(
     site_frac, site_z, votes, conflict = _merge(frac, found, cluster)
     if fuse_distance is not None:
         site_frac, site_z, votes = _fuse(site_frac, votes, lattice, fuse_distance)
+    if orbit_occupancy is not None:
+        from matdisc.segment.symmetry import complete_orbits
+
+        site_frac, votes = complete_orbits(
+            site_frac,
+            votes,
+            lattice,
+            tolerance=symmetry_tolerance,
+            support=orbit_support,
+            occupancy=orbit_occupancy,
+            max_positions=4 * max_sites,
+        )
+        site_z = _species(votes)
     n_sites = len(site_z)
     if conflict and species_conflict == "reject":
         return InversionResult(None, INCONSISTENT, n_sites, site_frac, site_z)
     if n_sites > max_sites:
         return InversionResult(None, TOO_MANY_SITES, n_sites, site_frac, site_z)
-    if symmetry_agreement is not None:
+    if symmetry_agreement is not None and orbit_occupancy is None:
         from matdisc.segment.symmetry import symmetrize_species
 
         site_z = symmetrize_species(

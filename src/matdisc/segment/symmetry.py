@@ -144,3 +144,152 @@ def symmetrize_species(
     summed = np.zeros((int(orbit.max()) + 1, votes.shape[1]))
     np.add.at(summed, orbit, votes)
     return summed.argmax(axis=1)[orbit].astype(np.int64)
+
+
+# -- orbit completion ------------------------------------------------------------------
+
+
+def partial_symmetries(
+    frac: np.ndarray,
+    numbers: np.ndarray,
+    lattice: np.ndarray,
+    *,
+    tolerance: float,
+    support: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The operations x -> R x + t (R in m-3m, any t) under which at least ``support`` of
+    the sites land within ``tolerance`` Å of a site of their own atomic number.
+
+    Unlike :func:`position_symmetries` a site may land on nothing: a decoded crystal with
+    an atom missing from an orbit, or one too many, keeps the operations of its crystal.
+    Returns rotations (m, 3, 3) and translations (m, 3) in [0, 1), the identity first.
+
+    Candidates come from a histogram: a translation that moves k sites onto sites is
+    hit by k of the differences x_j - R x_i (i, j of one species) within its bin or the
+    neighbouring ones, so only bins that reach ``support`` get the exact check; a kept
+    operation's translation is the mean difference over the pairs it matches. Unless
+    one of them moves an atom onto another atom, only the identity is returned: mapping
+    atoms onto themselves (a rotation about the one atom of each species) says nothing.
+    """
+    frac = np.asarray(frac, dtype=np.float64).reshape(-1, 3) % 1.0
+    numbers = np.asarray(numbers).reshape(-1)
+    lattice = np.asarray(lattice, dtype=np.float64).reshape(3)
+    n = len(frac)
+    identity = (np.eye(3)[None], np.zeros((1, 3)))
+    need = int(np.ceil(float(support) * n - 1e-9))
+    if n < 2 or need < 1:
+        return identity
+    tol = float(tolerance)
+    rx = np.einsum("rij,nj->rni", _ROTATIONS, frac)  # (48, n, 3)
+    diff = (frac[None, None, :, :] - rx[:, :, None, :]) % 1.0  # (48, n_i, n_j, 3)
+    same = numbers[:, None] == numbers[None, :]
+    bins = np.maximum(1, np.floor(lattice / max(tol, 1e-9)).astype(np.int64))
+    cell = np.minimum((diff * bins).astype(np.int64), bins - 1)
+    flat = (cell[..., 0] * bins[1] + cell[..., 1]) * bins[2] + cell[..., 2]  # (48, n, n)
+    n_bins = int(np.prod(bins))
+    keyed = (np.arange(len(_ROTATIONS))[:, None, None] * n_bins + flat)[:, same]
+    counts = np.bincount(keyed.ravel(), minlength=len(_ROTATIONS) * n_bins)
+    counts = counts.reshape(len(_ROTATIONS), *bins)
+    near = np.zeros_like(counts)
+    for offset in itertools.product((-1, 0, 1), repeat=3):
+        near += np.roll(counts, offset, axis=(1, 2, 3))
+    hot = (near >= need).reshape(len(_ROTATIONS), -1)
+    rot, i, j = np.nonzero(same[None] & hot[np.arange(len(_ROTATIONS))[:, None, None], flat])
+    if rot.size == 0:
+        return identity
+    # one candidate per (rotation, fine cell of its translation)
+    fine = np.floor(diff[rot, i, j] * bins * 4).astype(np.int64)
+    _, first = np.unique(np.column_stack([rot, fine]), axis=0, return_index=True)
+    rot, shift = rot[first], diff[rot[first], i[first], j[first]]
+    moved = rx[rot] + shift[:, None, :]  # (c, n, 3)
+    d2 = _squared_distances(moved, frac, lattice)
+    d2[:, ~same] = np.inf
+    target = d2.argmin(axis=-1)
+    hit = np.take_along_axis(d2, target[..., None], axis=-1)[..., 0] <= tol * tol
+    ok = hit.sum(axis=1) >= need
+    # operations that only map atoms onto themselves are no evidence (any rotation about
+    # the one atom of each species does that): one must move an atom onto another
+    if not (ok & (hit & (target != np.arange(n))).any(axis=1)).any():
+        return identity
+    rot, shift, target, hit, moved = rot[ok], shift[ok], target[ok], hit[ok], moved[ok]
+    # refine each translation on the pairs it matches
+    delta = frac[target] - moved
+    delta -= np.rint(delta)
+    shift = (shift + (delta * hit[..., None]).sum(axis=1) / hit.sum(axis=1)[:, None]) % 1.0
+    # one operation per rotation and site mapping (candidates of one operation agree)
+    _, first = np.unique(np.column_stack([rot, np.where(hit, target, -1)]), axis=0, return_index=True)
+    rotations, translations = _ROTATIONS[rot[first]], shift[first]
+    is_identity = (rotations == np.eye(3)).all(axis=(1, 2)) & (
+        np.sum(((translations - np.rint(translations)) * lattice) ** 2, axis=1) < tol**2
+    )
+    return (
+        np.concatenate([identity[0], rotations[~is_identity]]),
+        np.concatenate([identity[1], translations[~is_identity]]),
+    )
+
+
+def complete_orbits(
+    frac: np.ndarray,
+    votes: np.ndarray,
+    lattice: np.ndarray,
+    *,
+    tolerance: float,
+    support: float,
+    occupancy: float,
+    max_positions: int = 160,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Round every orbit of a decoded crystal to whole: filled, or empty.
+
+    A blurred density can show five of the eight tetrahedral holes of a Heusler cell, or
+    two spurious atoms in the holes of a rock-salt cell; no cubic crystal has a partly
+    filled orbit. With the operations of :func:`partial_symmetries` (``support``), the
+    sites' images are added as empty positions until the set is closed, positions linked
+    by an operation form orbits, and an orbit whose share of occupied positions is at
+    least ``occupancy`` is filled (its empty positions become atoms) while the others are
+    removed. Every position of an orbit takes the orbit's summed votes, so the orbit has
+    one species.
+
+    frac: (n, 3); votes: (n, 256) voxel votes per site and atomic number; lattice: cell
+    lengths (Å). Returns (frac, votes) of the rounded crystal, or the input unchanged when
+    the only operation is the identity, the closure would pass ``max_positions`` or every
+    orbit would be removed.
+    """
+    frac = np.asarray(frac, dtype=np.float64).reshape(-1, 3) % 1.0
+    votes = np.asarray(votes, dtype=np.float64)
+    lattice = np.asarray(lattice, dtype=np.float64).reshape(3)
+    rotations, translations = partial_symmetries(
+        frac, votes.argmax(axis=1), lattice, tolerance=tolerance, support=support
+    )
+    if len(rotations) < 2:
+        return frac, votes
+    tol2 = float(tolerance) ** 2
+    positions = frac
+    while True:
+        images = (np.einsum("rij,nj->rni", rotations, positions) + translations[:, None]) % 1.0
+        flat = images.reshape(-1, 3)
+        d2 = _squared_distances(flat[None], positions, lattice)[0]
+        new = flat[d2.min(axis=1) > tol2]
+        if not len(new):
+            break
+        # one new position per group of images within tolerance of each other
+        group = _components(_squared_distances(new[None], new, lattice)[0] <= tol2)
+        _, first = np.unique(group, return_index=True)
+        positions = np.concatenate([positions, new[first]])
+        if len(positions) > max_positions:
+            return frac, votes
+    n, p = len(frac), len(positions)
+    images = (np.einsum("rij,nj->rni", rotations, positions) + translations[:, None]) % 1.0
+    nearest = _squared_distances(images, positions, lattice).argmin(axis=-1)  # (m, p)
+    linked = np.zeros((p, p), dtype=bool)
+    linked[np.broadcast_to(np.arange(p), nearest.shape), nearest] = True
+    orbit = _components(linked | linked.T)
+    k = int(orbit.max()) + 1
+    size = np.bincount(orbit, minlength=k)
+    filled = np.bincount(orbit[:n], minlength=k)
+    keep = filled / size >= float(occupancy)
+    if not keep.any():
+        return frac, votes
+    summed = np.zeros((k, votes.shape[1]))
+    np.add.at(summed, orbit[:n], votes)
+    chosen = keep[orbit]
+    return positions[chosen], summed[orbit[chosen]]
