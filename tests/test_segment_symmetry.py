@@ -221,13 +221,13 @@ def test_five_of_eight_heusler_holes_are_filled_and_y_z_stay_apart():
     """Three of the eight Ni gone (as in decoded HfNi2Sn maps): the 8c orbit is 5/8 full
     and filled again, while Hf (4a) and Sn (4b) keep their own species."""
     s = heusler()
-    frac, z = _round(s, list(range(8)) + [8, 9, 12, 14, 15], jitter=0.1)
+    frac, z = _round(s, [*range(8), 8, 9, 12, 14, 15], jitter=0.1)
     assert _same_sites(frac, z, s.frac_coords, _z(s), np.array(s.lattice.abc))
 
 
 def test_a_three_eighths_full_orbit_is_emptied():
     s = heusler()
-    frac, z = _round(s, list(range(8)) + [8, 9, 12])
+    _, z = _round(s, [*range(8), 8, 9, 12])
     assert sorted(z.tolist()) == [50] * 4 + [72] * 4
 
 
@@ -235,7 +235,7 @@ def test_an_orbit_takes_its_majority_species():
     s = rock_salt()
     z = _z(s)
     z[7] = 35  # one Cl read as Br
-    out, votes = complete_orbits(
+    _, votes = complete_orbits(
         s.frac_coords, _votes(z), np.array(s.lattice.abc), tolerance=0.5, support=0.6, occupancy=0.5
     )
     assert sorted(votes.argmax(axis=1).tolist()) == [11] * 4 + [17] * 4

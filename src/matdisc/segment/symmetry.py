@@ -217,7 +217,9 @@ def partial_symmetries(
     delta -= np.rint(delta)
     shift = (shift + (delta * hit[..., None]).sum(axis=1) / hit.sum(axis=1)[:, None]) % 1.0
     # one operation per rotation and site mapping (candidates of one operation agree)
-    _, first = np.unique(np.column_stack([rot, np.where(hit, target, -1)]), axis=0, return_index=True)
+    _, first = np.unique(
+        np.column_stack([rot, np.where(hit, target, -1)]), axis=0, return_index=True
+    )
     rotations, translations = _ROTATIONS[rot[first]], shift[first]
     is_identity = (rotations == np.eye(3)).all(axis=(1, 2)) & (
         np.sum(((translations - np.rint(translations)) * lattice) ** 2, axis=1) < tol**2
