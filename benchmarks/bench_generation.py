@@ -1,12 +1,14 @@
 """Generation speed: decode -> UNet -> inverse -> distance check, batched, on CPU.
 
-    python benchmarks/bench_generation.py [--n 256] [--threads 2] [--unet PATH --vae PATH]
+    python benchmarks/bench_generation.py [--n 256] [--threads 2] [--base FORMULA]
+                                          [--unet PATH --vae PATH]
 
 Uses the trained checkpoints (results/models/unet_chain.pt, the UNet sampling uses, and
 vae.pt) when they exist, otherwise randomly initialised models of the config's sizes (the
 inverse then sees untrained grids, so its time is not representative: the JSON says
 which). Draws targeted latents
-around the first base compound's encoding when the voxel store exists (else N(0, I)),
+around a base compound's encoding (``--base``, default the first of
+results/data/base_compounds.parquet) when the voxel store exists (else N(0, I)),
 runs the chain at two batch sizes side by side, and prints one JSON object: samples/s
 and the time split by step. The seed: 12,000 candidates in 12 h on one GPU (0.28/s).
 """
@@ -46,7 +48,7 @@ def load_models(args: argparse.Namespace, config: dict):
     return unet.eval(), vae.eval(), "random_init"
 
 
-def latents(vae, gen, n: int, seed: int, config: dict):
+def latents(vae, gen, n: int, seed: int, base: str | None):
     from matdisc.sample import latent
 
     store_path = ROOT / "results/voxels/cubic.zarr"
@@ -57,7 +59,11 @@ def latents(vae, gen, n: int, seed: int, config: dict):
         from matdisc.voxel.store import open_store
 
         store = open_store(store_path)
-        row = read_table(bases).iloc[0]
+        table = read_table(bases)
+        if base is not None and base not in set(table["base"]):
+            raise SystemExit(f"--base {base} is not a base compound of the run; pick one of "
+                             f"{', '.join(table['base'])}.")  # fmt: skip
+        row = table.iloc[0] if base is None else table[table["base"] == base].iloc[0]
         hits = np.flatnonzero(store.material_id == row["material_id"])
         if len(hits) and store.grid_size == vae.grid_size:
             i = int(hits[0])
@@ -104,6 +110,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=256, help="samples per batch-size setting")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--base", default=None, help="base compound to sample around")
     parser.add_argument("--unet", type=Path, default=ROOT / "results/models/unet_chain.pt")
     parser.add_argument("--vae", type=Path, default=ROOT / "results/models/vae.pt")
     args = parser.parse_args()
@@ -118,7 +125,7 @@ def main() -> None:
     invert_kwargs = invert_options(config["voxel"], decoded=True)
     gen = Generator(vae=vae, unet=unet, padding=config["voxel"]["padding"],
                     invert_kwargs=invert_kwargs, threads=args.threads)  # fmt: skip
-    draws, how = latents(vae, gen, args.n, config["seed"], config)
+    draws, how = latents(vae, gen, args.n, config["seed"], args.base)
     gen.run(draws.z[:8], draws.condition[:8], batch_size=8)  # warm-up
     results = {}
     for batch in args.batch_sizes:
