@@ -35,10 +35,12 @@ Steps of :func:`invert` (seed 000, "3-D Multiclass Atom Segmentation"):
    orbit with at least ``orbit_occupancy`` of its positions occupied is filled, the
    others are emptied, and each orbit takes one species. A blurred decoded density
    shows, say, five of the eight tetrahedral holes of a Heusler cell; no cubic crystal
-   has a partly filled orbit. Otherwise, optionally (``symmetry_agreement``), symmetry-equivalent atoms take one species: the
-   cubic symmetries of the positions that the labels agree with link atoms into orbits,
-   and each orbit takes the species with the most voxels over its atoms
-   (:mod:`matdisc.segment.symmetry`).
+   has a partly filled orbit. Otherwise, optionally (``symmetry_agreement``),
+   symmetry-equivalent atoms take one species: the cubic symmetries of the positions
+   that the labels agree with link atoms into orbits, and each orbit takes the species
+   with the most voxels over its atoms (:mod:`matdisc.segment.symmetry`). Not both:
+   after rounding, every orbit already has one species, and the positions of a whole
+   full-Heusler cell admit the shift swapping Y and Z at agreement 0.5.
 6. ``Structure(Lattice.orthorhombic(a, b, c), ...)`` with the given cell lengths.
 
 A grid yields no structure, with a reason, when it has no labelled voxel (``no_atoms``),

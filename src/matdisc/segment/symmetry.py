@@ -265,23 +265,25 @@ def complete_orbits(
     if len(rotations) < 2:
         return frac, votes
     tol2 = float(tolerance) ** 2
+    m = len(rotations)
     positions = frac
     while True:
         images = (np.einsum("rij,nj->rni", rotations, positions) + translations[:, None]) % 1.0
         flat = images.reshape(-1, 3)
-        d2 = _squared_distances(flat[None], positions, lattice)[0]
-        new = flat[d2.min(axis=1) > tol2]
-        if not len(new):
+        d2 = _squared_distances(flat[None], positions, lattice)[0]  # (m * p, p)
+        outside = d2.min(axis=1) > tol2
+        if not outside.any():
             break
+        new = flat[outside]
         # one new position per group of images within tolerance of each other
         group = _components(_squared_distances(new[None], new, lattice)[0] <= tol2)
         _, first = np.unique(group, return_index=True)
         positions = np.concatenate([positions, new[first]])
         if len(positions) > max_positions:
             return frac, votes
+    # the set is closed: every image lies on a position, the nearest one
     n, p = len(frac), len(positions)
-    images = (np.einsum("rij,nj->rni", rotations, positions) + translations[:, None]) % 1.0
-    nearest = _squared_distances(images, positions, lattice).argmin(axis=-1)  # (m, p)
+    nearest = d2.argmin(axis=1).reshape(m, p)
     linked = np.zeros((p, p), dtype=bool)
     linked[np.broadcast_to(np.arange(p), nearest.shape), nearest] = True
     orbit = _components(linked | linked.T)
