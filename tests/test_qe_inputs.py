@@ -1,13 +1,14 @@
-"""QE input generation: settings, UPF headers, pseudopotential choice, pw.in text, stages.
+"""QE input generation: settings, UPF headers, pseudopotential families, pw.in text, stages.
 
-These tests need no pw.x: they use header-only UPF files in tests/data/qe/pseudo (a
-synthetic folder with decoys: other functionals, a fully relativistic file, a file whose
-name says Fe but whose header says Co, a file that is not UPF). The tests that run pw.x
-are in test_qe_pwx.py.
+These tests need no pw.x: the SSSP families are tables shipped with the package, and the
+folder family uses header-only UPF files in tests/data/qe/pseudo (a synthetic folder with
+decoys: other functionals, a fully relativistic file, a file whose name says Fe but whose
+header says Co, a file that is not UPF). The tests that run pw.x are in test_qe_pwx.py.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from ase.io import read as ase_read
-from pymatgen.core import DummySpecies, Lattice, Structure
+from pymatgen.core import Composition, DummySpecies, Lattice, Structure
 
 from matdisc.config import load_config
 from matdisc.errors import UserError
@@ -25,11 +26,21 @@ from matdisc.io.parquet import read_metadata
 from matdisc.io.schemas import PROPERTY_COLUMNS
 from matdisc.qe.inputs import folder_name
 from matdisc.qe.jobscript import job_script
-from matdisc.qe.pseudo import PseudoError, PseudoLibrary, classify_functional, read_upf_header
+from matdisc.qe.pseudo import (
+    FAMILY_NAMES,
+    FolderFamily,
+    MapFamily,
+    PseudoError,
+    PseudoFile,
+    TableFamily,
+    check_files,
+)
 from matdisc.qe.pwinput import StructureError, build_input, kpoint_grid
 from matdisc.qe.run import CONVERGED, FAILED, NOT_CONVERGED, check_output
 from matdisc.qe.settings import DEFAULTS_PATH, QEInputSettings, SlurmSettings
-from matdisc.qe.stage import collect_manifest, write_inputs
+from matdisc.qe.stage import collect_manifest, relax, write_inputs
+from matdisc.qe.structure import open_shell_elements
+from matdisc.qe.upf import classify_functional, read_upf_header
 from matdisc.stage import StageCall
 
 DATA = Path(__file__).parent / "data" / "qe"
@@ -37,18 +48,23 @@ PSEUDO = DATA / "pseudo"
 REPO = Path(__file__).resolve().parents[1]
 
 
+#: The folder family on the test UPF files, cells written as given.
+FOLDER = {"pseudo_family": "folder", "pseudo_dir": str(PSEUDO), "cell": "as_generated"}
+
+
 def settings(**overrides) -> QEInputSettings:
-    return QEInputSettings.from_config({"pseudo_dir": str(PSEUDO), **overrides})
+    return QEInputSettings.from_config({**FOLDER, **overrides})
 
 
-def library(s: QEInputSettings | None = None) -> PseudoLibrary:
+def library(s: QEInputSettings | None = None) -> FolderFamily:
     s = s or settings()
-    return PseudoLibrary(
-        pseudo_dir=s.pseudo_dir,
-        functional=s.functional,
-        preference=s.pseudo_preference,
-        explicit=s.pseudopotentials,
+    return FolderFamily(
+        pseudo_dir=s.pseudo_dir, functional=s.functional, preference=s.pseudo_preference
     )
+
+
+def sssp() -> TableFamily:
+    return TableFamily("sssp-efficiency")
 
 
 def rocksalt_nio() -> Structure:
@@ -78,6 +94,8 @@ def test_defaults_follow_the_seed_methods():
     assert (s.functional, s.vdw_corr, s.smearing) == ("PBE", "grimme-d2", "gaussian")
     assert s.etot_conv_thr_ry == 1e-4 and s.forc_conv_thr_ry_per_bohr == 1e-3
     assert s.cell_dofree == "all"
+    # a published family by default, and no folder that exists only on one machine
+    assert (s.pseudo_family, s.pseudo_dir, s.cell) == ("sssp-efficiency", None, "primitive")
 
 
 def test_config_overrides_win_and_null_keeps_default():
@@ -116,8 +134,11 @@ def test_schema_choices_match_the_generator():
         ("vdw_corr", qs.VDW_CORRECTIONS),
         ("functional", qs.FUNCTIONALS),
         ("spin", qs.SPIN_MODES),
+        ("cell", qs.CELL_CHOICES),
     ]:
         assert [v for v in props[key]["enum"] if v is not None] == list(allowed), key
+    names = next(b for b in props["pseudo_family"]["anyOf"] if b.get("type") == "string")["enum"]
+    assert names == list(FAMILY_NAMES)
     assert props["pseudo_preference"]["items"]["enum"] == list(qs.PSEUDO_KINDS)
 
 
@@ -133,6 +154,15 @@ def test_bad_setting_is_a_user_error():
         settings(cell_dofree="everything")
     with pytest.raises(UserError, match="unknown QE input settings"):
         QEInputSettings.from_config({"not_a_key": 1}, defaults_path=DEFAULTS_PATH)
+
+
+def test_misspelt_family_is_one_sentence(tmp_path):
+    with pytest.raises(UserError, match=r"qe.pseudo_family 'sssp-efficency' is not known"):
+        settings(pseudo_family="sssp-efficency")
+    path = tmp_path / "config.yaml"
+    path.write_text("qe:\n  pseudo_family: sssp-efficency\n")
+    with pytest.raises(UserError, match=r"qe.pseudo_family .*'sssp-efficency' is not one of"):
+        load_config(path)
 
 
 # --- UPF headers and the choice of pseudopotentials --------------------------------------
@@ -162,31 +192,33 @@ def test_upf_v2_header():
 
 def test_search_prefers_kind_then_scalar_relativistic():
     lib = library()
-    assert lib.choose("O").name == "O.pbe-nc-test.UPF"  # NC before US; PBESOL never
-    assert lib.choose("Si").name == "Si.pbe-nc-test.UPF"  # scalar before fully relativistic
+    assert lib.file("O").filename == "O.pbe-nc-test.UPF"  # NC before US; PBESOL never
+    assert lib.file("Si").filename == "Si.pbe-nc-test.UPF"  # scalar before fully relativistic
     lib_us = library(settings(pseudo_preference=["US", "NC"]))
-    assert lib_us.choose("O").name == "O.pbe-us-test.UPF"
+    assert lib_us.file("O").filename == "O.pbe-us-test.UPF"
     lib_sol = library(settings(functional="PBESOL"))
-    assert lib_sol.choose("O").name == "O.pbesol-test.UPF"
+    assert lib_sol.file("O").filename == "O.pbesol-test.UPF"
 
 
 def test_element_comes_from_the_header_not_the_file_name():
     lib = library()
-    assert lib.choose("Co").name == "Fe.misnamed-test.UPF"
+    assert lib.file("Co").filename == "Fe.misnamed-test.UPF"
     with pytest.raises(PseudoError) as info:
-        lib.choose("Fe")
+        lib.file("Fe")
     message = str(info.value)
     assert "element Fe" in message and str(PSEUDO.resolve()) in message
 
 
 def test_missing_element_error_lists_unusable_files():
     with pytest.raises(PseudoError, match=r"element Al.*Al\.pz-test\.UPF \(LDA NC\)"):
-        library().choose("Al")
+        library().file("Al")
 
 
 def test_missing_pseudo_folder_is_one_clear_error(tmp_path):
     with pytest.raises(UserError, match=r"pseudopotential folder .*does-not-exist does not exist"):
         library(settings(pseudo_dir=str(tmp_path / "does-not-exist")))
+    with pytest.raises(UserError, match=r"folder searches qe.pseudo_dir, which is not set"):
+        FolderFamily(pseudo_dir=None, functional="PBE", preference=["NC"])
 
 
 @pytest.mark.parametrize(
@@ -194,18 +226,68 @@ def test_missing_pseudo_folder_is_one_clear_error(tmp_path):
     [
         ({"Fe": "Fe.misnamed-test.UPF"}, "is a Co pseudopotential"),
         ({"O": "O.pbesol-test.UPF"}, "PBESOL pseudopotential, but qe.functional is PBE"),
-        ({"O": "O.missing.UPF"}, "not a file"),
         ({"O": "README.txt"}, "not a UPF file"),
     ],
 )
-def test_explicit_map_is_checked(mapping, match):
+def test_explicit_map_checks_the_files_it_finds(mapping, match):
     with pytest.raises(UserError, match=match):
-        library(settings(pseudopotentials=mapping))
+        MapFamily(mapping, pseudo_dir=PSEUDO, functional="PBE")
 
 
-def test_explicit_map_wins_over_search():
-    lib = library(settings(pseudopotentials={"O": "O.pbe-us-test.UPF"}))
-    assert lib.choose("O").name == "O.pbe-us-test.UPF"
+def test_explicit_map_reads_present_files_and_takes_absent_ones_by_name():
+    family = MapFamily(
+        {"O": "O.pbe-us-test.UPF", "Ni": "Ni.elsewhere.UPF"}, pseudo_dir=PSEUDO, functional="PBE"
+    )
+    assert family.file("O").filename == "O.pbe-us-test.UPF" and family.file("O").kind == "US"
+    assert family.file("Ni") == PseudoFile("Ni", "Ni.elsewhere.UPF")
+    with pytest.raises(PseudoError, match=r"element Si is not in the qe\.pseudo_family map"):
+        family.file("Si")
+
+
+def test_sssp_tables_ship_with_the_package():
+    efficiency, precision = sssp(), TableFamily("sssp-precision")
+    ca = efficiency.file("Ca")
+    assert ca == PseudoFile(
+        "Ca", "Ca_pbe_v1.uspp.F.UPF", 30.0, 240.0, "403a4c14b9e4d4dfdc3024c9a3812218"
+    )
+    assert precision.file("Ag").ecutwfc_ry == 55.0 and efficiency.file("Ag").ecutwfc_ry == 50.0
+    assert efficiency.file("Lr").filename  # 103 elements, H to Lr
+    with pytest.raises(PseudoError, match=r"element Rf is not in the SSSP 1\.3\.0 PBE efficiency"):
+        efficiency.file("Rf")
+    with pytest.raises(UserError, match=r"PBE family but qe\.functional is PBESOL"):
+        from matdisc.qe.stage import _family
+
+        _family(QEInputSettings.from_config({"functional": "PBESOL"}))
+
+
+def test_sssp_cutoffs_are_the_largest_over_the_elements():
+    family = sssp()
+    # Ca 30/240, Ti 35/280, O 50/400 (SSSP 1.3.0 efficiency)
+    choice = family.choose_all(
+        ["Ca", "Ti", "O"], ecutwfc_ry=None, ecutrho_ry=None, fallback_wfc_ry=45, dual_nc=4,
+        dual_us_paw=8,
+    )  # fmt: skip
+    assert (choice.ecutwfc_ry, choice.ecutrho_ry) == (50.0, 400.0)
+    # Ag (SG15, 50/200) with Si (30/240): each cut-off is its own maximum
+    agsi = family.choose_all(
+        ["Ag", "Si"], ecutwfc_ry=None, ecutrho_ry=None, fallback_wfc_ry=45, dual_nc=4,
+        dual_us_paw=8,
+    )  # fmt: skip
+    assert (agsi.ecutwfc_ry, agsi.ecutrho_ry) == (50.0, 240.0)
+
+
+def test_file_check_reports_presence_and_md5(tmp_path):
+    content = b'<UPF version="2.0.1">\n'
+    good = PseudoFile("X", "X.upf", md5=hashlib.md5(content).hexdigest())
+    bad = PseudoFile("Y", "Y.upf", md5="0" * 32)
+    (tmp_path / "X.upf").write_bytes(content)
+    (tmp_path / "Y.upf").write_bytes(content)
+    assert check_files([good], tmp_path).md5_ok is True
+    both = check_files([good, bad], tmp_path)
+    assert both.present and both.md5_ok is False and both.mismatched == ("Y.upf",)
+    absent = check_files([good, PseudoFile("Z", "Z.upf", md5="1" * 32)], tmp_path)
+    assert not absent.present and absent.md5_ok is None and absent.missing == ("Z.upf",)
+    assert check_files([PseudoFile("X", "X.upf")], tmp_path).md5_ok is None  # no md5 known
 
 
 def test_cutoffs_from_headers_and_overrides():
@@ -215,11 +297,11 @@ def test_cutoffs_from_headers_and_overrides():
         ["Si"], ecutwfc_ry=None, ecutrho_ry=None, fallback_wfc_ry=45, dual_nc=4, dual_us_paw=8
     )
     assert (si.ecutwfc_ry, si.ecutrho_ry) == (45.0, 180.0)
-    # NC O suggests 60/240, PAW Ni 45/360 -> wfc 60, rho max(8*60, 360)
+    # NC O suggests 60/240, PAW Ni 45/360 -> wfc 60, rho max(240, 360, 4 * 60)
     nio = lib.choose_all(
         ["Ni", "O"], ecutwfc_ry=None, ecutrho_ry=None, fallback_wfc_ry=45, dual_nc=4, dual_us_paw=8
     )
-    assert (nio.ecutwfc_ry, nio.ecutrho_ry) == (60.0, 480.0)
+    assert (nio.ecutwfc_ry, nio.ecutrho_ry) == (60.0, 360.0)
     fixed = lib.choose_all(
         ["Si"], ecutwfc_ry=12, ecutrho_ry=None, fallback_wfc_ry=45, dual_nc=4, dual_us_paw=8
     )
@@ -243,13 +325,45 @@ def test_kpoint_grid_from_spacing():
 
 
 def test_golden_input():
-    """The full text of one generated input (rock-salt NiO: magnetic, NC + PAW)."""
+    """The full text of one generated input (rock-salt NiO from a folder: magnetic, NC + PAW,
+    the conventional cell as given)."""
     s = settings()
     text = build_input(rocksalt_nio(), s, library(s)).text
-    golden = (
-        (DATA / "NiO_rocksalt.pw.in").read_text().replace("@PSEUDO_DIR@", str(PSEUDO.resolve()))
+    assert text == (DATA / "NiO_rocksalt.pw.in").read_text()
+    assert "pseudo_dir" not in text  # pw.x reads $ESPRESSO_PSEUDO
+
+
+def noisy_perovskite() -> Structure:
+    """Cubic CaTiO3 as a decoded crystal comes out: sites off by a few hundredths of an Å,
+    cell lengths unequal in the third decimal (a P1 cell as given)."""
+    sites = [[0.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.0, 0.5, 0.5], [0.5, 0.0, 0.5], [0.5, 0.5, 0.0]]
+    shifts = np.array(
+        [[0.004, -0.003, 0.002], [-0.002, 0.005, 0.001], [0.003, 0.0, -0.004],
+         [-0.005, 0.002, 0.003], [0.001, -0.004, -0.002]]
+    )  # fmt: skip
+    return Structure(
+        Lattice.orthorhombic(3.912, 3.897, 3.905), ["Ca", "Ti", "O", "O", "O"], sites + shifts
     )
-    assert text == golden
+
+
+def test_golden_ternary_with_sssp():
+    """The default settings on a noisy perovskite: SSSP efficiency files, the cut-offs of its
+    hardest element (O: 50/400 Ry), the symmetrised Pm-3m cell, no spin (Ti⁴⁺ is d⁰)."""
+    s = QEInputSettings.from_config({})
+    pw = build_input(noisy_perovskite(), s, sssp())
+    assert pw.spacegroup_number == 221 and noisy_perovskite().get_space_group_info()[1] == 1
+    assert pw.text == (DATA / "CaTiO3_sssp.pw.in").read_text()
+
+
+def test_primitive_cell_of_an_fcc_crystal_has_a_quarter_of_the_atoms():
+    s = QEInputSettings.from_config({})
+    primitive = build_input(rocksalt_nio(), s, sssp())
+    conventional = build_input(
+        rocksalt_nio(), QEInputSettings.from_config({"cell": "conventional"}), sssp()
+    )
+    assert (len(primitive.structure), len(conventional.structure)) == (2, 8)
+    assert primitive.spacegroup_number == conventional.spacegroup_number == 225
+    assert primitive.structure.volume == pytest.approx(rocksalt_nio().volume / 4)
 
 
 @pytest.mark.parametrize(
@@ -270,7 +384,7 @@ def test_golden_input():
     ids=["NiO", "Si", "SiC", "rhombohedral", "near-one"],
 )
 def test_input_round_trips_through_ase(structure, tmp_path):
-    s = settings()
+    s = settings()  # cells as given
     pw = build_input(structure, s, library(s))
     path = tmp_path / "pw.in"
     path.write_text(pw.text)
@@ -285,9 +399,33 @@ def test_input_round_trips_through_ase(structure, tmp_path):
     )
 
 
+def test_open_shells_follow_the_oxidation_state():
+    assert open_shell_elements(Composition("NiO")) == {"Ni"}  # Ni2+ d8
+    assert open_shell_elements(Composition("CaZrO3")) == set()  # Zr4+ d0
+    assert open_shell_elements(Composition("CuCl")) == set()  # Cu+ d10
+    assert open_shell_elements(Composition("GdF3")) == {"Gd"}  # Gd3+ f7
+    assert open_shell_elements(Composition("YbF2")) == set()  # Yb2+ f14
+    assert open_shell_elements(Composition("LaMnO3")) == {"Mn"}  # La3+ f0, Mn3+ d4
+    # no charge-balanced guess: neutral atoms (Gd 4f7; Mg and O closed)
+    assert open_shell_elements(Composition("GdMgO3")) == {"Gd"}
+    assert open_shell_elements(Composition("HfNi2Sn")) == {"Hf", "Ni"}  # intermetallic
+    assert open_shell_elements(Composition("NdNi2Pd")) == {"Nd", "Ni"}  # Pd 4d10 is closed
+
+
 def test_spin_modes():
     nio, si = rocksalt_nio(), diamond_si()
     lib = library()
+    gdmgo3 = Structure(
+        Lattice.cubic(3.9), ["Gd", "Mg", "O", "O", "O"],
+        [[0, 0, 0], [0.5, 0.5, 0.5], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]],
+    )  # fmt: skip
+    gd = build_input(gdmgo3, QEInputSettings.from_config({}), sssp())
+    assert gd.nspin == 2 and "starting_magnetization(1) = 0.5" in gd.text
+    assert "starting_magnetization(2)" not in gd.text
+    assert build_input(noisy_perovskite(), QEInputSettings.from_config({}), sssp()).nspin == 1
+    listed = build_input(nio, settings(magnetic_elements=["O"]), lib)
+    assert "starting_magnetization(2) = 0.5" in listed.text
+    assert "starting_magnetization(1)" not in listed.text
     assert build_input(nio, settings(), lib).nspin == 2
     assert "starting_magnetization(1) = 0.5" in build_input(nio, settings(), lib).text
     assert "starting_magnetization(2)" not in build_input(nio, settings(), lib).text
@@ -311,12 +449,47 @@ def test_job_script_is_valid_bash(tmp_path):
     text = job_script(
         job_name="NaCl-7 x",
         slurm=SlurmSettings(ntasks=8, time="02:00:00", mem_per_cpu_mb=1000, partition="cpu"),
+        pseudo_dir=None,
+        files=[sssp().file("Na"), sssp().file("Cl")],
+        family_label=sssp().label,
     )
     assert "#SBATCH --ntasks=8" in text and "#SBATCH --partition=cpu" in text
     assert "#SBATCH --job-name=qe-NaCl-7_x" in text and "--account" not in text
+    assert 'export ESPRESSO_PSEUDO="${ESPRESSO_PSEUDO:-$HOME/espresso/pseudo}"' in text
     path = tmp_path / "job.sbatch"
     path.write_text(text)
     subprocess.run(["bash", "-n", str(path)], check=True)
+
+
+def test_job_script_checks_the_family_files_before_pw_runs(tmp_path):
+    """The script stops with a sentence for a missing file and for a wrong md5, before it
+    would start pw.x (no pw.x is needed here: it is never reached)."""
+    content = b"<UPF/>\n"
+    folder = tmp_path / "pseudo"
+    folder.mkdir()
+    (folder / "X.upf").write_bytes(content)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "pw.in").write_text("&CONTROL\n/\n")
+
+    def run(files):
+        slurm = SlurmSettings(ntasks=1, time="1:00", mem_per_cpu_mb=100, launcher="true")
+        text = job_script(
+            job_name="t", slurm=slurm, pseudo_dir=folder, files=files, family_label="test family"
+        )
+        (run_dir / "job.sbatch").write_text(text)
+        return subprocess.run(
+            ["bash", "job.sbatch"], cwd=run_dir, capture_output=True, text=True, check=False
+        )
+
+    missing = run([PseudoFile("Y", "Y.upf")])
+    assert missing.returncode == 1
+    assert f"{folder}/Y.upf is missing: unpack the test family files" in missing.stderr
+    wrong = run([PseudoFile("X", "X.upf", md5="0" * 32)])
+    assert wrong.returncode == 1 and "does not have the md5 " + "0" * 32 in wrong.stderr
+    right = run([PseudoFile("X", "X.upf", md5=hashlib.md5(content).hexdigest())])
+    # the files pass; the launcher ('true' here, so no pw.x runs) leaves no JOB DONE
+    assert "X.upf" not in right.stderr and "pw.x stopped before JOB DONE" in right.stderr
 
 
 def test_folder_names_are_safe_and_distinct():
@@ -374,10 +547,10 @@ def write_candidate_tables(tmp_path: Path, structures: dict[str, object], base: 
     return cand_path, screen_path
 
 
-def inputs_call(cand: Path, screen: Path, out: Path) -> StageCall:
-    """The write_inputs stage call of base NiO with the test pseudopotentials."""
+def inputs_call(cand: Path, screen: Path, out: Path, qe: dict | None = None) -> StageCall:
+    """The write_inputs stage call of base NiO (default: the test folder family)."""
     return StageCall(
-        settings={"qe": {"pseudo_dir": str(PSEUDO)}},
+        settings={"qe": FOLDER if qe is None else qe},
         inputs={"candidates": cand, "screening": screen},
         outputs={"inputs": out},
         wildcards={"base": "NiO"},
@@ -408,7 +581,9 @@ def test_write_inputs_keeps_going_past_bad_candidates(tmp_path, caplog):
     )
     ok = manifest.loc["NiO-1"]
     assert pd.isna(ok["error"]) and ok["input_path"] == "NiO-1/pw.in"
-    assert (ok["kpoints_a"], ok["ecutwfc_ry"], ok["ecutrho_ry"], ok["nspin"]) == (8, 60.0, 480.0, 2)
+    assert (ok["kpoints_a"], ok["ecutwfc_ry"], ok["ecutrho_ry"], ok["nspin"]) == (8, 60.0, 360.0, 2)
+    assert ok["pseudo_family"] == "folder" and ok["pseudo_files_present"]
+    assert pd.isna(ok["pseudo_md5_ok"]) and ok["spacegroup_number"] == 225
     assert json.loads(ok["pseudopotentials"]) == {
         "Ni": "Ni.pbe-spn-test.UPF",
         "O": "O.pbe-nc-test.UPF",
@@ -447,11 +622,76 @@ def test_candidate_flagged_not_for_dft_gets_a_manifest_row_and_no_input(tmp_path
     assert "1 candidates have no input (excluded element: 1)" in caplog.text
 
 
+def test_sssp_inputs_need_no_files_and_the_run_names_the_missing_ones(tmp_path):
+    """The default family writes every input with the pseudopotential folder absent and
+    records that the files are not here; run_qe_relax then stops before pw.x, in one
+    sentence naming the files and the family."""
+    cand, screen = write_candidate_tables(
+        tmp_path, {"NiO-1": rocksalt_nio(), "CaTiO3-2": noisy_perovskite()}
+    )
+    out = tmp_path / "qe" / "NiO"
+    nowhere = tmp_path / "nowhere"
+    write_inputs(inputs_call(cand, screen, out, qe={"pseudo_dir": str(nowhere)}))
+    manifest = read_table(out / "manifest.parquet", "qe_manifest").set_index("candidate_id")
+    assert manifest["error"].isna().all()
+    assert not manifest["pseudo_files_present"].any() and manifest["pseudo_md5_ok"].isna().all()
+    assert set(manifest["pseudo_family"]) == {"sssp-efficiency"}
+    assert json.loads(manifest.at["CaTiO3-2", "pseudopotentials"])["O"] == (
+        "O.pbe-n-kjpaw_psl.0.1.UPF"
+    )
+    assert list(manifest["nsites"]) == [2, 5]  # primitive cells
+    script = (out / "NiO-1" / "job.sbatch").read_text()
+    assert f"export ESPRESSO_PSEUDO={nowhere}" in script
+    assert "check_pseudo ni_pbe_v1.4.uspp.F.UPF" in script
+
+    collected = tmp_path / "qe" / "manifest.parquet"
+    collect_manifest(
+        StageCall(settings={"qe": {}}, inputs={"NiO": out}, outputs={"manifest": collected})
+    )
+    with pytest.raises(UserError) as info:
+        relax(
+            StageCall(
+                settings={"qe": {"run": True, "pseudo_dir": str(nowhere), "pw_command": "bash"}},
+                inputs={"manifest": collected},
+                outputs={"relaxed": tmp_path / "relaxed.parquet"},
+            )
+        )
+    message = str(info.value)
+    assert message.startswith("pw.x needs the SSSP 1.3.0 PBE efficiency files ")
+    assert "O.pbe-n-kjpaw_psl.0.1.UPF" in message and f"not in {nowhere}" in message
+    assert not (tmp_path / "relaxed.parquet").exists()
+
+    # present files with the wrong content: the md5 sentence
+    nowhere.mkdir()
+    for name in {n for raw in manifest["pseudopotentials"] for n in json.loads(raw).values()}:
+        (nowhere / name).write_text("not the SSSP file\n")
+    with pytest.raises(UserError, match=r"do not have the md5 that the SSSP 1.3.0 PBE efficiency"):
+        relax(
+            StageCall(
+                settings={"qe": {"run": True, "pseudo_dir": str(nowhere), "pw_command": "bash"}},
+                inputs={"manifest": collected},
+                outputs={"relaxed": tmp_path / "relaxed.parquet"},
+            )
+        )
+
+
+def test_element_outside_the_family_gets_a_manifest_row(tmp_path):
+    rf = Structure(Lattice.cubic(4.0), ["Rf", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    cand, screen = write_candidate_tables(tmp_path, {"RfO-1": rf, "NiO-2": rocksalt_nio()})
+    out = tmp_path / "qe" / "NiO"
+    write_inputs(inputs_call(cand, screen, out, qe={}))
+    manifest = read_table(out / "manifest.parquet", "qe_manifest").set_index("candidate_id")
+    assert manifest.at["RfO-1", "error"].startswith(
+        "element Rf is not in the SSSP 1.3.0 PBE efficiency family"
+    )
+    assert pd.notna(manifest.at["NiO-2", "input_path"])
+
+
 def test_missing_pseudo_folder_stops_before_writing(tmp_path):
     cand, screen = write_candidate_tables(tmp_path, {"NiO-1": rocksalt_nio()})
     out = tmp_path / "qe" / "NiO"
     call = StageCall(
-        settings={"qe": {"pseudo_dir": str(tmp_path / "nowhere")}},
+        settings={"qe": {**FOLDER, "pseudo_dir": str(tmp_path / "nowhere")}},
         inputs={"candidates": cand, "screening": screen},
         outputs={"inputs": out},
         wildcards={"base": "NiO"},
@@ -465,7 +705,7 @@ def test_candidates_table_without_structures_is_a_user_error(tmp_path):
     cand, screen = write_candidate_tables(tmp_path, {"a": diamond_si()})
     pd.DataFrame({"candidate_id": ["a"], "formula": ["Si"]}).to_parquet(cand)
     call = StageCall(
-        settings={"qe": {"pseudo_dir": str(PSEUDO)}},
+        settings={"qe": FOLDER},
         inputs={"candidates": cand, "screening": screen},
         outputs={"inputs": tmp_path / "out"},
         wildcards={"base": "Si"},
@@ -485,7 +725,7 @@ def test_empty_candidates_table_gives_an_empty_manifest(tmp_path):
     out = tmp_path / "qe" / "NiO"
     write_inputs(
         StageCall(
-            settings={"qe": {"pseudo_dir": str(PSEUDO)}},
+            settings={"qe": FOLDER},
             inputs={"candidates": cand, "screening": screen},
             outputs={"inputs": out},
             wildcards={"base": "NiO"},

@@ -156,7 +156,13 @@ def cheap_input(tmp_path: Path) -> str:
 
 
 def test_time_limit_stops_the_run_and_says_so(tmp_path):
-    result = run_pw(cheap_input(tmp_path), tmp_path / "run", command=["pw.x"], timeout_s=0.5)
+    result = run_pw(
+        cheap_input(tmp_path),
+        tmp_path / "run",
+        command=["pw.x"],
+        pseudo_dir=DEBIAN_PSEUDO,
+        timeout_s=0.5,
+    )
     assert result.check.status == FAILED
     assert "time limit of 0.5 s" in result.check.reason
     assert result.wall_time_s < 15
@@ -168,6 +174,9 @@ def test_launcher_error_is_reported_from_stderr(tmp_path):
     too_many = (os.cpu_count() or 1) + 1  # more ranks than Open MPI has slots
     command, ranks = pw_command(pw="pw.x", ranks=too_many, mpi="mpirun -np {ranks}")
     assert ranks == too_many and command[:3] == ["mpirun", "-np", str(too_many)]
-    result = run_pw(cheap_input(tmp_path), tmp_path / "run", command=command, timeout_s=120)
+    result = run_pw(
+        cheap_input(tmp_path), tmp_path / "run", command=command, pseudo_dir=DEBIAN_PSEUDO,
+        timeout_s=120,
+    )  # fmt: skip
     assert result.check.status == FAILED
     assert "JOB DONE" in result.check.reason and "not enough slots" in result.check.reason

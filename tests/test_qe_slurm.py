@@ -113,6 +113,9 @@ def test_job_script_fails_when_pw_fails(tmp_path, slurm_cluster):
                 partition=slurm_cluster,
                 launcher="env",
             ),
+            pseudo_dir=DEBIAN_PSEUDO,
+            files=[],
+            family_label="Debian's pseudopotentials",
         )
     )
     job = subprocess.run(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import subprocess
@@ -14,6 +15,8 @@ import pytest
 import yaml
 
 from matdisc.io import read_table
+from matdisc.io.schemas import PROPERTY_COLUMNS
+from matdisc.qe.pseudo import TableFamily
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,6 +97,13 @@ def test_lint_is_clean() -> None:
 
 @pytest.mark.slow
 def test_tiny_end_to_end_run(tiny_workdir: Path, tiny_table: pd.DataFrame) -> None:
+    """The whole default DAG. The run needs no system package: the pseudopotential folder
+    does not exist and no pw.x runs; every DFT-eligible candidate still gets a pw.in that
+    names the SSSP files."""
+    config_path = tiny_workdir / "config" / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["qe"] = {"pseudo_dir": str(tiny_workdir / "no-such-folder")}
+    config_path.write_text(yaml.safe_dump(config))
     done = snakemake(tiny_workdir, "--cores", "2", *E2E_TARGETS)
     assert done.returncode == 0, done.stderr[-4000:]
     structures = read_table(tiny_workdir / "results/data/structures.parquet", "structures")
@@ -118,6 +128,7 @@ def test_tiny_end_to_end_run(tiny_workdir: Path, tiny_table: pd.DataFrame) -> No
                   "screening.parquet", "qe/manifest.parquet"):  # fmt: skip
         assert (results / table).exists(), table
     assert (tiny_workdir / "logs/download_structures/all.log").read_text().count("wrote") == 1
+    check_qe_inputs(results)
     # Every job left a log and a benchmark record.
     for rule in STAGE_RULES:
         assert list((tiny_workdir / "logs" / rule).glob("*.log")), rule
@@ -137,3 +148,63 @@ def test_unknown_base_compound_stops_the_run(tiny_workdir: Path) -> None:
         "base compound 'KCI' is not in the downloaded data (closest formulas that exist: KCl" in log
     )
     assert not (tiny_workdir / "results/data/base_compounds.parquet").exists()
+
+
+def test_qe_rules_write_sssp_inputs_without_pseudopotential_files(
+    tiny_workdir: Path, tiny_table: pd.DataFrame
+) -> None:
+    """The rules write_qe_inputs and collect_qe_manifest, run by Snakemake on candidate
+    tables of real structures (the tiny run's 1-epoch models yield none): no
+    pseudopotential folder, no pw.x, yet every eligible candidate gets its input."""
+    config_path = tiny_workdir / "config" / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["qe"] = {"pseudo_dir": str(tiny_workdir / "no-such-folder")}
+    config_path.write_text(yaml.safe_dump(config))
+    results = tiny_workdir / "results"
+    (results / "candidates").mkdir(parents=True)
+    (results / "screening").mkdir()
+    for base in config["base_compounds"]:
+        rows = tiny_table[tiny_table["formula"] == base].head(2)
+        frame = pd.DataFrame(
+            {
+                "candidate_id": [f"{base}-{i}" for i in range(len(rows))],
+                "base": base,
+                "formula": rows["formula"].tolist(),
+                "structure_json": rows["structure_json"].tolist(),
+                "dft_eligible": True,
+            }
+        )
+        frame.to_parquet(results / f"candidates/{base}.parquet")
+        screening = frame[["candidate_id"]].assign(**dict.fromkeys(PROPERTY_COLUMNS, 0.0))
+        screening.to_parquet(results / f"screening/{base}.parquet")
+    done = snakemake(
+        tiny_workdir, "--cores", "2", "--allowed-rules", "write_qe_inputs", "collect_qe_manifest",
+        "--", "results/qe/manifest.parquet",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    written = sum(len(pd.read_parquet(p)) for p in (results / "candidates").glob("*.parquet"))
+    assert written >= len(config["base_compounds"])
+    assert check_qe_inputs(results) == written
+
+
+def check_qe_inputs(results: Path) -> int:
+    """Every DFT-eligible candidate has a pw.in naming its SSSP efficiency files, with the
+    largest recommended cut-offs over its elements; the manifest says the files are absent."""
+    sssp = TableFamily("sssp-efficiency")
+    manifest = read_table(results / "qe/manifest.parquet", "qe_manifest")
+    candidates = pd.concat(
+        [pd.read_parquet(p) for p in sorted((results / "candidates").glob("*.parquet"))]
+    )
+    eligible = candidates[candidates["dft_eligible"]]
+    rows = manifest.set_index("candidate_id").loc[eligible["candidate_id"]]
+    assert rows["error"].isna().all(), rows["error"].dropna().tolist()
+    assert not rows["pseudo_files_present"].any()
+    for cid, row in rows.iterrows():
+        text = (results.parent / row["input_path"]).read_text()
+        elements = json.loads(row["pseudopotentials"])
+        files = [sssp.file(element) for element in elements]
+        assert all(f" {f.filename}\n" in text for f in files), cid
+        assert row["ecutwfc_ry"] == max(f.ecutwfc_ry for f in files)
+        assert row["ecutrho_ry"] == max(f.ecutrho_ry for f in files)
+        assert "pseudo_dir" not in text
+    return len(rows)

@@ -79,9 +79,14 @@ QE_MANIFEST = pa.schema(
         pa.field("ecutwfc_ry", pa.float64()),
         pa.field("ecutrho_ry", pa.float64()),
         pa.field("nspin", pa.int8()),
+        pa.field("spacegroup_number", pa.int16()),  # of the structure written (qe.symprec_angstrom)
+        pa.field("pseudo_family", pa.string()),  # sssp-efficiency / sssp-precision / folder / map
         pa.field("pseudopotentials", pa.string()),  # JSON element -> UPF file name
-        pa.field("pseudo_dir", pa.string()),
-        pa.field("structure_json", pa.string(), nullable=False),  # the generated structure
+        pa.field("pseudo_dir", pa.string()),  # where this machine's pw.x looks for them
+        pa.field("pseudo_files_present", pa.bool_()),  # all of them there
+        pa.field("pseudo_md5_ok", pa.bool_()),  # md5 as the family's table; null = unknown
+        # the structure written to pw.in (the candidate in qe.cell), else the candidate's
+        pa.field("structure_json", pa.string(), nullable=False),
         pa.field("error", pa.string()),  # why no input was written; null when it was
         *(pa.field(f"pred_{name}", pa.float64()) for name in PROPERTY_COLUMNS),
     ]

@@ -9,8 +9,10 @@ What is read (documented minimum; other columns are ignored):
 
 A candidate the filter flagged as not for DFT (column ``dft_eligible`` false: it holds an
 element of ``filter.exclude_elements``, actinides by default), whose structure cannot be
-read or that has an element without a pseudopotential gets a manifest row that says why
-and no input; the others are written.
+read or that has an element the pseudopotential family lacks gets a manifest row that says
+why and no input; the others are written. Writing needs none of the family's files: the
+manifest records whether they are present in the local pseudopotential folder and, where
+the family publishes md5 sums, whether they match.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from matdisc.errors import UserError
 from matdisc.io import atomic_write_text, read_table
 from matdisc.io.schemas import PROPERTY_COLUMNS
 from matdisc.qe.jobscript import job_script
-from matdisc.qe.pseudo import PseudoLibrary
+from matdisc.qe.pseudo import PseudoFamily, check_files
 from matdisc.qe.pwinput import build_input
 from matdisc.qe.settings import QEInputSettings
 
@@ -92,11 +94,13 @@ def generate_inputs(
     base: str,
     out_dir: Path,
     settings: QEInputSettings,
-    library: PseudoLibrary,
+    family: PseudoFamily,
+    local_dir: Path,
 ) -> pd.DataFrame:
     """Write ``{folder}/pw.in`` and ``{folder}/job.sbatch`` under ``out_dir`` for every
     candidate; return the manifest rows (schema ``qe_manifest``, paths relative to
-    ``out_dir``)."""
+    ``out_dir``). ``local_dir``: the folder where this machine's pw.x would find the
+    family's files (checked, never required)."""
     predicted = screening.drop_duplicates("candidate_id").set_index("candidate_id")
     unscreened = sorted(set(candidates["candidate_id"]) - set(predicted.index))
     if unscreened:
@@ -124,8 +128,12 @@ def generate_inputs(
             "ecutwfc_ry": np.nan,
             "ecutrho_ry": np.nan,
             "nspin": None,
+            "spacegroup_number": None,
+            "pseudo_family": family.name,
             "pseudopotentials": None,
-            "pseudo_dir": str(library.pseudo_dir),
+            "pseudo_dir": str(local_dir),
+            "pseudo_files_present": None,
+            "pseudo_md5_ok": None,
             "structure_json": str(record["structure_json"] or ""),
             "error": None,
         }
@@ -162,18 +170,29 @@ def generate_inputs(
             log.info("candidate %s of %s (%s): %s", cid, base, structure.formula, row["error"])
             continue
         try:
-            pw = build_input(structure, settings, library)
+            pw = build_input(structure, settings, family)
         except UserError as exc:  # StructureError, PseudoError, impossible cut-offs
             row["error"] = str(exc)
             failures[type(exc).__name__] += 1
             log.error("candidate %s of %s (%s): %s", cid, base, structure.formula, exc)
             continue
         atomic_write_text(out_dir / folder / INPUT_NAME, pw.text)
-        atomic_write_text(
-            out_dir / folder / JOB_NAME, job_script(job_name=f"{base}-{cid}", slurm=settings.slurm)
+        script = job_script(
+            job_name=f"{base}-{cid}",
+            slurm=settings.slurm,
+            pseudo_dir=settings.pseudo_dir,
+            files=pw.files.values(),
+            family_label=family.label,
         )
+        atomic_write_text(out_dir / folder / JOB_NAME, script)
         (out_dir / folder / JOB_NAME).chmod(0o755)
+        present = check_files(pw.files.values(), local_dir)
         row.update(
+            structure_json=json.dumps(pw.structure.as_dict()),
+            nsites=len(pw.structure),
+            spacegroup_number=pw.spacegroup_number,
+            pseudo_files_present=present.present,
+            pseudo_md5_ok=present.md5_ok,
             input_path=f"{folder}/{INPUT_NAME}",
             job_script_path=f"{folder}/{JOB_NAME}",
             kpoints_a=pw.kpoints[0],
@@ -184,8 +203,14 @@ def generate_inputs(
             nspin=pw.nspin,
             pseudopotentials=json.dumps(pw.pseudopotentials),
         )
-    written = sum(r["input_path"] is not None for r in rows)
-    log.info("%s: wrote %d pw.x inputs for %d candidates", base, written, len(rows))
+    written = [r for r in rows if r["input_path"] is not None]
+    log.info(
+        "%s: wrote %d pw.x inputs for %d candidates (%s); their files are present in %s for %d",
+        base, len(written), len(rows), family.label, local_dir,
+        sum(bool(r["pseudo_files_present"]) for r in written),
+    )  # fmt: skip
+    if any(r["pseudo_md5_ok"] is False for r in written):
+        log.warning("%s: some pseudopotential files in %s have the wrong md5", base, local_dir)
     if failures:
         log.warning(
             "%s: %d candidates have no input (%s); the manifest's error column says why",
@@ -199,6 +224,8 @@ def manifest_frame(rows: list[dict[str, object]]) -> pd.DataFrame:
     from matdisc.io.schemas import QE_MANIFEST
 
     frame = pd.DataFrame(rows, columns=QE_MANIFEST.names)
-    for name in ("nsites", "kpoints_a", "kpoints_b", "kpoints_c", "nspin"):
+    for name in ("pseudo_files_present", "pseudo_md5_ok"):
+        frame[name] = pd.array(frame[name].tolist(), dtype="boolean")
+    for name in ("nsites", "kpoints_a", "kpoints_b", "kpoints_c", "nspin", "spacegroup_number"):
         frame[name] = pd.array(frame[name].tolist(), dtype="Int64")
     return frame

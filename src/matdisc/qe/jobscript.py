@@ -6,20 +6,41 @@ submitted from the candidate's folder::
     for d in results/qe/*/*/; do (cd "$d" && sbatch job.sbatch); done
 
 and, like the ``qe_relax`` rule, it reads pw.x's output to decide whether the run
-finished: pw.x can exit 0 after an error.
+finished: pw.x can exit 0 after an error. It exports ``ESPRESSO_PSEUDO`` (``qe.pseudo_dir``,
+else the submitting shell's, else pw.x's default ``~/espresso/pseudo``) and, before pw.x
+starts, checks that the family's files are there with the md5 the family publishes.
 """
 
 from __future__ import annotations
 
 import re
+import shlex
+from collections.abc import Iterable
+from pathlib import Path
 
+from matdisc.qe.pseudo import PseudoFile
 from matdisc.qe.settings import SlurmSettings
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
-def job_script(*, job_name: str, slurm: SlurmSettings) -> str:
+def job_script(
+    *,
+    job_name: str,
+    slurm: SlurmSettings,
+    pseudo_dir: Path | None,
+    files: Iterable[PseudoFile],
+    family_label: str,
+) -> str:
     """Text of the batch script (bash) for one candidate."""
+    if pseudo_dir is None:
+        export = 'export ESPRESSO_PSEUDO="${ESPRESSO_PSEUDO:-$HOME/espresso/pseudo}"'
+    else:
+        export = f"export ESPRESSO_PSEUDO={shlex.quote(str(pseudo_dir))}"
+    checks = "\n".join(
+        f"check_pseudo {shlex.quote(f.filename)} {f.md5 or '-'}"
+        for f in sorted(files, key=lambda f: f.filename)
+    )
     name = _UNSAFE.sub("_", job_name)[:64] or "pw"
     directives = [
         f"#SBATCH --job-name=qe-{name}",
@@ -44,6 +65,26 @@ if [ ! -f pw.in ]; then
     exit 1
 fi
 export OMP_NUM_THREADS=1
+
+# Pseudopotentials: {family_label}. pw.in names no folder; pw.x reads $ESPRESSO_PSEUDO.
+{export}
+bad=0
+check_pseudo() {{
+    local path="$ESPRESSO_PSEUDO/$1"
+    if [ ! -f "$path" ]; then
+        echo "job.sbatch: $path is missing: unpack the {family_label} files into $ESPRESSO_PSEUDO" >&2
+        bad=1
+    elif [ "$2" != "-" ] && command -v md5sum >/dev/null \
+        && [ "$(md5sum < "$path" | cut -d' ' -f1)" != "$2" ]; then
+        echo "job.sbatch: $path does not have the md5 $2 of the {family_label} file" >&2
+        bad=1
+    fi
+}}
+{checks}
+if [ "$bad" -ne 0 ]; then
+    exit 1
+fi
+
 status=0
 {slurm.launcher} pw.x -in pw.in > pw.out 2> pw.err || status=$?
 

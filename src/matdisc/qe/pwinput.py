@@ -1,10 +1,13 @@
 """One pw.x vc-relax input from a pymatgen structure.
 
 The text is written by hand (not through a third-party writer) so that its layout is
-stable and pinned by a golden-file test. The cell is written as given (``ibrav = 0``,
-``CELL_PARAMETERS angstrom``) and the sites in fractional coordinates, in the order of
-the structure, so the relaxed structure pw.x reports lines up site by site with the
-generated one. One species per element, in order of first appearance.
+stable and pinned by a golden-file test. The structure is first put into the cell that
+``qe.cell`` asks for (:mod:`matdisc.qe.structure`); that cell is written as it is
+(``ibrav = 0``, ``CELL_PARAMETERS angstrom``) and its sites in fractional coordinates, in
+order, so the relaxed structure pw.x reports lines up site by site with the input one
+(:attr:`PwInput.structure`). One species per element, in order of first appearance. The
+input names no pseudopotential folder: pw.x reads ``$ESPRESSO_PSEUDO``, which the job
+script sets, so the same ``pw.in`` runs wherever the family's files are.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import numpy as np
 from pymatgen.core import Element, Structure
 
 from matdisc.errors import UserError
-from matdisc.qe.pseudo import PseudoChoice, PseudoLibrary
+from matdisc.qe.pseudo import PseudoChoice, PseudoFamily, PseudoFile
 from matdisc.qe.settings import QEInputSettings
+from matdisc.qe.structure import open_shell_elements, standard_cell
 
 
 class StructureError(UserError):
@@ -28,17 +32,26 @@ class StructureError(UserError):
 class PwInput:
     """A generated input and the choices recorded in the manifest.
 
-    kpoints: Monkhorst–Pack divisions along a, b, c. species: element symbols in the
-    order of ATOMIC_SPECIES. pseudopotentials: element → file name.
+    structure: the structure written (after ``qe.cell``). spacegroup_number: its space
+    group at ``qe.symprec_angstrom``. kpoints: Monkhorst–Pack divisions along a, b, c.
+    species: element symbols in the order of ATOMIC_SPECIES. files: element → the
+    family's file.
     """
 
     text: str
+    structure: Structure
+    spacegroup_number: int
     kpoints: tuple[int, int, int]
     ecutwfc_ry: float
     ecutrho_ry: float
     nspin: int
     species: tuple[str, ...]
-    pseudopotentials: dict[str, str]
+    files: dict[str, PseudoFile]
+
+    @property
+    def pseudopotentials(self) -> dict[str, str]:
+        """Element → UPF file name."""
+        return {element: f.filename for element, f in self.files.items()}
 
 
 def kpoint_grid(structure: Structure, spacing_inv_angstrom: float) -> tuple[int, int, int]:
@@ -90,11 +103,16 @@ def _coordinate(x: float) -> str:
     return text.replace("-0.0000000000", " 0.0000000000")
 
 
-def starting_magnetization(species: tuple[str, ...], settings: QEInputSettings) -> dict[int, float]:
+def starting_magnetization(
+    structure: Structure, species: tuple[str, ...], settings: QEInputSettings
+) -> dict[int, float]:
     """1-based species index → starting magnetisation; empty = not spin-polarised."""
     if settings.spin == "off":
         return {}
-    magnetic = [i + 1 for i, el in enumerate(species) if el in settings.magnetic_elements]
+    elements = settings.magnetic_elements
+    if elements is None:
+        elements = open_shell_elements(structure.composition)
+    magnetic = [i + 1 for i, el in enumerate(species) if el in elements]
     if settings.spin == "auto" and not magnetic:
         return {}
     # spin "on" without a magnetic element: every species starts magnetic, since pw.x
@@ -106,7 +124,7 @@ def starting_magnetization(species: tuple[str, ...], settings: QEInputSettings) 
 def build_input(
     structure: Structure,
     settings: QEInputSettings,
-    library: PseudoLibrary,
+    family: PseudoFamily,
     *,
     outdir: str = "./scratch",
 ) -> PwInput:
@@ -115,10 +133,14 @@ def build_input(
     Raises :class:`StructureError` for a structure pw.x cannot take and
     :class:`~matdisc.qe.pseudo.PseudoError` for an element without a pseudopotential.
     """
-    species = species_order(structure)
+    species_order(structure)
     if structure.lattice.volume <= 1e-6:
         raise StructureError("the cell has zero volume")
-    choice: PseudoChoice = library.choose_all(
+    structure, spacegroup = standard_cell(
+        structure, cell=settings.cell, symprec=settings.symprec_angstrom
+    )
+    species = species_order(structure)
+    choice: PseudoChoice = family.choose_all(
         species,
         ecutwfc_ry=settings.ecutwfc_ry,
         ecutrho_ry=settings.ecutrho_ry,
@@ -127,14 +149,13 @@ def build_input(
         dual_us_paw=settings.dual_us_paw,
     )
     kpts = kpoint_grid(structure, settings.kpoint_spacing_inv_angstrom)
-    magnetization = starting_magnetization(species, settings)
+    magnetization = starting_magnetization(structure, species, settings)
 
     control: list[tuple[str, object]] = [
         ("calculation", "vc-relax"),
         ("restart_mode", "from_scratch"),
         ("prefix", "pwscf"),
         ("outdir", outdir),
-        ("pseudo_dir", str(library.pseudo_dir)),
         ("nstep", settings.nstep),
         ("etot_conv_thr", settings.etot_conv_thr_ry),
         ("forc_conv_thr", settings.forc_conv_thr_ry_per_bohr),
@@ -173,7 +194,7 @@ def build_input(
     width = max(len(el) for el in species)
     for el in species:
         mass = float(Element(el).atomic_mass)
-        lines.append(f"  {el:<{width}}  {mass:10.5f}  {choice.headers[el].name}")
+        lines.append(f"  {el:<{width}}  {mass:10.5f}  {choice.files[el].filename}")
     lines.append("CELL_PARAMETERS angstrom")
     for row in np.asarray(structure.lattice.matrix, dtype=float):
         lines.append("  " + " ".join(_coordinate(x) for x in row))
@@ -201,10 +222,12 @@ def build_input(
     )
     return PwInput(
         text=text,
+        structure=structure,
+        spacegroup_number=spacegroup,
         kpoints=kpts,
         ecutwfc_ry=choice.ecutwfc_ry,
         ecutrho_ry=choice.ecutrho_ry,
         nspin=2 if magnetization else 1,
         species=species,
-        pseudopotentials={el: h.name for el, h in choice.headers.items()},
+        files=dict(choice.files),
     )

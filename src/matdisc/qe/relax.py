@@ -30,10 +30,12 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, kw_only=True)
 class RelaxOptions:
     """How pw.x is run. command: the full command without ``-in`` (e.g. mpirun … pw.x);
-    timeout_s: per run, None = none; bond_tolerance: first-shell tolerance of |Δ bonds|."""
+    pseudo_dir: given to pw.x as ESPRESSO_PSEUDO; timeout_s: per run, None = none;
+    bond_tolerance: first-shell tolerance of |Δ bonds|."""
 
     command: list[str]
     ranks: int
+    pseudo_dir: Path
     timeout_s: float | None = None
     keep_scratch: bool = False
     bond_tolerance: float = 0.15
@@ -59,6 +61,7 @@ def relax_one(record: dict, *, input_path: Path, workdir: Path, options: RelaxOp
         input_path.read_text(encoding="utf-8"),
         workdir,
         command=options.command,
+        pseudo_dir=options.pseudo_dir,
         timeout_s=options.timeout_s,
         keep_scratch=options.keep_scratch,
     )

@@ -142,9 +142,10 @@ def pw_command(*, pw: str, ranks: int, mpi: str) -> tuple[list[str], int]:
     return launcher + serial, ranks
 
 
-def _environment() -> dict[str, str]:
+def _environment(pseudo_dir: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = "1"  # MPI ranks, not threads, share the cores
+    env["ESPRESSO_PSEUDO"] = str(pseudo_dir)  # pw.in names no folder
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         # Open MPI refuses to start as root (common in containers) unless told it may.
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
@@ -170,11 +171,13 @@ def run_pw(
     workdir: Path,
     *,
     command: list[str],
+    pseudo_dir: Path,
     timeout_s: float | None = None,
     keep_scratch: bool = False,
     reuse: bool = True,
 ) -> RunResult:
-    """Run pw.x on ``input_text`` in ``workdir`` (pw.in, pw.out, pw.err are kept there).
+    """Run pw.x on ``input_text`` in ``workdir`` (pw.in, pw.out, pw.err are kept there),
+    with the pseudopotentials of ``pseudo_dir``.
 
     With ``reuse``, a finished earlier run of the same input in ``workdir`` is read
     instead of run again. The scratch folder (wavefunctions) is removed afterwards
@@ -208,7 +211,7 @@ def run_pw(
             stdout=out,
             stderr=err,
             stdin=subprocess.DEVNULL,
-            env=_environment(),
+            env=_environment(pseudo_dir),
             start_new_session=True,  # its own process group, so a time-out stops MPI ranks too
         )
         try:

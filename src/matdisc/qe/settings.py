@@ -1,6 +1,6 @@
 """Settings of the pw.x input generator: shipped defaults plus the user's overrides.
 
-The defaults live in ``resources/qe_defaults.yaml``; the ``qe`` section of
+The defaults live in ``matdisc/qe/defaults.yaml`` (package data); the ``qe`` section of
 ``config/config.yaml`` overrides any of them (a ``null`` there keeps the default). Keys
 of the ``qe`` section that concern running pw.x (``run``, ``pw_command`` …) are not
 input settings and are ignored here.
@@ -11,15 +11,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from matdisc.errors import UserError
+from matdisc.qe.pseudo import FAMILY_NAMES
 
 #: The shipped defaults (one value per field of :class:`QEInputSettings`).
-DEFAULTS_PATH = Path(__file__).resolve().parents[3] / "resources" / "qe_defaults.yaml"
+DEFAULTS_PATH = Path(str(resources.files("matdisc.qe") / "defaults.yaml"))
 
 #: Keys of the ``qe`` config section that belong to running and comparing, not to inputs.
 RUN_KEYS: frozenset[str] = frozenset(
@@ -38,6 +40,9 @@ FUNCTIONALS: tuple[str, ...] = ("PBE", "PBESOL")
 SMEARINGS: tuple[str, ...] = ("gaussian", "methfessel-paxton", "marzari-vanderbilt", "fermi-dirac")
 VDW_CORRECTIONS: tuple[str, ...] = ("grimme-d2", "grimme-d3", "none")
 SPIN_MODES: tuple[str, ...] = ("auto", "on", "off")
+#: The cell written to pw.in: the candidate's symmetrised primitive or conventional
+#: standard cell (spglib via pymatgen), or the cell as generated.
+CELL_CHOICES: tuple[str, ...] = ("primitive", "conventional", "as_generated")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,9 +72,11 @@ class QEInputSettings:
     """
 
     functional: str
-    pseudo_dir: Path
-    pseudopotentials: Mapping[str, str]
+    pseudo_family: str | Mapping[str, str]
+    pseudo_dir: Path | None
     pseudo_preference: tuple[str, ...]
+    cell: str
+    symprec_angstrom: float
     ecutwfc_ry: float | None
     ecutrho_ry: float | None
     ecutwfc_fallback_ry: float
@@ -89,7 +96,7 @@ class QEInputSettings:
     mixing_beta: float
     electron_maxstep: int
     spin: str
-    magnetic_elements: frozenset[str]
+    magnetic_elements: frozenset[str] | None
     starting_magnetization: float
     slurm: SlurmSettings = field(
         default_factory=lambda: SlurmSettings(ntasks=1, time="01:00:00", mem_per_cpu_mb=2000)
@@ -97,6 +104,12 @@ class QEInputSettings:
 
     def __post_init__(self) -> None:
         _require(self.functional in FUNCTIONALS, f"qe.functional must be one of {FUNCTIONALS}")
+        _require(
+            isinstance(self.pseudo_family, Mapping) or self.pseudo_family in FAMILY_NAMES,
+            f"qe.pseudo_family {self.pseudo_family!r} is not known: use one of "
+            f"{', '.join(FAMILY_NAMES)} or a mapping of element to UPF file name",
+        )
+        _require(self.cell in CELL_CHOICES, f"qe.cell must be one of {CELL_CHOICES}")
         _require(
             bool(self.pseudo_preference) and all(k in PSEUDO_KINDS for k in self.pseudo_preference),
             f"qe.pseudo_preference must list kinds among {PSEUDO_KINDS}",
@@ -107,7 +120,7 @@ class QEInputSettings:
         for name in (
             "ecutwfc_fallback_ry", "dual_nc", "dual_us_paw", "kpoint_spacing_inv_angstrom",
             "degauss_ry", "etot_conv_thr_ry", "forc_conv_thr_ry_per_bohr",
-            "press_conv_thr_kbar", "conv_thr_ry", "mixing_beta",
+            "press_conv_thr_kbar", "conv_thr_ry", "mixing_beta", "symprec_angstrom",
         ):  # fmt: skip
             value = getattr(self, name)
             _require(math.isfinite(value) and value > 0, f"qe.{name} must be a positive number")
@@ -147,18 +160,28 @@ class QEInputSettings:
         )
         kwargs = dict(values)
         slurm = kwargs.pop("slurm", None)
+        family = kwargs["pseudo_family"]
+        magnetic = kwargs["magnetic_elements"]
         try:
             return cls(
                 **{
                     **kwargs,
                     "functional": str(kwargs["functional"]).upper(),
-                    "pseudo_dir": Path(str(kwargs["pseudo_dir"])).expanduser(),
-                    "pseudopotentials": {
-                        str(k): str(v) for k, v in (kwargs["pseudopotentials"] or {}).items()
-                    },
+                    "pseudo_family": (
+                        {str(k): str(v) for k, v in family.items()}
+                        if isinstance(family, Mapping)
+                        else str(family)
+                    ),
+                    "pseudo_dir": (
+                        None
+                        if kwargs["pseudo_dir"] is None
+                        else Path(str(kwargs["pseudo_dir"])).expanduser()
+                    ),
                     "pseudo_preference": tuple(str(k).upper() for k in kwargs["pseudo_preference"]),
                     "kpoint_shift": tuple(int(s) for s in kwargs["kpoint_shift"]),
-                    "magnetic_elements": frozenset(str(e) for e in kwargs["magnetic_elements"]),
+                    "magnetic_elements": (
+                        None if magnetic is None else frozenset(str(e) for e in magnetic)
+                    ),
                     "nstep": int(kwargs["nstep"]),
                     "electron_maxstep": int(kwargs["electron_maxstep"]),
                 },

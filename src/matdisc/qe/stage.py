@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shlex
 import shutil
@@ -29,7 +30,13 @@ from matdisc.qe.inputs import (
     read_candidates,
     read_screening,
 )
-from matdisc.qe.pseudo import PseudoLibrary
+from matdisc.qe.pseudo import (
+    PseudoFamily,
+    PseudoFile,
+    local_pseudo_dir,
+    make_family,
+    require_files,
+)
 from matdisc.qe.relax import RelaxOptions, relax_manifest
 from matdisc.qe.run import pw_command
 from matdisc.qe.settings import QEInputSettings
@@ -49,9 +56,19 @@ RUN_DEFAULTS: dict[str, Any] = {
 
 def _settings_metadata(settings: QEInputSettings) -> dict[str, Any]:
     data = dataclasses.asdict(settings)
-    data["pseudo_dir"] = str(settings.pseudo_dir)
-    data["magnetic_elements"] = sorted(settings.magnetic_elements)
+    data["pseudo_dir"] = None if settings.pseudo_dir is None else str(settings.pseudo_dir)
+    if settings.magnetic_elements is not None:
+        data["magnetic_elements"] = sorted(settings.magnetic_elements)
     return data
+
+
+def _family(settings: QEInputSettings) -> PseudoFamily:
+    return make_family(
+        settings.pseudo_family,
+        pseudo_dir=settings.pseudo_dir,
+        functional=settings.functional,
+        preference=settings.pseudo_preference,
+    )
 
 
 def write_inputs(call: StageCall) -> None:
@@ -60,13 +77,9 @@ def write_inputs(call: StageCall) -> None:
     base = call.wildcard("base")
     candidates = read_candidates(call.input("candidates"))
     screening = read_screening(call.input("screening"))
-    # A missing folder or a wrong explicit map stops here, before anything is written.
-    library = PseudoLibrary(
-        pseudo_dir=settings.pseudo_dir,
-        functional=settings.functional,
-        preference=settings.pseudo_preference,
-        explicit=settings.pseudopotentials,
-    )
+    # A wrong family (a folder that does not exist, a map to a file of another element)
+    # stops here, before anything is written.
+    family = _family(settings)
     target = call.output("inputs")
     target.parent.mkdir(parents=True, exist_ok=True)
     # Build the folder beside the target and move it into place when complete, so an
@@ -74,7 +87,13 @@ def write_inputs(call: StageCall) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         manifest = generate_inputs(
-            candidates, screening, base=base, out_dir=staging, settings=settings, library=library
+            candidates,
+            screening,
+            base=base,
+            out_dir=staging,
+            settings=settings,
+            family=family,
+            local_dir=local_pseudo_dir(settings.pseudo_dir),
         )
         write_table(
             manifest,
@@ -139,6 +158,10 @@ def relax(call: StageCall) -> None:
             f"{pw_program} is not on PATH; install Quantum ESPRESSO (Debian: apt-get install "
             f"quantum-espresso) or set qe.pw_command."
         )
+    settings = QEInputSettings.from_config(call.section("qe"))
+    pseudo_dir = local_pseudo_dir(settings.pseudo_dir)
+    family = _family(settings)
+    _require_pseudopotentials(manifest, family, pseudo_dir)
     timeout = section["timeout_min"]
     options = RelaxOptions(
         command=command,
@@ -146,9 +169,26 @@ def relax(call: StageCall) -> None:
         timeout_s=None if timeout is None else float(timeout) * 60.0,
         keep_scratch=bool(section["keep_scratch"]),
         bond_tolerance=float(section["bond_tolerance"]),
+        pseudo_dir=pseudo_dir,
     )
     log.info(
         "pw.x command: %s (%d inputs)", " ".join(command), int(manifest["input_path"].notna().sum())
     )
     relaxed = relax_manifest(manifest, runs_dir=Path(runs_dir), options=options)
-    write_table(relaxed, output, "qe_relaxed", metadata={"command": command})
+    write_table(
+        relaxed,
+        output,
+        "qe_relaxed",
+        metadata={"command": command, "pseudo_dir": str(pseudo_dir), "family": family.label},
+    )
+
+
+def _require_pseudopotentials(manifest: pd.DataFrame, family: PseudoFamily, folder: Path) -> None:
+    """Stop before any pw.x run when a file an input names is missing here or has the
+    wrong md5 (one sentence naming the files and the family)."""
+    files = {}
+    for raw in manifest["pseudopotentials"].dropna():
+        for element, name in json.loads(raw).items():
+            chosen = family.file(element)
+            files[name] = chosen if chosen.filename == name else PseudoFile(element, name)
+    require_files(files.values(), folder, family)
