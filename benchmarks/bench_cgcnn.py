@@ -8,7 +8,7 @@ neighbour search) + the CGCNN forward pass, in batches of ``BATCH`` structures, 
 as :class:`matdisc.screen.PropertyPredictor` does. Both run in one process on the same
 structures (5-site and 16-site cells), so the ratio is measured side by side.
 
-Torch runs with one intra-op thread by default (as the train_cgcnn and screen stages do):
+Torch runs with one intra-op thread by default (as the train-cgcnn and screen-candidates stages do):
 on the shared 2-core machines, two OpenMP threads spin-wait for each other and measured
 several times slower per structure; ``--threads 2`` shows that side by side.
 

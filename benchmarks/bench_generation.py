@@ -92,7 +92,7 @@ def invert_true_grids(gen, n: int) -> dict | None:
     lattice = store.lattice[:n].astype(np.float64)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     with ThreadPoolExecutor(max_workers=gen.threads) as pool:
-        rows = list(pool.map(_one, species, lattice, [gen.invert_kwargs] * n))
+        rows = list(pool.map(_one, species, lattice, [gen.padding] * n, [gen.inverse_settings] * n))
     wall = time.perf_counter() - wall0
     cpu = time.process_time() - cpu0
     return {
@@ -117,14 +117,14 @@ def main() -> None:
 
     from matdisc.config import load_config
     from matdisc.sample.generate import Generator
-    from matdisc.segment import invert_options
+    from matdisc.segment import InverseSettings
 
     config = load_config(ROOT / "config/config.yaml")
     torch.set_num_threads(args.threads)
     unet, vae, kind = load_models(args, config)
-    invert_kwargs = invert_options(config["voxel"], decoded=True)
+    inverse_settings = InverseSettings.from_config(config["voxel"], decoded=True)
     gen = Generator(vae=vae, unet=unet, padding=config["voxel"]["padding"],
-                    invert_kwargs=invert_kwargs, threads=args.threads)  # fmt: skip
+                    inverse_settings=inverse_settings, threads=args.threads)  # fmt: skip
     draws, how = latents(vae, gen, args.n, config["seed"], args.base)
     gen.run(draws.z[:8], draws.condition[:8], batch_size=8)  # warm-up
     results = {}

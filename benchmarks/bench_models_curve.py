@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from matdisc.config import load_config
-from matdisc.models import stages
+from matdisc.models import stage, training
 from matdisc.models.evaluate import evaluate_chain, evaluate_unet, true_structures
 from matdisc.stage import StageCall
 from matdisc.train import resolve_device
@@ -98,37 +98,39 @@ def main() -> None:
         pd.DataFrame(rows).to_parquet(args.out / "curve.parquet", index=False)
 
     section = cfg["unet"]
-    train, val = stages._splits(store, section["max_structures"])
+    train, val = training.load_splits(store, section["max_structures"])
     truth = true_structures(store, val)
     classes = [int(z) for z in store.elements()]
-    inverse = stages.inverse_options(call)
-    decoded_inverse = stages.inverse_options(call, decoded=True)
+    inverse = stage.inverse_settings(call)
+    decoded_inverse = stage.inverse_settings(call, decoded=True)
     if args.reuse_unet is not None:
         earlier = pd.read_parquet(args.out / "curve.parquet")
         rows.extend(earlier[earlier.stage == "unet"].to_dict("records"))
         section = {**cfg["unet"], "epochs": args.reuse_unet}
-        config = stages._train_config(call, section)
-        unet, _, _ = stages.fit_unet(
+        config = training.train_config(section, cfg["train"], seed=call.seed, threads=call.threads)
+        unet, _, _ = training.fit_unet(
             train, val, classes, section, config, args.work / "unet.resume"
         )
         args.unet_rounds = 0
     for rnd in range(1, args.unet_rounds + 1):
         section = {**cfg["unet"], "epochs": rnd * args.unet_epochs}
-        config = stages._train_config(call, section)
-        unet, _, _ = stages.fit_unet(
+        config = training.train_config(section, cfg["train"], seed=call.seed, threads=call.threads)
+        unet, _, _ = training.fit_unet(
             train, val, classes, section, config, args.work / "unet.resume"
         )
-        scores = evaluate_unet(unet, val, truth, device=device, invert_kwargs=inverse)
+        scores = evaluate_unet(unet, val, truth, device=device, inverse_settings=inverse)
         record(scores, "unet", rnd, section["epochs"])
         logging.info("UNet round %d done at %.1f min", rnd, (time.perf_counter() - started) / 60)
 
     section = cfg["vae"]
-    train, val = stages._splits(store, section["max_structures"])
+    train, val = training.load_splits(store, section["max_structures"])
     for rnd in range(1, args.vae_rounds + 1):
         section = {**cfg["vae"], "epochs": rnd * args.vae_epochs}
-        config = stages._train_config(call, section)
-        vae, _, _ = stages.fit_vae(train, val, unet, section, config, args.work / "vae.resume")
-        scores = evaluate_chain(vae, unet, val, truth, device=device, invert_kwargs=decoded_inverse)
+        config = training.train_config(section, cfg["train"], seed=call.seed, threads=call.threads)
+        vae, _, _ = training.fit_vae(train, val, unet, section, config, args.work / "vae.resume")
+        scores = evaluate_chain(
+            vae, unet, val, truth, device=device, inverse_settings=decoded_inverse
+        )
         record(scores, "vae", rnd, section["epochs"])
         logging.info("VAE round %d done at %.1f min", rnd, (time.perf_counter() - started) / 60)
 

@@ -1,6 +1,6 @@
 """How the data-parallel stages scale from 1 to 2 dask workers on this machine.
 
-Runs, side by side, the voxelize stage on every cubic structure of
+Runs, side by side, the voxelize-structures stage on every cubic structure of
 ``results/data/structures.parquet`` and the filter's interatomic-distance check on the
 same structures, with 1 and with 2 local workers, and prints one JSON object with the
 wall times and the 1 -> 2 speed-up of each. Needs the downloaded table

@@ -9,7 +9,7 @@ Measured on every cubic structure of ``results/data/structures.parquet``:
 * speed on one core: the grids of <= 20-site cells (ours vs. the straightforward Python
   loop over voxels x sites, timed on one 5-site and one 20-site cell), the same including
   the cell standardisation, and the inverse;
-* the whole ``voxelize`` stage as a subprocess with 2 threads: wall time, peak memory.
+* the whole ``voxelize-structures`` stage as a subprocess with 2 threads: wall time, peak memory.
 
 Run from the repository root: ``python benchmarks/bench_voxel.py [--skip-rule]``.
 Wall times depend on other load on the machine; CPU times (process_time) less so, and
@@ -32,13 +32,14 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 from matdisc.config import validate_config  # noqa: E402
 from matdisc.io import read_table  # noqa: E402
-from matdisc.segment import invert, invert_options, lattice_from_coords  # noqa: E402
+from matdisc.segment import InverseSettings, invert, lattice_from_coords  # noqa: E402
 from matdisc.segment.metrics import delta_n_sites, lattice_mae, site_emd  # noqa: E402
 from matdisc.voxel.cell import arrays_from_dict, conventional_cubic  # noqa: E402
 from matdisc.voxel.core import check_cell, voxelize_cell  # noqa: E402
@@ -105,7 +106,8 @@ def main() -> None:
         "label_fraction": vox["label_fraction"],
         "min_label_radius_voxels": vox["min_label_radius_voxels"],
     }
-    inv_options = {**invert_options(vox), "regions": "species"}  # true species maps
+    # true species maps: regions by species
+    inverse_settings = replace(InverseSettings.from_config(vox), regions="species")
     load = os.getloadavg()
 
     table = read_table(args.data, "structures")
@@ -137,7 +139,9 @@ def main() -> None:
         voxels = voxelize_cell(cell, **grid)
         c1, w1 = time.process_time(), time.perf_counter()
         abc = lattice_from_coords(voxels.coords, grid["padding"])
-        inverse = invert(voxels.species, lattice_abc=abc, **inv_options)
+        inverse = invert(
+            voxels.species, lattice_abc=abc, padding=grid["padding"], settings=inverse_settings
+        )
         c2, w2 = time.process_time(), time.perf_counter()
         fwd_cpu += c1 - c0
         fwd_wall += w1 - w0
@@ -268,14 +272,14 @@ def main() -> None:
 
 
 def time_rule(data: Path) -> dict:
-    """The voxelize stage on ``data`` with 2 threads, as the workflow runs it."""
+    """The voxelize-structures stage on ``data`` with 2 threads, as the workflow runs it."""
     with tempfile.TemporaryDirectory() as tmp:
         target = Path(tmp) / "cubic.zarr"
         cmd = [
             sys.executable,
             "-m",
             "matdisc.cli",
-            "voxelize",
+            "voxelize-structures",
             "--config",
             str(ROOT / "config" / "config.yaml"),
             "--threads",
@@ -293,7 +297,7 @@ def time_rule(data: Path) -> dict:
         wall = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if proc.returncode != 0:
-            raise RuntimeError(f"voxelize stage failed:\n{proc.stderr[-3000:]}")
+            raise RuntimeError(f"voxelize-structures stage failed:\n{proc.stderr[-3000:]}")
         size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
         entries = int(
             np.asarray(__import__("zarr").open_group(str(target), mode="r")["lattice"]).shape[0]

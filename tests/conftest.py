@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 
-from matdisc.config import load_config
+from matdisc.config import load_config, validate_config
 from matdisc.io import read_table
+from matdisc.segment import InverseSettings
 
 REPO = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -33,7 +36,7 @@ def require_program(name: str) -> str:
 @pytest.fixture(scope="session")
 def snapshot_table(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     """The real structures table from the `snapshot` source (downloaded once per session)."""
-    from matdisc.data.download import run
+    from matdisc.data.stage import download_structures
     from matdisc.stage import StageCall
 
     config = load_config(REPO / "config" / "config.yaml")
@@ -42,7 +45,7 @@ def snapshot_table(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     cache.mkdir(parents=True, exist_ok=True)
     # The stage keeps its cache next to its output; share a persistent one when given.
     (out.parent / "cache").symlink_to(cache, target_is_directory=True)
-    run(
+    download_structures(
         StageCall(
             settings={"seed": 42, "data": config["data"]}, outputs={"structures": out}, threads=2
         )
@@ -111,3 +114,16 @@ def fake_cgcnn_dir(path: Path, gap_means: float) -> Path:
         manifest["properties"][name] = {"trained": True, "reason": None, "checkpoint": f"{name}.pt"}
     (path / "manifest.json").write_text(json.dumps(manifest))
     return path
+
+
+@pytest.fixture(scope="session")
+def inverse_settings() -> Callable[..., InverseSettings]:
+    """Factory of grid -> crystal settings from the validated default config, for true
+    species maps (regions by species, every region kept); any ``voxel.inverse`` key can be
+    given by keyword."""
+
+    def make(**inverse: Any) -> InverseSettings:
+        voxel = {"inverse": {"regions": "species", "min_region_voxels": 1, **inverse}}
+        return InverseSettings.from_config(validate_config({"voxel": voxel})["voxel"])
+
+    return make

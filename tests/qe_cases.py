@@ -10,7 +10,7 @@ import pandas as pd
 from pymatgen.core import Lattice, Structure
 
 from matdisc.io.schemas import PROPERTY_COLUMNS
-from matdisc.qe.stage import write_inputs
+from matdisc.qe.stage import write_qe_inputs
 from matdisc.stage import StageCall
 
 DEBIAN_PSEUDO = Path("/usr/share/espresso/pseudo")
@@ -39,7 +39,7 @@ def zincblende(a: float, first: str, second: str) -> Structure:
 def write_qe_folder(
     tmp_path: Path, structures: dict[str, Structure], qe: dict, base: str = "Si"
 ) -> Path:
-    """Candidates + screening tables of ``structures`` → the write_inputs stage; its folder."""
+    """Candidates + screening tables of ``structures`` → the write_qe_inputs stage; its folder."""
     candidates = pd.DataFrame(
         [
             {"candidate_id": cid, "base": base, "formula": s.composition.reduced_formula,
@@ -56,7 +56,7 @@ def write_qe_folder(
     candidates.to_parquet(tmp_path / "candidates.parquet")
     screening.to_parquet(tmp_path / "screening.parquet")
     folder = tmp_path / "qe" / base
-    write_inputs(
+    write_qe_inputs(
         StageCall(
             settings={"qe": qe},
             inputs={

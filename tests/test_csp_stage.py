@@ -16,7 +16,7 @@ from pymatgen.core import Lattice, Structure
 from matdisc.config import load_config
 from matdisc.csp.energy import ContinuousEnergy
 from matdisc.csp.sampler import Schedule, energy_and_grad, random_crystals
-from matdisc.csp.stage import evaluate, predict, train_ebm
+from matdisc.csp.stage import evaluate_csp, predict_structures, train_ebm
 from matdisc.csp.train import (
     EBMSettings,
     _negatives,
@@ -197,7 +197,7 @@ def test_train_and_evaluate_stages(tmp_path: Path) -> None:
     )
     history = read_table(tmp_path / "ebm.parquet", "ebm_metrics")
     assert history["epoch"].tolist() == [1] and np.isfinite(history["loss"]).all()
-    evaluate(
+    evaluate_csp(
         StageCall(
             settings,
             {"structures": structures, "ebm": tmp_path / "ebm.pt"},
@@ -236,7 +236,7 @@ def test_csp_stage_samples_every_candidate_and_ranks_them(tmp_path: Path) -> Non
     candidates.to_parquet(tmp_path / "candidates.parquet")
 
     def run(candidates_path: Path, out: Path) -> pd.DataFrame:
-        predict(
+        predict_structures(
             StageCall(
                 settings,
                 {"candidates": candidates_path, "ebm": tmp_path / "ebm.pt", "cgcnn": cgcnn},

@@ -1,4 +1,4 @@
-"""The download stage: records, splits, the snapshot and local sources, base compounds."""
+"""The download-structures stage: records, splits, the snapshot and local sources, base compounds."""
 
 from __future__ import annotations
 

@@ -310,7 +310,7 @@ def test_key_never_reaches_logs_cache_or_errors(
 def test_download_stage_builds_the_structures_table_from_mp(
     server: FakeMPServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The download stage's ``mp`` path end to end: API pages -> records -> typed table."""
+    """The download-structures stage's ``mp`` path end to end: API pages -> records -> table."""
     from matdisc.data.download import load_records
     from matdisc.data.records import build_table
 

@@ -38,7 +38,7 @@ from matdisc.qe.pseudo import (
 from matdisc.qe.pwinput import StructureError, build_input, kpoint_grid
 from matdisc.qe.run import CONVERGED, FAILED, NOT_CONVERGED, check_output
 from matdisc.qe.settings import DEFAULTS_PATH, QEInputSettings, SlurmSettings
-from matdisc.qe.stage import collect_manifest, relax, write_inputs
+from matdisc.qe.stage import collect_qe_manifest, run_qe_relax, write_qe_inputs
 from matdisc.qe.structure import open_shell_elements
 from matdisc.qe.upf import classify_functional, read_upf_header
 from matdisc.stage import StageCall
@@ -548,7 +548,7 @@ def write_candidate_tables(tmp_path: Path, structures: dict[str, object], base: 
 
 
 def inputs_call(cand: Path, screen: Path, out: Path, qe: dict | None = None) -> StageCall:
-    """The write_inputs stage call of base NiO (default: the test folder family)."""
+    """The write_qe_inputs stage call of base NiO (default: the test folder family)."""
     return StageCall(
         settings={"qe": FOLDER if qe is None else qe},
         inputs={"candidates": cand, "screening": screen},
@@ -557,7 +557,7 @@ def inputs_call(cand: Path, screen: Path, out: Path, qe: dict | None = None) -> 
     )
 
 
-def test_write_inputs_keeps_going_past_bad_candidates(tmp_path, caplog):
+def test_write_qe_inputs_keeps_going_past_bad_candidates(tmp_path, caplog):
     cand, screen = write_candidate_tables(
         tmp_path,
         {
@@ -569,7 +569,7 @@ def test_write_inputs_keeps_going_past_bad_candidates(tmp_path, caplog):
     )
     out = tmp_path / "qe" / "NiO"
     call = inputs_call(cand, screen, out)
-    write_inputs(call)
+    write_qe_inputs(call)
     manifest = read_table(out / "manifest.parquet", "qe_manifest").set_index("candidate_id")
     assert list(manifest.index) == ["NiO-1", "broken", "NiAl-2", "SiC-3"]
     assert (out / "NiO-1" / "pw.in").is_file() and (out / "SiC-3" / "job.sbatch").is_file()
@@ -594,7 +594,7 @@ def test_write_inputs_keeps_going_past_bad_candidates(tmp_path, caplog):
 
     # the collected manifest points at the files from the workflow root
     collected = tmp_path / "qe" / "manifest.parquet"
-    collect_manifest(
+    collect_qe_manifest(
         StageCall(settings={"qe": {}}, inputs={"NiO": out}, outputs={"manifest": collected})
     )
     merged = read_table(collected, "qe_manifest")
@@ -613,7 +613,7 @@ def test_candidate_flagged_not_for_dft_gets_a_manifest_row_and_no_input(tmp_path
     out = tmp_path / "qe" / "NiO"
     call = inputs_call(cand, screen, out)
     with caplog.at_level("INFO"):
-        write_inputs(call)
+        write_qe_inputs(call)
     manifest = read_table(out / "manifest.parquet", "qe_manifest").set_index("candidate_id")
     assert (out / "NiO-1" / "pw.in").is_file() and not (out / "NiO-2").exists()
     assert pd.isna(manifest.at["NiO-1", "error"])
@@ -631,7 +631,7 @@ def test_sssp_inputs_need_no_files_and_the_run_names_the_missing_ones(tmp_path):
     )
     out = tmp_path / "qe" / "NiO"
     nowhere = tmp_path / "nowhere"
-    write_inputs(inputs_call(cand, screen, out, qe={"pseudo_dir": str(nowhere)}))
+    write_qe_inputs(inputs_call(cand, screen, out, qe={"pseudo_dir": str(nowhere)}))
     manifest = read_table(out / "manifest.parquet", "qe_manifest").set_index("candidate_id")
     assert manifest["error"].isna().all()
     assert not manifest["pseudo_files_present"].any() and manifest["pseudo_md5_ok"].isna().all()
@@ -645,11 +645,11 @@ def test_sssp_inputs_need_no_files_and_the_run_names_the_missing_ones(tmp_path):
     assert "check_pseudo ni_pbe_v1.4.uspp.F.UPF" in script
 
     collected = tmp_path / "qe" / "manifest.parquet"
-    collect_manifest(
+    collect_qe_manifest(
         StageCall(settings={"qe": {}}, inputs={"NiO": out}, outputs={"manifest": collected})
     )
     with pytest.raises(UserError) as info:
-        relax(
+        run_qe_relax(
             StageCall(
                 settings={"qe": {"run": True, "pseudo_dir": str(nowhere), "pw_command": "bash"}},
                 inputs={"manifest": collected},
@@ -666,7 +666,7 @@ def test_sssp_inputs_need_no_files_and_the_run_names_the_missing_ones(tmp_path):
     for name in {n for raw in manifest["pseudopotentials"] for n in json.loads(raw).values()}:
         (nowhere / name).write_text("not the SSSP file\n")
     with pytest.raises(UserError, match=r"do not have the md5 that the SSSP 1.3.0 PBE efficiency"):
-        relax(
+        run_qe_relax(
             StageCall(
                 settings={"qe": {"run": True, "pseudo_dir": str(nowhere), "pw_command": "bash"}},
                 inputs={"manifest": collected},
@@ -679,7 +679,7 @@ def test_element_outside_the_family_gets_a_manifest_row(tmp_path):
     rf = Structure(Lattice.cubic(4.0), ["Rf", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     cand, screen = write_candidate_tables(tmp_path, {"RfO-1": rf, "NiO-2": rocksalt_nio()})
     out = tmp_path / "qe" / "NiO"
-    write_inputs(inputs_call(cand, screen, out, qe={}))
+    write_qe_inputs(inputs_call(cand, screen, out, qe={}))
     manifest = read_table(out / "manifest.parquet", "qe_manifest").set_index("candidate_id")
     assert manifest.at["RfO-1", "error"].startswith(
         "element Rf is not in the SSSP 1.3.0 PBE efficiency family"
@@ -697,7 +697,7 @@ def test_missing_pseudo_folder_stops_before_writing(tmp_path):
         wildcards={"base": "NiO"},
     )
     with pytest.raises(UserError, match=r"nowhere does not exist; set qe\.pseudo_dir"):
-        write_inputs(call)
+        write_qe_inputs(call)
     assert not out.exists()
 
 
@@ -711,7 +711,7 @@ def test_candidates_table_without_structures_is_a_user_error(tmp_path):
         wildcards={"base": "Si"},
     )
     with pytest.raises(UserError, match=r"lacks the columns \['structure_json'\]"):
-        write_inputs(call)
+        write_qe_inputs(call)
 
 
 def test_manifest_schema_rejects_a_missing_column(tmp_path):
@@ -723,7 +723,7 @@ def test_manifest_schema_rejects_a_missing_column(tmp_path):
 def test_empty_candidates_table_gives_an_empty_manifest(tmp_path):
     cand, screen = write_candidate_tables(tmp_path, {})
     out = tmp_path / "qe" / "NiO"
-    write_inputs(
+    write_qe_inputs(
         StageCall(
             settings={"qe": FOLDER},
             inputs={"candidates": cand, "screening": screen},
@@ -733,3 +733,52 @@ def test_empty_candidates_table_gives_an_empty_manifest(tmp_path):
     )
     assert len(read_table(out / "manifest.parquet", "qe_manifest")) == 0
     assert [p.name for p in out.iterdir()] == ["manifest.parquet"]
+
+
+def stability_table(rows: list[dict]) -> pd.DataFrame:
+    """A judge table (schema ``stability``) with only the columns the QE stage reads set."""
+    from matdisc.io.schemas import STABILITY
+
+    defaults = {
+        "base": "NiO", "sample_index": 0, "n_draws": 1, "formula": "NiO", "nsites": 8,
+        "spacegroup_number": 225, "valid_strict": True, "valid_cdvae": True, "relaxed": True,
+        "n_reference_phases": 3, "thin_hull": False, "stable": True, "novel": True,
+        "structure_json": "{}",
+    }  # fmt: skip
+    frame = pd.DataFrame([{**defaults, **row} for row in rows]).reindex(columns=STABILITY.names)
+    frame["structure_id"] = [f"NiO-s{i}" for i in range(len(frame))]
+    return frame
+
+
+def test_inputs_start_from_the_judges_relaxed_structure(tmp_path):
+    """With the judge's table, a candidate starts from its CHGNet-relaxed structure, and
+    CHGNet's moments decide the magnetic species (here: none, so no spin)."""
+    cand, screen = write_candidate_tables(
+        tmp_path, {"NiO-1": rocksalt_nio(), "NiO-2": rocksalt_nio(), "NiO-3": rocksalt_nio()}
+    )
+    relaxed = rocksalt_nio()
+    relaxed.scale_lattice(relaxed.volume * 1.1**3)
+    table = stability_table(
+        [
+            {"candidate_id": "NiO-1", "relaxed_structure_json": json.dumps(relaxed.as_dict()),
+             "magmoms_json": json.dumps([1.7] * 4 + [0.0] * 4)},
+            {"candidate_id": "NiO-2", "relaxed_structure_json": json.dumps(relaxed.as_dict()),
+             "magmoms_json": json.dumps([0.01] * 8)},
+        ]
+    )  # fmt: skip
+    write_table(table, tmp_path / "stability.parquet", "stability")
+    out = tmp_path / "qe" / "NiO"
+    call = inputs_call(cand, screen, out, qe={"cell": "as_generated"})
+    call.inputs["stability"] = tmp_path / "stability.parquet"
+    write_qe_inputs(call)
+    manifest = read_table(out / "manifest.parquet", "qe_manifest").set_index("candidate_id")
+    assert manifest["start_structure"].tolist() == ["relaxed", "relaxed", "generated"]
+    assert manifest["nspin"].tolist() == [2, 1, 2]  # CHGNet: Ni magnetic, non-magnetic; open shell
+    start = Structure.from_dict(json.loads(manifest.at["NiO-1", "structure_json"]))
+    assert start.lattice.a == pytest.approx(4.17 * 1.1)
+    # start_from: generated ignores the judge's structures
+    call = inputs_call(cand, screen, tmp_path / "g", qe={"start_from": "generated"})
+    call.inputs["stability"] = tmp_path / "stability.parquet"
+    write_qe_inputs(call)
+    again = read_table(tmp_path / "g" / "manifest.parquet", "qe_manifest")
+    assert set(again["start_structure"]) == {"generated"}

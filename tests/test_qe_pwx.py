@@ -21,7 +21,7 @@ from qe_cases import CHEAP, DEBIAN_PSEUDO, write_qe_folder, zincblende
 
 from matdisc.io import read_table
 from matdisc.qe.run import CONVERGED, FAILED, NO_INPUT, NOT_CONVERGED, pw_command, run_pw
-from matdisc.qe.stage import collect_manifest, relax
+from matdisc.qe.stage import collect_qe_manifest, run_qe_relax
 from matdisc.stage import StageCall
 
 pytestmark = pytest.mark.external
@@ -45,10 +45,10 @@ def pwx():
 def make_inputs(
     tmp_path: Path, structures: dict[str, Structure], qe: dict, base: str = "Si"
 ) -> Path:
-    """write_qe_folder → collect_manifest; the manifest path."""
+    """write_qe_folder → collect_qe_manifest; the manifest path."""
     folder = write_qe_folder(tmp_path, structures, qe, base)
     manifest = tmp_path / "qe" / "manifest.parquet"
-    collect_manifest(
+    collect_qe_manifest(
         StageCall(settings={"qe": qe}, inputs={base: folder}, outputs={"manifest": manifest})
     )
     return manifest
@@ -56,7 +56,7 @@ def make_inputs(
 
 def run_relax(tmp_path: Path, manifest: Path, qe: dict, threads: int = 1) -> pd.DataFrame:
     out = tmp_path / "qe" / "relaxed.parquet"
-    relax(
+    run_qe_relax(
         StageCall(
             settings={"qe": {"run": True, **qe}},
             inputs={"manifest": manifest},

@@ -62,7 +62,7 @@ def slurm_cluster():
 
 
 def test_job_script_runs_pw_under_sbatch(tmp_path, slurm_cluster):
-    """write_inputs → sbatch --wait job.sbatch: pw.x runs through the MPI launcher,
+    """write_qe_inputs → sbatch --wait job.sbatch: pw.x runs through the MPI launcher,
     converges, and the script's own output check passes."""
     qe = {
         **CHEAP,

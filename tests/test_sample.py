@@ -17,10 +17,11 @@ import pytest
 import torch
 from pymatgen.core import Lattice, Structure
 
+from matdisc.config import validate_config
 from matdisc.errors import UserError
 from matdisc.io import read_table, write_table
 from matdisc.sample import latent
-from matdisc.sample.stage import random_sampling_stats, run
+from matdisc.sample.stage import random_sampling_table, sample_structures
 from matdisc.stage import StageCall
 
 GRID = 16
@@ -118,7 +119,8 @@ def sample_section(**kw) -> dict:
 
 
 def voxel_section() -> dict:
-    return {"padding": PADDING, "max_sites": 40, "inverse": {"merge_tolerance": 0.5}}
+    section = {"padding": PADDING, "max_sites": 40, "inverse": {"merge_tolerance": 0.5}}
+    return validate_config({"voxel": section})["voxel"]
 
 
 def call_for(
@@ -135,9 +137,9 @@ def call_for(
 
 
 def test_sampling_is_reproducible_and_records_every_draw(inputs, tmp_path):
-    run(call_for(inputs, tmp_path / "a.parquet"))
-    run(call_for(inputs, tmp_path / "b.parquet", batch_size=3))
-    run(call_for(inputs, tmp_path / "c.parquet", seed=8))
+    sample_structures(call_for(inputs, tmp_path / "a.parquet"))
+    sample_structures(call_for(inputs, tmp_path / "b.parquet", batch_size=3))
+    sample_structures(call_for(inputs, tmp_path / "c.parquet", seed=8))
     a = read_table(tmp_path / "a.parquet", "samples")
     b = read_table(tmp_path / "b.parquet", "samples")
     c = read_table(tmp_path / "c.parquet", "samples")
@@ -162,15 +164,10 @@ def test_sampling_inverts_with_the_decoded_settings(inputs, tmp_path):
     from matdisc.voxel.store import open_store
 
     call = call_for(inputs, tmp_path / "a.parquet")
-    call.settings["voxel"]["inverse"].update(
-        min_region_voxels=3,
-        symmetry_agreement=None,
-        decoded={"min_region_voxels": 12, "symmetry_agreement": 0.5},
-    )
+    call.settings["voxel"]["inverse"].update(min_region_voxels=3, decoded={"min_region_voxels": 12})
     gen = load_chain(call, open_store(inputs["voxels"]))
-    assert gen.invert_kwargs["min_region_voxels"] == 12
-    assert gen.invert_kwargs["symmetry_agreement"] == 0.5
-    assert "decoded" not in gen.invert_kwargs
+    assert gen.inverse_settings.min_region_voxels == 12
+    assert not hasattr(gen.inverse_settings, "decoded")
 
 
 def test_no_structure_counts_take_none_and_nan_as_structures():
@@ -187,7 +184,7 @@ def test_random_mode_draws_equally_per_decile(inputs, tmp_path):
     draws = latent.random(8, 1000, latent.rng_for(1, "X"))
     assert np.bincount(draws.decile).tolist() == [100] * 10
     assert np.allclose(draws.condition.sum(axis=1), 1)
-    run(call_for(inputs, tmp_path / "r.parquet", mode="random", n_samples=30))
+    sample_structures(call_for(inputs, tmp_path / "r.parquet", mode="random", n_samples=30))
     frame = read_table(tmp_path / "r.parquet", "samples")
     assert np.bincount(frame["decile"]).tolist() == [3] * 10
 
@@ -201,7 +198,7 @@ def test_targeted_draws_have_the_configured_variance():
 
 
 def test_interpolation_walks_from_base_to_target(inputs, tmp_path):
-    run(call_for(inputs, tmp_path / "i.parquet", mode="interpolate", n_samples=5,
+    sample_structures(call_for(inputs, tmp_path / "i.parquet", mode="interpolate", n_samples=5,
                  interpolate_to="MgO"))  # fmt: skip
     frame = read_table(tmp_path / "i.parquet", "samples")
     assert frame["t"].tolist() == [0, 0.25, 0.5, 0.75, 1]
@@ -210,7 +207,7 @@ def test_interpolation_walks_from_base_to_target(inputs, tmp_path):
 
 
 def test_unset_decile_comes_from_the_edges(inputs, tmp_path):
-    run(call_for(inputs, tmp_path / "d.parquet", base="CaTiO3", n_samples=2))
+    sample_structures(call_for(inputs, tmp_path / "d.parquet", base="CaTiO3", n_samples=2))
     frame = read_table(tmp_path / "d.parquet", "samples")
     assert (frame["decile"] == 0).all()  # -3.6 eV/atom is below the first edge
 
@@ -231,13 +228,13 @@ def test_unset_decile_comes_from_the_edges(inputs, tmp_path):
 def test_bad_requests_stop_with_one_sentence(inputs, tmp_path, kw, base, words):
     out = tmp_path / "x.parquet"
     with pytest.raises(UserError, match=words) as info:
-        run(call_for(inputs, out, base=base, **kw))
+        sample_structures(call_for(inputs, out, base=base, **kw))
     message = str(info.value)
     assert message.count(". ") == 0 and message.endswith(".")
     assert not out.exists()
 
 
-def test_random_sampling_stats():
+def test_random_sampling_table():
     samples = pd.DataFrame(
         {
             "min_distance_angstrom": [1.0, 0.2, np.nan, 2.0, 1.5],
@@ -245,7 +242,7 @@ def test_random_sampling_stats():
         }
     )
     ef = np.array([-1.0, -2.0, np.nan, 0.5, -0.1])
-    stats = random_sampling_stats(samples, ef, min_distance=0.5, top=10).set_index("metric")
+    stats = random_sampling_table(samples, ef, min_distance=0.5, top=10).set_index("metric")
     assert stats.loc["valid", "count"] == 3 and stats.loc["valid", "fraction"] == 0.6
     assert stats.loc["negative_ef", "count"] == 2
     assert stats.loc["negative_ef", "fraction"] == pytest.approx(2 / 3)

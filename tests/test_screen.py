@@ -208,7 +208,7 @@ def test_prediction_api_matches_stage_and_keeps_order(trained, tmp_path):
     )
     code = main(
         [
-            "screen",
+            "screen-candidates",
             "--settings",
             settings,
             "--wildcard",
@@ -248,7 +248,7 @@ def test_screen_stage_with_no_candidates(trained, tmp_path):
                           ("candidate_id", "base", "formula", "structure_json")})  # fmt: skip
     empty.to_parquet(tmp_path / "c.parquet")
     settings = json.dumps({"seed": 1, "screen": {}, "train": {"device": "cpu"}})
-    code = main(["screen", "--settings", settings, "--wildcard", "base=NaCl",
+    code = main(["screen-candidates", "--settings", settings, "--wildcard", "base=NaCl",
                  "--input", f"candidates={tmp_path / 'c.parquet'}",
                  "--input", f"cgcnn={root / 'models'}",
                  "--output", f"screening={tmp_path / 'NaCl.parquet'}"])  # fmt: skip

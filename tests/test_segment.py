@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 from pymatgen.core import Lattice, Structure
 
+from matdisc.config import validate_config
 from matdisc.segment import (
     INCONSISTENT,
     NO_ATOMS,
     TOO_MANY_SITES,
+    InverseSettings,
     invert,
     invert_many,
-    invert_options,
     lattice_from_coords,
 )
 from matdisc.segment.metrics import delta_n_sites, lattice_mae, site_emd
 from matdisc.voxel import coordinate_grid, voxelize
+from matdisc.voxel.core import PADDING
 from matdisc.voxel.grid import voxel_fractions
 
 
@@ -58,25 +62,37 @@ def test_least_squares_beats_max_minus_min_on_noisy_coords():
 # --- inverse ---------------------------------------------------------------------------------
 
 
-def test_empty_grid_has_no_atoms():
-    result = invert(np.zeros((16, 16, 16), dtype=np.uint8), lattice_abc=(4, 4, 4))
+def test_empty_grid_has_no_atoms(inverse_settings):
+    result = invert(
+        np.zeros((16, 16, 16), dtype=np.uint8),
+        lattice_abc=(4, 4, 4),
+        padding=PADDING,
+        settings=inverse_settings(),
+    )
     assert result.structure is None and result.reason == NO_ATOMS and result.n_sites == 0
 
 
-def test_mask_removes_voxels():
+def test_mask_removes_voxels(inverse_settings):
     vox = voxelize(rock_salt())
-    result = invert(vox.species, mask=np.zeros_like(vox.mask), lattice_abc=vox.lattice)
+    result = invert(
+        vox.species,
+        mask=np.zeros_like(vox.mask),
+        lattice_abc=vox.lattice,
+        padding=PADDING,
+        settings=inverse_settings(),
+    )
     assert result.reason == NO_ATOMS
 
 
-def test_too_many_sites_is_a_reason_not_a_crash():
+def test_too_many_sites_is_a_reason_not_a_crash(inverse_settings):
     vox = voxelize(rock_salt())
-    result = invert(vox.species, lattice_abc=vox.lattice, max_sites=4)
+    settings = replace(inverse_settings(), max_sites=4)
+    result = invert(vox.species, lattice_abc=vox.lattice, padding=PADDING, settings=settings)
     assert result.structure is None and result.reason == TOO_MANY_SITES
     assert result.n_sites == 8
 
 
-def test_images_that_disagree_in_species_vote_or_reject():
+def test_images_that_disagree_in_species_vote_or_reject(inverse_settings):
     vox = voxelize(rock_salt())
     species = vox.species.copy()
     # Relabel the Na image at the grid's far corner (frac 1, 1, 1) as K: one of 8 images.
@@ -84,17 +100,19 @@ def test_images_that_disagree_in_species_vote_or_reject():
     corner = (slice(d - 12, d - 4),) * 3
     block = species[corner]
     block[block == 11] = 19
-    voted = invert(species, lattice_abc=vox.lattice, species_conflict="vote")
+    vote, reject = (inverse_settings(species_conflict=c) for c in ("vote", "reject"))
+    voted = invert(species, lattice_abc=vox.lattice, padding=PADDING, settings=vote)
     assert voted.reason is None and voted.n_sites == 8
     assert sorted(voted.structure.atomic_numbers) == sorted(vox.structure.atomic_numbers)
-    rejected = invert(species, lattice_abc=vox.lattice, species_conflict="reject")
+    rejected = invert(species, lattice_abc=vox.lattice, padding=PADDING, settings=reject)
     assert rejected.structure is None and rejected.reason == INCONSISTENT
 
 
-def test_bad_lattice_is_a_reason():
+def test_bad_lattice_is_a_reason(inverse_settings):
     vox = voxelize(rock_salt())
-    assert invert(vox.species, lattice_abc=(5.0, np.nan, 5.0)).reason == "bad_lattice"
-    assert invert(vox.species, lattice_abc=(5.0, -1.0, 5.0)).reason == "bad_lattice"
+    grid = {"padding": PADDING, "settings": inverse_settings()}
+    assert invert(vox.species, lattice_abc=(5.0, np.nan, 5.0), **grid).reason == "bad_lattice"
+    assert invert(vox.species, lattice_abc=(5.0, -1.0, 5.0), **grid).reason == "bad_lattice"
 
 
 def _ball(d: int, centre: np.ndarray, radius: float) -> np.ndarray:
@@ -102,35 +120,39 @@ def _ball(d: int, centre: np.ndarray, radius: float) -> np.ndarray:
     return np.linalg.norm(idx - centre, axis=-1) <= radius
 
 
-def test_touching_atoms_of_one_species_are_split():
+def test_touching_atoms_of_one_species_are_split(inverse_settings):
     d = 32
     a, b = np.array([14.0, 15.5, 16.0]), np.array([20.5, 15.5, 16.0])
     species = np.zeros((d, d, d), dtype=np.uint8)
     species[_ball(d, a, 3.6) | _ball(d, b, 3.6)] = 26  # overlapping: one connected region
-    split = invert(species, lattice_abc=(8.0, 8.0, 8.0), padding=0.25)
+    split = invert(species, lattice_abc=(8.0, 8.0, 8.0), padding=0.25, settings=inverse_settings())
     assert split.n_sites == 2
     # Centroids land on the two ball centres (fractional: index -> u).
     u = lambda i: -0.25 + 1.5 * (i + 0.5) / d  # noqa: E731
     expected = sorted([u(a[0]), u(b[0])])
     assert np.allclose(sorted(split.frac[:, 0]), expected, atol=0.01)
-    merged = invert(species, lattice_abc=(8.0, 8.0, 8.0), split_touching=False)
+    whole = inverse_settings(split_touching=False)
+    merged = invert(species, lattice_abc=(8.0, 8.0, 8.0), padding=PADDING, settings=whole)
     assert merged.n_sites == 1
 
 
-def test_atoms_closer_than_the_fuse_distance_are_one_atom():
+def test_atoms_closer_than_the_fuse_distance_are_one_atom(inverse_settings):
     d = 32
     big, small = np.array([15.0, 15.5, 16.0]), np.array([19.0, 15.5, 16.0])
     species = np.zeros((d, d, d), dtype=np.uint8)
     species[_ball(d, big, 1.8)] = 26
     species[_ball(d, small, 1.0)] = 8  # a gap of a voxel: two regions, 1.5 Å apart
-    kept = invert(species, lattice_abc=(8.0, 8.0, 8.0), padding=0.25)
+    kept = invert(species, lattice_abc=(8.0, 8.0, 8.0), padding=0.25, settings=inverse_settings())
     assert kept.n_sites == 2 and sorted(kept.numbers) == [8, 26]
-    fused = invert(species, lattice_abc=(8.0, 8.0, 8.0), padding=0.25, fuse_distance=1.6)
+    fuse = inverse_settings(fuse_distance=1.6)
+    fused = invert(species, lattice_abc=(8.0, 8.0, 8.0), padding=0.25, settings=fuse)
     assert fused.n_sites == 1 and list(fused.numbers) == [26]  # the larger region's species
     # the position is the voxel-weighted mean: between the two, nearer the larger one
     x = np.sort(kept.frac[:, 0])
     assert x[0] < fused.frac[0, 0] < (x[0] + x[1]) / 2
-    assert invert(species, lattice_abc=(8.0, 8.0, 8.0), fuse_distance=1.4).n_sites == 2
+    closer = inverse_settings(fuse_distance=1.4)
+    apart = invert(species, lattice_abc=(8.0, 8.0, 8.0), padding=PADDING, settings=closer)
+    assert apart.n_sites == 2
 
 
 def test_fusing_is_periodic_and_adds_the_votes():
@@ -146,9 +168,9 @@ def test_fusing_is_periodic_and_adds_the_votes():
     assert np.allclose(pos[1], [0.5, 0.0, 0.0])
 
 
-def test_invert_many_and_options_from_config():
+def test_invert_many_and_settings_from_config():
     vox = voxelize(rock_salt())
-    settings = {
+    section = {
         "padding": 0.25,
         "max_sites": 40,
         "inverse": {"merge_tolerance": 0.5, "species_conflict": "vote"},
@@ -156,22 +178,25 @@ def test_invert_many_and_options_from_config():
     results = invert_many(
         np.stack([vox.species, np.zeros_like(vox.species)]),
         np.stack([vox.lattice, vox.lattice]),
-        **invert_options(settings),
+        padding=PADDING,
+        settings=InverseSettings.from_config(validate_config({"voxel": section})["voxel"]),
     )
     assert [r.reason for r in results] == [None, NO_ATOMS]
     assert results[0].n_sites == 8
     # decoded maps: their own settings, never passed to invert under their own name
-    settings["inverse"].update(
+    section["inverse"].update(
         min_region_voxels=3, decoded={"min_region_voxels": 30, "fuse_distance": 1.0}
     )
-    assert invert_options(settings)["min_region_voxels"] == 3
-    assert invert_options(settings)["merge_tolerance"] == 0.5
-    assert "fuse_distance" not in invert_options(settings)
-    assert invert_options(settings, decoded=True)["min_region_voxels"] == 30
-    assert invert_options(settings, decoded=True)["fuse_distance"] == 1.0
-    assert invert_options(settings, decoded=True)["merge_tolerance"] == 0.5
-    assert "decoded" not in invert_options(settings, decoded=True)
-    big = invert(vox.species, lattice_abc=vox.lattice, **invert_options(settings, decoded=True))
+    voxel = validate_config({"voxel": section})["voxel"]
+    assert InverseSettings.from_config(voxel).min_region_voxels == 3
+    assert InverseSettings.from_config(voxel).merge_tolerance == 0.5
+    assert InverseSettings.from_config(voxel).fuse_distance is None
+    assert InverseSettings.from_config(voxel, decoded=True).min_region_voxels == 30
+    assert InverseSettings.from_config(voxel, decoded=True).fuse_distance == 1.0
+    assert InverseSettings.from_config(voxel, decoded=True).merge_tolerance == 0.5
+    assert not hasattr(InverseSettings.from_config(voxel, decoded=True), "decoded")
+    decoded = InverseSettings.from_config(voxel, decoded=True)
+    big = invert(vox.species, lattice_abc=vox.lattice, padding=PADDING, settings=decoded)
     assert big.n_sites < 8  # its smallest regions (24 voxels) are dropped as noise
 
 
@@ -216,7 +241,7 @@ def test_delta_n_sites_and_lattice_mae():
     assert lattice_mae([5.7, 5.64, 5.5], [5.64, 5.64, 5.64]) == pytest.approx(0.2 / 3)
 
 
-def test_mask_regions_take_the_majority_species_of_noisy_voxels():
+def test_mask_regions_take_the_majority_species_of_noisy_voxels(inverse_settings):
     """UNet output: one atom's voxels carry mixed species. By species they fall apart into
     many regions; by mask they stay one atom with the majority species."""
     d = 32
@@ -227,13 +252,14 @@ def test_mask_regions_take_the_majority_species_of_noisy_voxels():
         ball = _ball(d, centre, 2.5)
         noisy = np.where(rng.random(int(ball.sum())) < 0.3, 8, z)  # 30% of voxels say O
         species[ball] = noisy
-    by_species = invert(species, lattice_abc=(8.0, 8.0, 8.0), regions="species")
-    by_mask = invert(species, lattice_abc=(8.0, 8.0, 8.0), regions="mask")
+    grid = {"lattice_abc": (8.0, 8.0, 8.0), "padding": PADDING}
+    by_species = invert(species, **grid, settings=inverse_settings(regions="species"))
+    by_mask = invert(species, **grid, settings=inverse_settings(regions="mask"))
     assert by_species.n_sites > 2
     assert by_mask.ok and by_mask.n_sites == 2
     assert sorted(by_mask.numbers.tolist()) == [11, 17]
     with pytest.raises(ValueError, match="regions"):
-        invert(species, lattice_abc=(8.0, 8.0, 8.0), regions="both")
+        invert(species, **grid, settings=replace(inverse_settings(), regions="both"))
 
 
 def test_structure_scores_count_recovered_stoichiometry_and_composition():

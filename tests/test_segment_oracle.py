@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from matdisc.config import validate_config
-from matdisc.segment import invert, invert_options, lattice_from_coords
+from matdisc.segment import InverseSettings, invert, lattice_from_coords
 from matdisc.segment.metrics import lattice_mae, site_emd
 from matdisc.voxel.cell import arrays_from_dict, conventional_cubic
 from matdisc.voxel.core import check_cell, voxelize_cell
@@ -21,6 +22,8 @@ def test_oracle_round_trip_on_every_cubic_snapshot_structure(snapshot_table):
     grid = {
         k: vox[k] for k in ("grid_size", "padding", "label_fraction", "min_label_radius_voxels")
     }
+    # true species maps: regions by species
+    settings = replace(InverseSettings.from_config(vox), regions="species")
     cubic = snapshot_table[snapshot_table["crystal_system"] == "cubic"]
     assert len(cubic) > 1000
     exact, emds, maes, skipped = [], [], [], []
@@ -34,7 +37,7 @@ def test_oracle_round_trip_on_every_cubic_snapshot_structure(snapshot_table):
         result = voxelize_cell(cell, **grid)
         abc = lattice_from_coords(result.coords, grid["padding"])
         inverse = invert(
-            result.species, lattice_abc=abc, **{**invert_options(vox), "regions": "species"}
+            result.species, lattice_abc=abc, padding=grid["padding"], settings=settings
         )
         ok = inverse.structure is not None and sorted(inverse.numbers.tolist()) == sorted(
             cell.numbers.tolist()

@@ -1,21 +1,14 @@
-"""Symmetry-equivalent sites take one species (matdisc.segment.symmetry, invert step 5)."""
+"""Partly filled orbits rounded to whole (matdisc.segment.symmetry, invert step 5)."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
-from pymatgen.core import Composition, Element, Lattice, Structure
+from pymatgen.core import Composition, Lattice, Structure
 
 from matdisc.segment import invert
-from matdisc.segment.symmetry import (
-    complete_orbits,
-    cubic_rotations,
-    partial_symmetries,
-    position_symmetries,
-    species_orbits,
-    symmetrize_species,
-)
+from matdisc.segment.symmetry import complete_orbits, cubic_rotations, partial_symmetries
 from matdisc.voxel import voxelize
+from matdisc.voxel.core import PADDING
 
 FCC = np.array([[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]])
 
@@ -52,111 +45,6 @@ def test_the_48_cubic_operations_form_a_group():
     keys = {op.astype(int).tobytes() for op in ops}
     assert len(keys) == 48
     assert all((a @ b).astype(int).tobytes() in keys for a in ops for b in ops)
-
-
-def test_position_symmetries_of_rock_salt_ignore_species():
-    """Eight rock-salt positions form a simple cubic net of half the edge: 48 x 8 operations
-    (the shifts by half an edge included), each a permutation of the sites."""
-    s = rock_salt()
-    perms = position_symmetries(s.frac_coords, np.array(s.lattice.abc), 0.3)
-    assert np.array_equal(perms[0], np.arange(8))
-    assert all(sorted(p) == list(range(8)) for p in perms)
-    assert len({tuple(p) for p in perms}) == len(perms)
-    # a shift by (1/2, 0, 0) swaps every Na with a Cl
-    assert any(all((i < 4) != (p[i] < 4) for i in range(8)) for p in perms)
-
-
-def test_true_labels_are_left_as_they_are():
-    for s in (rock_salt(), perovskite(), heusler()):
-        z = _z(s)
-        out = symmetrize_species(
-            s.frac_coords, _votes(z), np.array(s.lattice.abc), tolerance=0.3, agreement=0.6
-        )
-        assert out.tolist() == z, s.composition.reduced_formula
-
-
-def test_heusler_keeps_its_three_orbits_at_an_agreement_above_one_half():
-    """The shift swapping 4a (Y) and 4b (Z) keeps exactly half the labels of a true X2YZ
-    (the eight X sites): at an agreement of one half it would merge Y and Z."""
-    s = heusler()
-    lat = np.array(s.lattice.abc)
-    z = np.array(_z(s))
-    assert len(np.unique(species_orbits(s.frac_coords, z, lat, tolerance=0.3, agreement=0.6))) == 3
-    assert len(np.unique(species_orbits(s.frac_coords, z, lat, tolerance=0.3, agreement=0.5))) == 2
-
-
-@pytest.mark.parametrize(
-    ("make", "site", "wrong", "agreement"),
-    # one O of three mislabelled: the swaps that move it keep none of their two sites, the
-    # 3-cycles a third, so only an agreement of at most 1/3 links it back
-    [(rock_salt, 5, "Br", 0.6), (perovskite, 3, "F", 0.3), (heusler, 9, "Pb", 0.6)],
-)
-def test_a_mislabelled_site_takes_its_orbits_species(make, site, wrong, agreement):
-    s = make()
-    z = _z(s)
-    noisy = list(z)
-    noisy[site] = Element(wrong).Z
-    rng = np.random.default_rng(1)
-    jitter = rng.normal(0, 0.05, (len(s), 3)) / np.array(s.lattice.abc)  # ~0.05 Å
-    lat = np.array(s.lattice.abc)
-    before = Structure(s.lattice, noisy, s.frac_coords)
-    assert before.composition.anonymized_formula != s.composition.anonymized_formula
-    out = symmetrize_species(
-        (s.frac_coords + jitter) % 1, _votes(noisy), lat, tolerance=0.3, agreement=agreement
-    )
-    assert out.tolist() == z
-
-
-def test_an_agreement_too_strict_for_the_noise_changes_nothing():
-    s = perovskite()
-    noisy = _z(s)
-    noisy[3] = 9
-    out = symmetrize_species(
-        s.frac_coords, _votes(noisy), np.array(s.lattice.abc), tolerance=0.3, agreement=0.6
-    )
-    assert out.tolist() == noisy
-
-
-def test_orbit_vote_counts_voxels_not_sites():
-    """Two of four Cl sites mislabelled Br, but with fewer voxels: the orbit stays Cl."""
-    s = rock_salt()
-    z = _z(s)
-    noisy = list(z)
-    noisy[4] = noisy[5] = 35
-    votes = _votes(noisy)
-    votes[4, 35] = votes[5, 35] = 4.0
-    lat = np.array(s.lattice.abc)
-    # half the labels of the anion orbit disagree: only the cation orbit's operations
-    # and those keeping the anion pairs survive an agreement of 0.75
-    out = symmetrize_species(s.frac_coords, votes, lat, tolerance=0.3, agreement=0.75)
-    assert out.tolist() == z
-
-
-def test_positions_off_symmetry_link_nothing():
-    rng = np.random.default_rng(3)
-    frac = rng.random((7, 3))
-    z = np.full(7, 8)
-    perms = position_symmetries(frac, np.array([6.0, 6.0, 6.0]), 0.3)
-    assert len(perms) == 1
-    assert (
-        len(np.unique(species_orbits(frac, z, np.full(3, 6.0), tolerance=0.3, agreement=0.6))) == 7
-    )
-
-
-def test_invert_symmetrizes_a_mislabelled_atom_of_a_voxel_grid():
-    vox = voxelize(rock_salt())
-    species = vox.species.copy()
-    # relabel the Cl atom at the cell centre (and only it) as Br
-    d = species.shape[0]
-    c = d // 2
-    ball = np.zeros_like(species, dtype=bool)
-    ball[c - 3 : c + 4, c - 3 : c + 4, c - 3 : c + 4] = True
-    species[ball & (species == 17)] = 35
-    plain = invert(species, lattice_abc=vox.lattice, regions="mask")
-    assert sorted(plain.numbers.tolist()).count(35) == 1
-    fixed = invert(species, lattice_abc=vox.lattice, regions="mask", symmetry_agreement=0.6)
-    assert fixed.ok and sorted(fixed.numbers.tolist()) == [11] * 4 + [17] * 4
-    assert fixed.structure.composition.reduced_formula == "NaCl"
 
 
 # -- orbit rounding (invert step 5, orbit_occupancy) -----------------------------------
@@ -254,14 +142,16 @@ def test_whole_crystals_and_crystals_without_symmetry_are_unchanged():
     assert np.array_equal(out, frac) and np.array_equal(out_votes, votes)
 
 
-def test_invert_rounds_the_orbits_of_a_voxel_grid():
+def test_invert_rounds_the_orbits_of_a_voxel_grid(inverse_settings):
     """A Heusler grid with three Ni atoms erased: Hf4Sn4Ni5 as read, HfNi2Sn rounded."""
     s = heusler()
     s.remove_sites([10, 11, 13])
     vox = voxelize(s)
-    plain = invert(vox.species, lattice_abc=vox.lattice, regions="mask")
+    grid = {"lattice_abc": vox.lattice, "padding": PADDING}
+    plain = invert(vox.species, **grid, settings=inverse_settings(regions="mask"))
     assert plain.structure.composition == Composition("Hf4Sn4Ni5")
-    rounded = invert(vox.species, lattice_abc=vox.lattice, regions="mask", orbit_occupancy=0.5)
+    rounding = inverse_settings(regions="mask", orbit_occupancy=0.5)
+    rounded = invert(vox.species, **grid, settings=rounding)
     assert rounded.ok and rounded.n_sites == 16
     assert rounded.structure.composition.reduced_formula == "HfNi2Sn"
     assert rounded.structure.composition.anonymized_formula == "ABC2"

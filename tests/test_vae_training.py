@@ -17,7 +17,7 @@ import torch
 from matdisc.config import validate_config
 from matdisc.errors import UserError
 from matdisc.io import read_table
-from matdisc.models import stages
+from matdisc.models import stage, training
 from matdisc.models.data import (
     UNetDataset,
     VAEDataset,
@@ -231,7 +231,7 @@ def _fit_unet(store, resume: Path, epochs: int, **section_kw):
     train, val = load_split(store, "train"), load_split(store, "val")
     section = unet_section(epochs=epochs, **section_kw)
     config = TrainConfig(epochs=epochs, lr=1e-2, batch_size=3, seed=3, num_threads=1)
-    return stages.fit_unet(train, val, store.elements(), section, config, resume)
+    return training.fit_unet(train, val, store.elements(), section, config, resume)
 
 
 def test_resume_reproduces_uninterrupted_run(store, tmp_path):
@@ -267,7 +267,7 @@ def test_resume_file_of_other_settings_is_set_aside_not_loaded(store, tmp_path, 
 
 @pytest.mark.slow
 def test_stages_end_to_end(store, tmp_path, monkeypatch):
-    monkeypatch.setattr(stages, "_open", lambda call: store)
+    monkeypatch.setattr(stage, "_open", lambda call: store)
     settings = {
         "seed": 1,
         "train": {"device": "auto", "bf16": False},
@@ -278,7 +278,7 @@ def test_stages_end_to_end(store, tmp_path, monkeypatch):
     }
     inputs = {"voxels": tmp_path / "cubic.zarr"}
     unet_out = {"model": tmp_path / "unet.pt", "metrics": tmp_path / "unet.parquet"}
-    stages.train_unet(StageCall(settings=settings, inputs=inputs, outputs=unet_out))
+    stage.train_unet(StageCall(settings=settings, inputs=inputs, outputs=unet_out))
     assert not Path(str(unet_out["model"]) + ".resume").exists()
     _unet, extra = load_model(unet_out["model"])
     assert extra["classes"] == store.elements() and len(extra["decile_edges"]) == 9
@@ -289,7 +289,7 @@ def test_stages_end_to_end(store, tmp_path, monkeypatch):
         "unet_chain": tmp_path / "unet_chain.pt",
         "metrics": tmp_path / "vae.parquet",
     }
-    stages.train_vae(
+    stage.train_vae(
         StageCall(settings=settings, inputs={**inputs, "unet": unet_out["model"]}, outputs=vae_out)
     )
     metrics = read_table(vae_out["metrics"], "reconstruction_metrics")
@@ -329,7 +329,7 @@ def test_stages_end_to_end(store, tmp_path, monkeypatch):
     assert not Path(str(vae_out["unet_chain"]) + ".resume").exists()
     # what it was tuned on: decoded densities of the maps with a decile, labels unchanged
     train = load_split(store, "train")
-    recon = stages.reconstructions(vae, train, torch.device("cpu"))
+    recon = training.reconstructions(vae, train, torch.device("cpu"))
     keep = np.flatnonzero(train.decile >= 0)
     assert len(recon) == len(keep) and np.array_equal(recon.species, train.species[keep])
     assert not np.allclose(recon.density, train.density[keep])
@@ -341,7 +341,7 @@ def test_stages_end_to_end(store, tmp_path, monkeypatch):
         np.testing.assert_allclose(recon.density[0], vae.decode(mu, cond)[0][0].numpy(), atol=1e-5)
 
     ev_out = {"metrics": tmp_path / "eval.parquet"}
-    stages.evaluate(
+    stage.evaluate_vae(
         StageCall(
             settings=settings,
             inputs={
@@ -363,7 +363,7 @@ def test_channels_last_auto_follows_bf16():
     """auto: channels-last in fp32, the contiguous layout under bf16; booleans as given."""
     fp32 = TrainConfig(epochs=1, lr=1e-3, batch_size=1, device="cpu", bf16=False)
     bf16 = TrainConfig(epochs=1, lr=1e-3, batch_size=1, device="cpu", bf16=True)
-    assert stages.channels_last_of({"channels_last": "auto"}, fp32) is True
-    assert stages.channels_last_of({"channels_last": "auto"}, bf16) is False
-    assert stages.channels_last_of({"channels_last": True}, bf16) is True
-    assert stages.channels_last_of({"channels_last": False}, fp32) is False
+    assert training.channels_last_of({"channels_last": "auto"}, fp32) is True
+    assert training.channels_last_of({"channels_last": "auto"}, bf16) is False
+    assert training.channels_last_of({"channels_last": True}, bf16) is True
+    assert training.channels_last_of({"channels_last": False}, fp32) is False

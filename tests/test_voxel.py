@@ -194,13 +194,13 @@ def test_every_site_owns_voxels_and_mask_is_species():
 
 
 @pytest.mark.parametrize("name", sorted(CRYSTALS))
-def test_round_trip_is_exact(name):
+def test_round_trip_is_exact(name, inverse_settings):
     """voxelize -> true S -> invert gives the same sites (count, species, positions)."""
     crystal = CRYSTALS[name]()
     result = voxelize(fcc_primitive(crystal) if name in FCC_CRYSTALS else crystal)
     abc = lattice_from_coords(result.coords, 0.25)
     assert np.allclose(abc, result.lattice, atol=1e-5)
-    inv = invert(result.species, lattice_abc=abc, padding=0.25)
+    inv = invert(result.species, lattice_abc=abc, padding=0.25, settings=inverse_settings())
     assert inv.reason is None
     true = result.structure
     assert inv.n_sites == len(true)

@@ -1,4 +1,4 @@
-"""The voxelize stage: selection with counted skips, deciles on train only, the store."""
+"""The voxelize-structures stage: selection with counted skips, deciles on train only, the store."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from matdisc.io.schemas import PROPERTY_COLUMNS
 from matdisc.parallel import dask_compute
 from matdisc.stage import StageCall
 from matdisc.voxel import voxelize
-from matdisc.voxel.stage import assign_deciles, decile_edges, run
+from matdisc.voxel.stage import assign_deciles, decile_edges, voxelize_structures
 from matdisc.voxel.store import open_store
 
 
@@ -116,7 +116,7 @@ def test_stage_writes_the_store_with_counted_skips(structures_table, tmp_path):
         outputs={"voxels": out},
         threads=2,
     )
-    run(call)
+    voxelize_structures(call)
     store = open_store(out)
     assert list(store.material_id) == ["mp-1", "mp-2", "mp-3", "mp-4", "mp-5", "mp-10"]
     assert store.material_id.dtype.kind == "U"
@@ -169,7 +169,7 @@ def test_nothing_to_voxelize_is_a_user_error(tmp_path):
         outputs={"voxels": tmp_path / "v.zarr"},
     )
     with pytest.raises(UserError, match="none of the"):
-        run(call)
+        voxelize_structures(call)
     assert not (tmp_path / "v.zarr").exists()
 
 

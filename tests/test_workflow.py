@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from matdisc.filters.funnel import JUDGE_STAGES, STAGES
 from matdisc.io import read_table
 from matdisc.io.schemas import PROPERTY_COLUMNS
 from matdisc.qe.pseudo import TableFamily
@@ -27,8 +28,13 @@ STAGE_RULES = {
     "download_structures", "select_base_compounds", "voxelize_structures", "train_unet",
     "train_vae", "train_cgcnn", "sample_structures", "filter_candidates", "collect_funnel",
     "screen_candidates", "collect_screening", "write_qe_inputs", "collect_qe_manifest",
+    "relax_references", "relax_candidates", "collect_sun",
 }  # fmt: skip
-PER_BASE_RULES = {"sample_structures", "filter_candidates", "screen_candidates", "write_qe_inputs"}
+PER_BASE_RULES = {
+    "sample_structures", "filter_candidates", "screen_candidates", "write_qe_inputs",
+    "relax_candidates",
+}  # fmt: skip
+JUDGE_NAMES = [name for name, _ in JUDGE_STAGES]
 #: Optional stages, in `all` only when switched on in the config.
 OPTIONAL_RULES = {
     ("qe", "run"): {"run_qe_relax"},
@@ -121,11 +127,15 @@ def test_tiny_end_to_end_run(tiny_workdir: Path, tiny_table: pd.DataFrame) -> No
         assert (results / f"qe/{base}").is_dir()
     funnel = pd.read_parquet(results / "funnel.parquet")
     for _, steps in funnel.groupby("base", sort=False):
-        counts = steps["count"].tolist()
-        assert counts[0] == 20 and all(a >= b for a, b in itertools.pairwise(counts))
+        # the seed's chain, and the judge's (structures of the pool), each never increase
+        seed = steps[steps["step"] < len(STAGES)]["count"].tolist()
+        judge = steps[steps["stage"].isin(["composition_valid", *JUDGE_NAMES])]["count"].tolist()
+        assert seed[0] == 20 and all(a >= b for a, b in itertools.pairwise(seed))
+        assert len(judge) == 5 and all(a >= b for a, b in itertools.pairwise(judge))
     assert set(funnel["base"]) == {"KCl", "CaTiO3", "average"}
     for table in ("metrics/unet.parquet", "metrics/vae.parquet", "metrics/cgcnn.parquet",
-                  "screening.parquet", "qe/manifest.parquet"):  # fmt: skip
+                  "screening.parquet", "qe/manifest.parquet", "metrics/sun.parquet",
+                  "stability/references.parquet"):  # fmt: skip
         assert (results / table).exists(), table
     assert (tiny_workdir / "logs/download_structures/all.log").read_text().count("wrote") == 1
     check_qe_inputs(results)
@@ -159,6 +169,7 @@ def test_qe_rules_write_sssp_inputs_without_pseudopotential_files(
     config_path = tiny_workdir / "config" / "config.yaml"
     config = yaml.safe_load(config_path.read_text())
     config["qe"] = {"pseudo_dir": str(tiny_workdir / "no-such-folder")}
+    config["stability"] = {"run": False}  # the inputs start from the generated structures
     config_path.write_text(yaml.safe_dump(config))
     results = tiny_workdir / "results"
     (results / "candidates").mkdir(parents=True)

@@ -1,9 +1,11 @@
 """The ``matdisc`` command: one sub-command per pipeline stage.
 
-Every Snakemake rule is one call of this command, e.g.::
+Every Snakemake rule is one call of this command, its sub-command the rule's name with
+hyphens, e.g. rule ``download_structures``::
 
-    matdisc download --settings '{"seed": 7, "data": {...}}' \
-        --output structures=results/data/structures.parquet --log logs/download.log
+    matdisc download-structures --settings '{"seed": 7, "data": {...}}' \
+        --output structures=results/data/structures.parquet \
+        --log logs/download_structures/all.log
 
 A person can run a stage directly with ``--config config/config.yaml`` instead of
 ``--settings``. Errors a user can fix print one sentence and exit with status 2.
@@ -34,56 +36,79 @@ class Stage:
     help: str
 
 
-#: sub-command -> implementation. Modules are imported only when their stage runs.
+#: sub-command -> implementation. Modules are imported only when their stage runs. A rule's
+#: sub-command is its name with hyphens and calls the function of that name.
 STAGES: dict[str, Stage] = {
-    "download": Stage(
-        "matdisc.data.download:run", "Materials Project structures -> structures.parquet"
+    "download-structures": Stage(
+        "matdisc.data.stage:download_structures",
+        "Materials Project structures -> structures.parquet",
     ),
-    "select-bases": Stage(
-        "matdisc.data.bases:run", "check the configured base compounds against the data"
+    "select-base-compounds": Stage(
+        "matdisc.data.stage:select_base_compounds",
+        "check the configured base compounds against the data",
     ),
-    "voxelize": Stage("matdisc.voxel.stage:run", "cubic structures -> voxel store (zarr)"),
-    "train-unet": Stage("matdisc.models.stages:train_unet", "train the 3-D UNet segmenter"),
+    "voxelize-structures": Stage(
+        "matdisc.voxel.stage:voxelize_structures", "cubic structures -> voxel store (zarr)"
+    ),
+    "train-unet": Stage("matdisc.models.stage:train_unet", "train the 3-D UNet segmenter"),
     "train-vae": Stage(
-        "matdisc.models.stages:train_vae", "train the conditional DFC-VAE and evaluate the chain"
+        "matdisc.models.stage:train_vae", "train the conditional DFC-VAE and evaluate the chain"
     ),
-    "evaluate": Stage(
-        "matdisc.models.stages:evaluate", "reconstruction metrics of the VAE/UNet chain"
+    # no rule: re-scores saved models (train-vae writes the same rows)
+    "evaluate-vae": Stage(
+        "matdisc.models.stage:evaluate_vae", "reconstruction metrics of the VAE/UNet chain"
     ),
     "train-cgcnn": Stage(
-        "matdisc.screen.stages:train_cgcnn", "train the eight CGCNN property models"
+        "matdisc.screen.stage:train_cgcnn", "train the eight CGCNN property models"
     ),
-    "sample": Stage("matdisc.sample.stage:run", "latent sampling around a base compound"),
-    "random-stats": Stage(
-        "matdisc.sample.stage:random_stats", "random-sampling statistics -> random_sampling.parquet"
+    "sample-structures": Stage(
+        "matdisc.sample.stage:sample_structures", "latent sampling around a base compound"
     ),
-    "filter": Stage(
-        "matdisc.filters.stage:run", "the five-stage candidate filter for a base compound"
+    "random-sampling-stats": Stage(
+        "matdisc.sample.stage:random_sampling_stats",
+        "random-sampling statistics -> random_sampling.parquet",
+    ),
+    "filter-candidates": Stage(
+        "matdisc.filters.stage:filter_candidates",
+        "the five-stage candidate filter for a base compound",
     ),
     "collect-funnel": Stage(
         "matdisc.filters.stage:collect_funnel", "funnel counts of all bases -> funnel.parquet"
     ),
-    "screen": Stage(
-        "matdisc.screen.stages:screen", "predict the eight properties of the candidates"
+    "screen-candidates": Stage(
+        "matdisc.screen.stage:screen_candidates", "predict the eight properties of the candidates"
     ),
     "collect-screening": Stage(
-        "matdisc.screen.stages:collect", "screening of all bases -> screening.parquet"
+        "matdisc.screen.stage:collect_screening", "screening of all bases -> screening.parquet"
     ),
-    "qe-inputs": Stage(
-        "matdisc.qe.stage:write_inputs", "Quantum ESPRESSO vc-relax inputs per candidate"
+    "write-qe-inputs": Stage(
+        "matdisc.qe.stage:write_qe_inputs", "Quantum ESPRESSO vc-relax inputs per candidate"
     ),
-    "collect-qe": Stage(
-        "matdisc.qe.stage:collect_manifest", "QE input manifests of all bases -> manifest.parquet"
+    "collect-qe-manifest": Stage(
+        "matdisc.qe.stage:collect_qe_manifest",
+        "QE input manifests of all bases -> manifest.parquet",
     ),
-    "qe-relax": Stage(
-        "matdisc.qe.stage:relax", "run pw.x on the inputs and compare the relaxed structures"
+    "run-qe-relax": Stage(
+        "matdisc.qe.stage:run_qe_relax", "run pw.x on the inputs and compare the relaxed structures"
+    ),
+    "relax-references": Stage(
+        "matdisc.stability.stage:relax_references",
+        "CHGNet-relax the reference phases of every pool's chemical systems (cached)",
+    ),
+    "relax-candidates": Stage(
+        "matdisc.stability.stage:relax_candidates",
+        "judge a base's pool: CHGNet single points and relaxations, energy above hull",
+    ),
+    "collect-sun": Stage(
+        "matdisc.stability.stage:collect_sun", "stable, unique, novel per base -> sun.parquet"
     ),
     "train-ebm": Stage("matdisc.csp.stage:train_ebm", "train the ContinuouSP energy model"),
-    "csp": Stage(
-        "matdisc.csp.stage:predict", "ContinuouSP structure prediction for the candidates of a base"
+    "predict-structures": Stage(
+        "matdisc.csp.stage:predict_structures",
+        "ContinuouSP structure prediction for the candidates of a base",
     ),
     "evaluate-csp": Stage(
-        "matdisc.csp.stage:evaluate", "ContinuouSP CSP match rate / RMSE on held-out crystals"
+        "matdisc.csp.stage:evaluate_csp", "ContinuouSP CSP match rate / RMSE on held-out crystals"
     ),
 }
 
@@ -157,6 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.error("interrupted; finished outputs are kept, re-run to continue")
         return 130
+    except Exception:  # a bug, not a user error: its traceback goes into the rule log too
+        log.exception("stage %s failed", args.stage)
+        return 1
     return 0
 
 

@@ -1,8 +1,9 @@
 """The contract between the command line (and so every Snakemake rule) and a stage.
 
-A stage is a function ``run(call: StageCall) -> None`` in its module. The rule passes the
-config sections the stage reads, its named inputs and outputs, its thread count and its
-wildcards; the stage reads only those.
+A stage is a function named after its rule, e.g. ``write_qe_inputs(call: StageCall) ->
+None``, in the ``stage`` module of its package. The rule passes the config sections the
+stage reads, its named inputs and outputs, its thread count and its wildcards; the stage
+reads only those.
 """
 
 from __future__ import annotations

@@ -54,6 +54,34 @@ def settings(*names, drop=()):
     return params
 
 
+def funnel_inputs(wildcards):
+    """The per-base funnels, and the S.U.N. table when the judge runs (its rows follow)."""
+    inputs = {"funnels": expand("results/funnel/{base}.parquet", base=BASES)}
+    if config["stability"]["run"]:
+        inputs["sun"] = "results/metrics/sun.parquet"
+    return inputs
+
+
+def funnel_sun_input(wildcards):
+    """`--input sun=PATH` when the judge runs."""
+    return "--input sun=results/metrics/sun.parquet" if config["stability"]["run"] else ""
+
+
+def judged_input(wildcards):
+    """The judge's table of a base, when the judge runs (QE inputs start from its
+    relaxed structures)."""
+    if config["stability"]["run"]:
+        return {"stability": f"results/stability/{wildcards.base}.parquet"}
+    return {}
+
+
+def judged_param(wildcards):
+    """`--input stability=PATH` when the judge runs."""
+    if config["stability"]["run"]:
+        return f"--input stability=results/stability/{wildcards.base}.parquet"
+    return ""
+
+
 def final_outputs(wildcards):
     """What the target `all` builds: the last output of every stage for every base."""
     outputs = [
@@ -67,6 +95,7 @@ def final_outputs(wildcards):
         *expand("results/candidates/{base}.parquet", base=BASES),
         "results/funnel.parquet",
         "results/screening.parquet",
+        *(["results/metrics/sun.parquet"] if config["stability"]["run"] else []),
         "results/qe/manifest.parquet",
     ]
     if config["sample"]["mode"] == "random":
@@ -82,6 +111,8 @@ def final_outputs(wildcards):
     return outputs
 
 
-def per_base_inputs(pattern):
-    """`--input BASE=PATH` for every base, for the rules that gather all bases."""
-    return " ".join(f"--input {base}={pattern.format(base=base)}" for base in BASES)
+def per_base_inputs(pattern, name=None):
+    """`--input BASE=PATH` (or `--input NAME:BASE=PATH`) for every base, for the rules
+    that gather all bases."""
+    prefix = f"{name}:" if name else ""
+    return " ".join(f"--input {prefix}{base}={pattern.format(base=base)}" for base in BASES)

@@ -44,7 +44,7 @@ rule predict_structures:
         mem_mb=8000,
         runtime=240,
     shell:
-        "python -m matdisc csp --settings {params.settings:q} --threads {threads} --wildcard base={wildcards.base}"
+        "python -m matdisc predict-structures --settings {params.settings:q} --threads {threads} --wildcard base={wildcards.base}"
         " --input candidates={input.candidates} --input ebm={input.ebm} --input cgcnn={input.cgcnn}"
         " --output csp={output.csp} --log {log}"
 

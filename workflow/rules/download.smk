@@ -14,7 +14,7 @@ rule download_structures:
         mem_mb=4000,
         runtime=60,
     shell:
-        "python -m matdisc download --settings {params.settings:q} --threads {threads}"
+        "python -m matdisc download-structures --settings {params.settings:q} --threads {threads}"
         " --output structures={output.structures} --log {log}"
 
 
@@ -32,5 +32,5 @@ rule select_base_compounds:
     conda:
         "../../envs/matdisc.yaml"
     shell:
-        "python -m matdisc select-bases --settings {params.settings:q}"
+        "python -m matdisc select-base-compounds --settings {params.settings:q}"
         " --input structures={input.structures} --output bases={output.bases} --log {log}"

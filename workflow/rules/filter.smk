@@ -9,6 +9,7 @@ rule filter_candidates:
         candidates="results/candidates/{base}.parquet",
         cifs=directory("results/candidates/{base}"),
         funnel="results/funnel/{base}.parquet",
+        pool="results/pool/{base}.parquet",
     params:
         settings=settings("filter", "train", "dask"),
     log:
@@ -22,22 +23,23 @@ rule filter_candidates:
         mem_mb=8000,
         runtime=120,
     shell:
-        "python -m matdisc filter --settings {params.settings:q} --threads {threads} --wildcard base={wildcards.base}"
+        "python -m matdisc filter-candidates --settings {params.settings:q} --threads {threads} --wildcard base={wildcards.base}"
         " --input samples={input.samples} --input bases={input.bases}"
         " --input structures={input.structures} --input voxels={input.voxels}"
         " --input cgcnn={input.cgcnn}"
         " --output candidates={output.candidates} --output cifs={output.cifs}"
-        " --output funnel={output.funnel} --log {log}"
+        " --output funnel={output.funnel} --output pool={output.pool} --log {log}"
 
 
 rule collect_funnel:
     input:
-        funnels=expand("results/funnel/{base}.parquet", base=BASES),
+        unpack(funnel_inputs),
     output:
         funnel="results/funnel.parquet",
     params:
         settings=settings("filter"),
         inputs=per_base_inputs("results/funnel/{base}.parquet"),
+        sun=funnel_sun_input,
     log:
         "logs/collect_funnel/all.log",
     benchmark:
@@ -45,5 +47,5 @@ rule collect_funnel:
     conda:
         "../../envs/matdisc.yaml"
     shell:
-        "python -m matdisc collect-funnel --settings {params.settings:q} {params.inputs}"
+        "python -m matdisc collect-funnel --settings {params.settings:q} {params.inputs} {params.sun}"
         " --output funnel={output.funnel} --log {log}"

@@ -1,11 +1,13 @@
 rule write_qe_inputs:
     input:
+        unpack(judged_input),
         candidates="results/candidates/{base}.parquet",
         screening="results/screening/{base}.parquet",
     output:
         inputs=directory("results/qe/{base}"),
     params:
         settings=settings("qe"),
+        judged=judged_param,
     log:
         "logs/write_qe_inputs/{base}.log",
     benchmark:
@@ -13,8 +15,8 @@ rule write_qe_inputs:
     conda:
         "../../envs/matdisc.yaml"
     shell:
-        "python -m matdisc qe-inputs --settings {params.settings:q} --wildcard base={wildcards.base}"
-        " --input candidates={input.candidates} --input screening={input.screening}"
+        "python -m matdisc write-qe-inputs --settings {params.settings:q} --wildcard base={wildcards.base}"
+        " --input candidates={input.candidates} --input screening={input.screening} {params.judged}"
         " --output inputs={output.inputs} --log {log}"
 
 
@@ -33,7 +35,7 @@ rule collect_qe_manifest:
     conda:
         "../../envs/matdisc.yaml"
     shell:
-        "python -m matdisc collect-qe --settings {params.settings:q} {params.inputs}"
+        "python -m matdisc collect-qe-manifest --settings {params.settings:q} {params.inputs}"
         " --output manifest={output.manifest} --log {log}"
 
 
@@ -56,5 +58,5 @@ rule run_qe_relax:
         mem_mb=8000,
         runtime=1440,
     shell:
-        "python -m matdisc qe-relax --settings {params.settings:q} --threads {threads}"
+        "python -m matdisc run-qe-relax --settings {params.settings:q} --threads {threads}"
         " --input manifest={input.manifest} --output relaxed={output.relaxed} --log {log}"

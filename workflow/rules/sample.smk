@@ -20,7 +20,7 @@ rule sample_structures:
         mem_mb=8000,
         runtime=120,
     shell:
-        "python -m matdisc sample --settings {params.settings:q} --threads {threads} --wildcard base={wildcards.base}"
+        "python -m matdisc sample-structures --settings {params.settings:q} --threads {threads} --wildcard base={wildcards.base}"
         " --input bases={input.bases} --input voxels={input.voxels}"
         " --input unet={input.unet} --input vae={input.vae}"
         " --output samples={output.samples} --log {log}"
@@ -47,6 +47,6 @@ rule random_sampling_stats:
         mem_mb=8000,
         runtime=60,
     shell:
-        "python -m matdisc random-stats --settings {params.settings:q} --threads {threads}"
+        "python -m matdisc random-sampling-stats --settings {params.settings:q} --threads {threads}"
         " {params.inputs} --input cgcnn={input.cgcnn}"
         " --output metrics={output.metrics} --log {log}"

@@ -17,7 +17,7 @@ rule screen_candidates:
         mem_mb=8000,
         runtime=60,
     shell:
-        "python -m matdisc screen --settings {params.settings:q} --threads {threads} --wildcard base={wildcards.base}"
+        "python -m matdisc screen-candidates --settings {params.settings:q} --threads {threads} --wildcard base={wildcards.base}"
         " --input candidates={input.candidates} --input cgcnn={input.cgcnn}"
         " --output screening={output.screening} --log {log}"
 

@@ -29,7 +29,7 @@ rule train_unet:
 # Then fine-tunes the UNet on the VAE's reconstructions (unet_chain.pt, the UNet sampling
 # uses; vae.unet_finetune_epochs) and scores the UNet and the whole chain (VAE -> UNet ->
 # inverse) on the val split, so vae.parquet holds every Table 5 / Fig. 4 quantity;
-# `matdisc evaluate` re-scores saved models.
+# `matdisc evaluate-vae` re-scores saved models.
 rule train_vae:
     input:
         voxels="results/voxels/cubic.zarr",

@@ -16,5 +16,5 @@ rule voxelize_structures:
         mem_mb=8000,
         runtime=60,
     shell:
-        "python -m matdisc voxelize --settings {params.settings:q} --threads {threads}"
+        "python -m matdisc voxelize-structures --settings {params.settings:q} --threads {threads}"
         " --input structures={input.structures} --output voxels={output.voxels} --log {log}"

@@ -1,4 +1,5 @@
-"""Stage entry points: ``train-ebm``, ``csp`` and ``evaluate-csp`` (the ``csp`` config section)."""
+"""Stage entry points: ``train-ebm``, ``predict-structures`` and ``evaluate-csp`` (the ``csp``
+config section)."""
 
 from __future__ import annotations
 
@@ -131,7 +132,7 @@ def _load_ebm(path: Path) -> ContinuousEnergy:
     return model
 
 
-def evaluate(call: StageCall) -> None:
+def evaluate_csp(call: StageCall) -> None:
     """The seed's CSP task on the test split: K samples per test crystal; match rate, RMSE."""
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
@@ -200,7 +201,7 @@ def evaluate(call: StageCall) -> None:
     )
 
 
-def predict(call: StageCall) -> None:
+def predict_structures(call: StageCall) -> None:
     """K EBM samples per candidate composition, ranked by EBM and CGCNN formation energy."""
     from pymatgen.analysis.structure_matcher import StructureMatcher
     from pymatgen.core import Structure
@@ -219,7 +220,7 @@ def predict(call: StageCall) -> None:
         if c not in candidates.columns
     ]
     if missing:
-        raise UserError(f"{path} lacks the columns {missing}; re-run the filter stage.")
+        raise UserError(f"{path} lacks the columns {missing}; re-run the filter_candidates rule.")
     model = _load_ebm(call.input("ebm"))
     k = int(section["samples"])
     cubic = [Structure.from_dict(json.loads(s)) for s in candidates["structure_json"]]

@@ -24,8 +24,6 @@ from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from matdisc.data.records import structure_from_json
 from matdisc.errors import UserError
-from matdisc.io import read_table, write_table
-from matdisc.stage import StageCall
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +131,13 @@ def select_bases(bases: Sequence[str], table: pd.DataFrame, max_sites: int) -> p
     return frame[keep]
 
 
-def run(call: StageCall) -> None:
-    table = read_table(call.input("structures"), "structures")
-    bases = call.settings["base_compounds"]
-    frame = select_bases(bases, table, call.section("voxel")["max_sites"])
-    write_table(frame, call.output("bases"), "base_compounds", metadata={"bases": list(bases)})
+def base_row(bases: pd.DataFrame, base: str) -> pd.Series:
+    """The row of ``base`` in the base compounds table (schema ``base_compounds``), or one
+    sentence why it is missing."""
+    rows = bases[bases["base"] == base]
+    if rows.empty:
+        raise UserError(
+            f"base compound '{base}' is not in the base compounds table "
+            f"({', '.join(bases['base'])}); add it to base_compounds in config/config.yaml."
+        )
+    return rows.iloc[0]

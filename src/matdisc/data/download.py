@@ -1,4 +1,4 @@
-"""The ``download`` stage: one structures table from the configured source."""
+"""The structures table from the configured source (``data.source``)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from matdisc.data.local import load_local
 from matdisc.data.records import Record, build_table
 from matdisc.data.snapshot import load_snapshot
-from matdisc.io import write_table
 from matdisc.io.schemas import PROPERTY_COLUMNS
-from matdisc.stage import StageCall
 
 log = logging.getLogger(__name__)
 
@@ -46,40 +46,28 @@ def records_from_mp(doc: dict[str, Any]) -> Record:
     )
 
 
-def run(call: StageCall) -> None:
-    data = call.section("data")
-    out = call.output("structures")
-    cache_dir = out.parent / "cache"  # kept between runs: the sdist, raw API pages
+def structures_table(
+    data: dict[str, Any], cache_dir: Path, *, seed: int, workers: int
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The structures table (schema ``structures``) of ``data.source`` and the number of
+    structures skipped per reason; ``cache_dir`` keeps the sdist and raw API pages."""
     records = load_records(data, cache_dir)
     log.info(
         "%s: %d records read; building the table with %d workers",
         data["source"],
         len(records),
-        call.threads,
+        workers,
     )
     frame, skipped = build_table(
         records,
-        seed=call.seed,
+        seed=seed,
         split=data["split"],
         symprec=data["symprec"],
-        workers=call.threads,
+        workers=workers,
     )
     total_skipped = sum(skipped.values())
     if total_skipped:
         log.warning("skipped %d of %d structures:", total_skipped, len(records))
         for reason, count in sorted(skipped.items(), key=lambda kv: -kv[1]):
             log.warning("  %5d  %s", count, reason)
-    write_table(
-        frame,
-        out,
-        "structures",
-        metadata={"source": data["source"], "seed": call.seed, "data": data, "skipped": skipped},
-    )
-    cubic = int((frame["crystal_system"] == "cubic").sum())
-    log.info(
-        "wrote %s: %d materials (%d cubic), splits %s",
-        out,
-        len(frame),
-        cubic,
-        frame["split"].value_counts().to_dict(),
-    )
+    return frame, skipped

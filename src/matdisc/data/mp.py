@@ -1,4 +1,5 @@
-"""The ``mp`` source of the download stage: the live Materials Project API through mp-api.
+"""The ``mp`` source of the ``download-structures`` stage: the live Materials Project API
+through mp-api.
 
 Two sets of materials are fetched from the summary endpoint and merged by material id:
 

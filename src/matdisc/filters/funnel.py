@@ -6,6 +6,10 @@ Stages, applied in order to the samples drawn around one base compound, each cou
    included, are closer than ``min_distance_angstrom`` (0.5 Å).
 2. ``same_stoichiometry``: its anonymous formula (pymatgen ``anonymized_formula``, e.g.
    ABC3) equals the base compound's.
+
+   ``composition_valid`` (not in the seed): its composition is charge-neutral by the rule
+   of ``composition_validity`` (:mod:`matdisc.stability.validity`; ``none`` passes all).
+   The draws that pass it form the judge's pool, whatever their CGCNN Ef.
 3. ``not_in_training``: its reduced formula is not a composition of the VAE/UNet
    training set (the voxel store's train split, as the seed's "not exist in the
    VAE-UNet training set"); with ``structure_matcher`` only samples that pymatgen's
@@ -33,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from matdisc.filters.distance import min_distance
+from matdisc.stability.validity import is_valid
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,7 @@ STAGES: tuple[tuple[str, str], ...] = (
     ("initial", "initial samples"),
     ("distance_valid", "interatomic distance valid"),
     ("same_stoichiometry", "same stoichiometric formula"),
+    ("composition_valid", "charge-neutral composition"),
     ("not_in_training", "not in training set"),
     ("ef_window", "Ef within window of base"),
     ("unique_composition", "unique composition"),
@@ -74,6 +80,7 @@ class FilterSettings:
     top_k: int = 10
     exclude_elements: tuple[str, ...] = ACTINIDES
     structure_matcher: bool = False
+    composition_validity: str = "strict"
 
     @classmethod
     def from_section(cls, section: dict[str, Any]) -> FilterSettings:
@@ -83,6 +90,7 @@ class FilterSettings:
             top_k=int(section["top_k"]),
             exclude_elements=tuple(section["exclude_elements"]),
             structure_matcher=bool(section["structure_matcher"]),
+            composition_validity=str(section["composition_validity"]),
         )
 
 
@@ -90,13 +98,16 @@ class FilterSettings:
 class FilterResult:
     """candidates: the selected rows (input columns + ``e_form_ev_per_atom``,
     ``delta_e_form_ev_per_atom``, ``dft_eligible`` and ``excluded_elements``: the
-    excluded elements it holds, comma-separated, empty if none), closest to the base first. counts: stage -> number
-    of samples left after it (each <= the previous). stage_reached: per input row, the
-    last stage it passed."""
+    excluded elements it holds, comma-separated, empty if none), closest to the base
+    first. counts: stage -> number of samples left after it (each <= the previous).
+    stage_reached: per input row, the last stage it passed. pool: the rows that passed
+    ``composition_valid`` (input columns + ``formula``, ``formula_anonymous``,
+    ``valid_strict``, ``valid_cdvae``, ``in_training``)."""
 
     candidates: pd.DataFrame
     counts: dict[str, int]
     stage_reached: pd.Series
+    pool: pd.DataFrame
 
 
 def _structure(raw: Any) -> Any:
@@ -207,8 +218,25 @@ def run_filter(
     reached[keep] = "same_stoichiometry"
     counts["same_stoichiometry"] = int(keep.sum())
 
-    # 3. not in the training set
+    # charge-neutral composition (both rules recorded, one applied)
+    valid = {rule: np.zeros(n, dtype=bool) for rule in ("strict", "cdvae")}
+    for i in np.flatnonzero(keep):
+        for rule, flags in valid.items():
+            flags[i] = is_valid(formulas[i], rule)
+    frame["valid_strict"], frame["valid_cdvae"] = valid["strict"], valid["cdvae"]
+    log.info(
+        "composition validity of %d draws: strict %d, cdvae %d (applied: %s)",
+        int(keep.sum()), int(valid["strict"].sum()), int(valid["cdvae"].sum()),
+        settings.composition_validity,
+    )  # fmt: skip
+    if settings.composition_validity != "none":
+        keep &= valid[settings.composition_validity]
+    reached[keep] = "composition_valid"
+    counts["composition_valid"] = int(keep.sum())
     known = np.array([f in training_formulas for f in frame["formula"]], dtype=bool)
+    pool = frame[keep].assign(in_training=known[keep])
+
+    # 3. not in the training set
     if settings.structure_matcher and known[keep].any():
         from pymatgen.analysis.structure_matcher import StructureMatcher
 
@@ -268,7 +296,7 @@ def run_filter(
 
     candidates = chosen.drop(columns="_gap").reset_index(drop=True)
     candidates.insert(0, "rank", np.arange(1, len(candidates) + 1))
-    return FilterResult(candidates=candidates, counts=counts, stage_reached=reached)
+    return FilterResult(candidates=candidates, counts=counts, stage_reached=reached, pool=pool)
 
 
 def funnel_rows(base: str, counts: dict[str, int]) -> pd.DataFrame:
@@ -295,6 +323,46 @@ def funnel_rows(base: str, counts: dict[str, int]) -> pd.DataFrame:
         )
         previous = count
     return pd.DataFrame(rows)
+
+
+#: The judge's rows (matdisc.stability), after the seed's. They count distinct structures
+#: of the pool (the composition_valid draws), not draws, so they need not stay below the
+#: seed's selection: relaxed by CHGNet, then stable, unique and novel (S.U.N.).
+JUDGE_STAGES: tuple[tuple[str, str], ...] = (
+    ("relaxed", "judge: structures relaxed by CHGNet"),
+    ("stable", "judge: stable (within threshold of the hull)"),
+    ("unique", "judge: stable and unique"),
+    ("novel", "judge: stable, unique and novel (S.U.N.)"),
+)
+
+
+def judge_rows(funnels: pd.DataFrame, sun: pd.DataFrame) -> pd.DataFrame:
+    """Funnel rows of the judge for every base of ``funnels`` from the S.U.N. table."""
+    rows = []
+    for base, steps in funnels.groupby("base", sort=False):
+        initial = float(steps.loc[steps["stage"] == "initial", "count"].iloc[0])
+        counts = sun[sun["base"] == base].iloc[0]
+        previous = float(steps.loc[steps["stage"] == "composition_valid", "count"].iloc[0])
+        for offset, (name, description) in enumerate(JUDGE_STAGES):
+            count = float(counts[name])
+            if count > previous:
+                raise AssertionError(
+                    f"funnel of {base}: {name} ({count:g}) exceeds the stage before"
+                )
+            rows.append(
+                {
+                    "base": base,
+                    "step": len(STAGES) + offset,
+                    "stage": name,
+                    "description": description,
+                    "count": count,
+                    "cumulative_pct": 100.0 * count / initial if initial else float("nan"),
+                    "paper_average_n": float("nan"),
+                    "paper_cumulative_pct": float("nan"),
+                }
+            )
+            previous = count
+    return pd.DataFrame(rows, columns=funnels.columns)
 
 
 def average_rows(funnels: pd.DataFrame) -> pd.DataFrame:

@@ -1,9 +1,10 @@
-"""Stage entry points: ``filter`` (one base compound) and ``collect-funnel``.
+"""Stage entry points: ``filter-candidates`` (one base compound) and ``collect-funnel``.
 
-``filter`` (rule ``filter_candidates``) reads ``results/samples/{base}.parquet`` and
+``filter-candidates`` (rule ``filter_candidates``) reads ``results/samples/{base}.parquet`` and
 writes the candidates (``results/candidates/{base}.parquet``, schema ``candidates``),
-one CIF per candidate (``results/candidates/{base}/{candidate_id}.cif``) and the base's
-funnel (``results/funnel/{base}.parquet``). ``collect-funnel`` joins the funnels of all
+one CIF per candidate (``results/candidates/{base}/{candidate_id}.cif``), the base's
+funnel (``results/funnel/{base}.parquet``) and the judge's pool of draws that passed the
+composition-validity stage (``results/pool/{base}.parquet``). ``collect-funnel`` joins the funnels of all
 bases and appends their average (``base = "average"``): the seed's Table 2.
 
 "Not in the training set" means the VAE/UNet training set, as in the seed: the reduced
@@ -21,10 +22,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from matdisc.data.bases import base_row
 from matdisc.errors import UserError
-from matdisc.filters.funnel import FilterSettings, average_rows, funnel_rows, run_filter
+from matdisc.filters.funnel import (
+    FilterSettings,
+    average_rows,
+    funnel_rows,
+    judge_rows,
+    run_filter,
+)
 from matdisc.io import read_table, write_table
-from matdisc.sample.stage import base_row
 from matdisc.stage import StageCall
 
 log = logging.getLogger(__name__)
@@ -75,6 +82,20 @@ def write_cifs(candidates: pd.DataFrame, directory: Path) -> None:
     tmp.rename(directory)
 
 
+def pool_frame(base: str, pool: pd.DataFrame, candidates: pd.DataFrame) -> pd.DataFrame:
+    """The judge's pool (schema ``pool``): the draws that passed composition validity, each
+    with its candidate id where the seed's filter selected it."""
+    from matdisc.io.schemas import POOL
+
+    ids = dict(zip(candidates["sample_index"], candidates["candidate_id"], strict=True))
+    frame = pool.assign(
+        base=base,
+        nsites=pool["n_sites"].astype(np.int32),
+        candidate_id=[ids.get(i) for i in pool["sample_index"]],
+    )
+    return frame[POOL.names]
+
+
 def candidates_frame(
     base: str, selected: pd.DataFrame, base_ef: float, cif_dir: Path
 ) -> pd.DataFrame:
@@ -90,7 +111,7 @@ def candidates_frame(
     return frame[CANDIDATES.names]
 
 
-def run(call: StageCall) -> None:
+def filter_candidates(call: StageCall) -> None:
     """The five-stage filter of one base compound -> candidates, CIFs, funnel."""
     from matdisc.screen.predict import PropertyPredictor
     from matdisc.voxel.store import open_store
@@ -137,15 +158,25 @@ def run(call: StageCall) -> None:
     meta = {"base_e_form_ev_per_atom": base_ef, "filter": section, "counts": result.counts}
     write_table(candidates, call.output("candidates"), "candidates", metadata=meta)
     write_table(funnel_rows(base, result.counts), call.output("funnel"), "funnel", metadata=meta)
+    write_table(
+        pool_frame(base, result.pool, candidates), call.output("pool"), "pool", metadata=meta
+    )
 
 
 def collect_funnel(call: StageCall) -> None:
     """Funnels of all bases (``--input BASE=PATH``) + their average -> funnel.parquet."""
     if not call.inputs:
         raise UserError("collect-funnel needs one --input BASE=PATH per base compound.")
-    frames = [read_table(path, "funnel") for path in call.inputs.values()]
+    # with stability.run, the judge's rows follow the seed's
+    sun = read_table(call.inputs["sun"], "sun") if "sun" in call.inputs else None
+    frames = []
+    for name, path in call.inputs.items():
+        if name != "sun":
+            frame = read_table(path, "funnel")
+            frames.append(frame if sun is None else pd.concat([frame, judge_rows(frame, sun)]))
     funnels = pd.concat(frames, ignore_index=True)
     out = pd.concat([funnels, average_rows(funnels)], ignore_index=True)
     log.info("funnel of %d bases:\n%s", len(frames),
              out[out["base"] == "average"][["stage", "count", "cumulative_pct"]].to_string())  # fmt: skip
-    write_table(out, call.output("funnel"), "funnel", metadata={"bases": list(call.inputs)})
+    bases = [name for name in call.inputs if name != "sun"]
+    write_table(out, call.output("funnel"), "funnel", metadata={"bases": bases})

@@ -80,6 +80,7 @@ QE_MANIFEST = pa.schema(
         pa.field("ecutrho_ry", pa.float64()),
         pa.field("nspin", pa.int8()),
         pa.field("spacegroup_number", pa.int16()),  # of the structure written (qe.symprec_angstrom)
+        pa.field("start_structure", pa.string()),  # relaxed (CHGNet, the judge) / generated
         pa.field("pseudo_family", pa.string()),  # sssp-efficiency / sssp-precision / folder / map
         pa.field("pseudopotentials", pa.string()),  # JSON element -> UPF file name
         pa.field("pseudo_dir", pa.string()),  # where this machine's pw.x looks for them
@@ -299,7 +300,109 @@ CSP_PREDICTIONS = pa.schema(
     ]
 )
 
+# The candidate judge (matdisc.stability): validity pool, reference phases, judged
+# structures and the S.U.N. table.
+
+#: results/pool/{base}.parquet: every draw that passed the distance, stoichiometry and
+#: composition-validity stages, whatever its CGCNN Ef: what the judge sees.
+POOL = pa.schema(
+    [
+        pa.field("base", pa.string(), nullable=False),
+        pa.field("sample_index", pa.int32(), nullable=False),
+        pa.field("formula", pa.string(), nullable=False),
+        pa.field("formula_anonymous", pa.string(), nullable=False),
+        pa.field("nsites", pa.int32(), nullable=False),
+        pa.field("valid_strict", pa.bool_(), nullable=False),  # common oxidation states
+        pa.field("valid_cdvae", pa.bool_(), nullable=False),  # CDVAE's SMACT rule
+        pa.field("in_training", pa.bool_(), nullable=False),  # composition of the train split
+        pa.field("candidate_id", pa.string()),  # when the seed's filter selected it
+        pa.field("structure_json", pa.string(), nullable=False),
+    ]
+)
+
+#: results/stability/references.parquet (and its cache): reference phases relaxed by CHGNet.
+REFERENCES = pa.schema(
+    [
+        pa.field("reference_id", pa.string(), nullable=False),  # material id, or ase:<El>
+        pa.field("formula", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),  # data (the run's) / ase (element)
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("settings", pa.string(), nullable=False),  # digest of model + relax settings
+        pa.field("nsites", pa.int32(), nullable=False),
+        pa.field("energy_ev_per_atom", pa.float64()),  # CHGNet, relaxed (MP2020-compatible)
+        pa.field("converged", pa.bool_(), nullable=False),
+        pa.field("steps", pa.int32(), nullable=False),
+        pa.field("seconds", pa.float64()),
+        pa.field("structure_json", pa.string(), nullable=False),  # relaxed
+    ]
+)
+
+#: results/stability/{base}.parquet: one row per distinct structure of the pool (draws of
+#: the same composition and space group are one structure; the lowest single point kept).
+STABILITY = pa.schema(
+    [
+        pa.field("base", pa.string(), nullable=False),
+        pa.field("structure_id", pa.string(), nullable=False),  # {base}-s{sample_index}
+        pa.field("sample_index", pa.int32(), nullable=False),  # the draw kept
+        pa.field("n_draws", pa.int32(), nullable=False),  # draws of this structure
+        pa.field("formula", pa.string(), nullable=False),
+        pa.field("nsites", pa.int32(), nullable=False),
+        pa.field("spacegroup_number", pa.int16(), nullable=False),  # generated, symprec 0.1 Å
+        pa.field("valid_strict", pa.bool_(), nullable=False),
+        pa.field("valid_cdvae", pa.bool_(), nullable=False),
+        pa.field("candidate_id", pa.string()),  # one of the seed's top-k candidates
+        pa.field("single_point_ev_per_atom", pa.float64()),  # CHGNet, generated structure
+        pa.field("e_above_hull_single_ev_per_atom", pa.float64()),  # of that single point
+        pa.field("relaxed", pa.bool_(), nullable=False),
+        pa.field("energy_ev_per_atom", pa.float64()),  # CHGNet, relaxed
+        pa.field("relax_steps", pa.int32()),
+        pa.field("relax_converged", pa.bool_()),
+        pa.field("relax_seconds", pa.float64()),
+        pa.field("rmsd_angstrom", pa.float64()),  # generated -> relaxed (StructureMatcher)
+        pa.field("volume_change_pct", pa.float64()),
+        pa.field("spacegroup_relaxed", pa.int16()),
+        pa.field("magmoms_json", pa.string()),  # CHGNet magnetic moments (μB per site)
+        pa.field("e_above_hull_ev_per_atom", pa.float64()),  # relaxed (else null)
+        pa.field("decomposition_json", pa.string()),  # formula -> fraction
+        pa.field("n_reference_phases", pa.int32(), nullable=False),
+        pa.field("empty_subsystems", pa.string()),  # comma-separated, e.g. Gd-Pd,Ni-Pd
+        pa.field("thin_hull", pa.bool_(), nullable=False),  # a binary sub-system has no phase
+        pa.field("hull_reason", pa.string()),  # why e_above_hull is NaN
+        pa.field("stable", pa.bool_(), nullable=False),  # e_above_hull <= threshold
+        pa.field("novel", pa.bool_(), nullable=False),  # no match in the run's data
+        pa.field("matched_material_id", pa.string()),  # the data structure it matches
+        pa.field("rank", pa.int32()),  # by e_above_hull, then |ΔEf| (relaxed rows)
+        pa.field("cif_path", pa.string()),  # symmetrised CIF of the relaxed structure
+        pa.field("structure_json", pa.string(), nullable=False),  # generated
+        pa.field("relaxed_structure_json", pa.string()),
+    ]
+)
+
+#: results/metrics/sun.parquet: per base and overall (``base = "all"``).
+SUN = pa.schema(
+    [
+        pa.field("base", pa.string(), nullable=False),
+        pa.field("generator", pa.string(), nullable=False),  # vae (ion exchange: issue #13)
+        pa.field("draws", pa.int64(), nullable=False),  # every draw made, failed included
+        pa.field("valid", pa.int64(), nullable=False),  # draws in the pool
+        pa.field("judged", pa.int64(), nullable=False),  # distinct structures
+        pa.field("relaxed", pa.int64(), nullable=False),
+        pa.field("stable", pa.int64(), nullable=False),  # e_above_hull <= threshold
+        pa.field("stable_below_hull", pa.int64(), nullable=False),  # e_above_hull <= 0
+        pa.field("unique", pa.int64(), nullable=False),  # stable and unique
+        pa.field("novel", pa.int64(), nullable=False),  # stable, unique and novel = S.U.N.
+        pa.field("sun_rate", pa.float64()),  # S.U.N. / draws
+        pa.field("sun_rate_low", pa.float64()),  # Wilson 95 % interval
+        pa.field("sun_rate_high", pa.float64()),
+        pa.field("lower_bound", pa.bool_(), nullable=False),  # not every structure relaxed
+    ]
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
+    "pool": POOL,
+    "references": REFERENCES,
+    "stability": STABILITY,
+    "sun": SUN,
     "structures": STRUCTURES,
     "base_compounds": BASE_COMPOUNDS,
     "qe_manifest": QE_MANIFEST,

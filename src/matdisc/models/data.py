@@ -181,7 +181,7 @@ def substitution_for(
         raise UserError(
             f"the voxel store {store.path} was drawn with another radius table than "
             f"{DEFAULT_TABLE.name} of this checkout, so substituted maps would not match it; "
-            "re-run the voxelize rule or set unet.substitution_probability: 0."
+            "re-run the voxelize_structures rule or set unet.substitution_probability: 0."
         )
     radii = radius_lookup(DEFAULT_TABLE)
     frac, numbers = [], []

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from matdisc.models.data import VoxelSplit, class_lookup, coords_of, vae_batch
 from matdisc.models.unet import UNet3D
 from matdisc.models.vae import CondVAE3D
+from matdisc.segment import InverseSettings, invert, lattice_from_coords
 
 log = logging.getLogger(__name__)
 
@@ -229,11 +230,10 @@ def evaluate_unet(
     device: torch.device,
     batch_size: int = 8,
     split: str = "val",
-    invert_kwargs: dict[str, Any] | None = None,
+    inverse_settings: InverseSettings,
 ) -> list[dict]:
-    """Rows of the ``unet_true_density`` pipeline (voxel scores + inversion scores)."""
-    from matdisc.segment import invert, lattice_from_coords
-
+    """Rows of the ``unet_true_density`` pipeline (voxel scores + inversion scores);
+    inverse_settings: how the UNet's maps are read back into crystals."""
     unet.eval().to(device)
     lut = class_lookup(unet.classes)
     confusion = Confusion(unet.n_classes)
@@ -252,7 +252,7 @@ def evaluate_unet(
             coords = coords_of(data.lattice[i], data.grid_size, data.padding)
             abc = np.asarray(lattice_from_coords(coords, data.padding), dtype=np.float64)
             result = invert(
-                atomic[j], lattice_abc=abc, padding=data.padding, **(invert_kwargs or {})
+                atomic[j], lattice_abc=abc, padding=data.padding, settings=inverse_settings
             )
             scores.add(result, truth[i], abc, data.lattice[i])
     voxel = {
@@ -277,14 +277,13 @@ def evaluate_chain(
     device: torch.device,
     batch_size: int = 8,
     split: str = "val",
-    invert_kwargs: dict[str, Any] | None = None,
+    inverse_settings: InverseSettings,
 ) -> list[dict]:
     """Rows of the VAE alone (``vae``) and of the ``vae_unet_chain`` pipeline.
 
     Structures with an unknown decile cannot be conditioned and are left out (logged).
+    inverse_settings: how the UNet's maps of decoded densities are read back into crystals.
     """
-    from matdisc.segment import invert, lattice_from_coords
-
     keep = np.flatnonzero(data.decile >= 0)
     if len(keep) < len(data):
         log.info(
@@ -323,7 +322,7 @@ def evaluate_chain(
         abc_all = np.asarray(lattice_from_coords(coords_out.float().cpu().numpy(), data.padding))
         for j, i in enumerate(idx):
             result = invert(
-                atomic[j], lattice_abc=abc_all[j], padding=data.padding, **(invert_kwargs or {})
+                atomic[j], lattice_abc=abc_all[j], padding=data.padding, settings=inverse_settings
             )
             scores.add(result, truth[i], abc_all[j], data.lattice[i])
     confusion.log_elements(unet.classes, "VAE→UNet chain")

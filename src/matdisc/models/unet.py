@@ -104,7 +104,7 @@ class UNet3D(nn.Module):
         self.species_head = nn.Conv3d(widths[0], len(classes) + 1, 1)
         self.mask_head = nn.Conv3d(widths[0], 1, 1)
         # Start the mask near a typical occupancy (a few % of the voxels hold an atom)
-        # rather than 50%; training sets it to the measured one (models.stages.fit_unet).
+        # rather than 50%; training sets it to the measured one (models.training.fit_unet).
         nn.init.constant_(self.mask_head.bias, -3.0)
         # Class index -> atomic number (index 0 = background = 0).
         self.register_buffer(

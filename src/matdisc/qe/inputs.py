@@ -45,6 +45,9 @@ INPUT_NAME = "pw.in"
 JOB_NAME = "job.sbatch"
 MANIFEST_NAME = "manifest.parquet"
 
+#: A species whose CHGNet moment reaches this (μB) starts magnetic in pw.x.
+MAGNETIC_MOMENT_BOHR = 0.5
+
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -96,11 +99,15 @@ def generate_inputs(
     settings: QEInputSettings,
     family: PseudoFamily,
     local_dir: Path,
+    relaxed: dict[str, tuple[str, list[float]]] | None = None,
 ) -> pd.DataFrame:
     """Write ``{folder}/pw.in`` and ``{folder}/job.sbatch`` under ``out_dir`` for every
     candidate; return the manifest rows (schema ``qe_manifest``, paths relative to
     ``out_dir``). ``local_dir``: the folder where this machine's pw.x would find the
-    family's files (checked, never required)."""
+    family's files (checked, never required). ``relaxed``: candidate id → the judge's
+    CHGNet-relaxed structure (JSON) and its moments (μB per site); with ``qe.start_from:
+    relaxed`` a candidate that has one starts from it."""
+    relaxed = relaxed if settings.start_from == "relaxed" else {}
     predicted = screening.drop_duplicates("candidate_id").set_index("candidate_id")
     unscreened = sorted(set(candidates["candidate_id"]) - set(predicted.index))
     if unscreened:
@@ -129,6 +136,7 @@ def generate_inputs(
             "ecutrho_ry": np.nan,
             "nspin": None,
             "spacegroup_number": None,
+            "start_structure": None,
             "pseudo_family": family.name,
             "pseudopotentials": None,
             "pseudo_dir": str(local_dir),
@@ -169,8 +177,17 @@ def generate_inputs(
             failures["excluded element"] += 1
             log.info("candidate %s of %s (%s): %s", cid, base, structure.formula, row["error"])
             continue
+        moments = None
+        if cid in (relaxed or {}):
+            raw, magmoms = relaxed[cid]
+            structure = _structure(raw)
+            moments = frozenset(
+                site.specie.symbol
+                for site, m in zip(structure, magmoms, strict=True)
+                if abs(m) >= MAGNETIC_MOMENT_BOHR
+            )
         try:
-            pw = build_input(structure, settings, family)
+            pw = build_input(structure, settings, family, moments=moments)
         except UserError as exc:  # StructureError, PseudoError, impossible cut-offs
             row["error"] = str(exc)
             failures[type(exc).__name__] += 1
@@ -191,6 +208,7 @@ def generate_inputs(
             structure_json=json.dumps(pw.structure.as_dict()),
             nsites=len(pw.structure),
             spacegroup_number=pw.spacegroup_number,
+            start_structure="relaxed" if moments is not None else "generated",
             pseudo_files_present=present.present,
             pseudo_md5_ok=present.md5_ok,
             input_path=f"{folder}/{INPUT_NAME}",

@@ -104,14 +104,21 @@ def _coordinate(x: float) -> str:
 
 
 def starting_magnetization(
-    structure: Structure, species: tuple[str, ...], settings: QEInputSettings
+    structure: Structure,
+    species: tuple[str, ...],
+    settings: QEInputSettings,
+    moments: frozenset[str] | None = None,
 ) -> dict[int, float]:
-    """1-based species index → starting magnetisation; empty = not spin-polarised."""
+    """1-based species index → starting magnetisation; empty = not spin-polarised.
+
+    The magnetic species: ``qe.magnetic_elements`` if listed, else ``moments`` (the
+    elements CHGNet gave a moment, where the input starts from its relaxation), else the
+    elements with an open d or f shell."""
     if settings.spin == "off":
         return {}
     elements = settings.magnetic_elements
     if elements is None:
-        elements = open_shell_elements(structure.composition)
+        elements = moments if moments is not None else open_shell_elements(structure.composition)
     magnetic = [i + 1 for i, el in enumerate(species) if el in elements]
     if settings.spin == "auto" and not magnetic:
         return {}
@@ -126,9 +133,11 @@ def build_input(
     settings: QEInputSettings,
     family: PseudoFamily,
     *,
+    moments: frozenset[str] | None = None,
     outdir: str = "./scratch",
 ) -> PwInput:
-    """The vc-relax input for ``structure``.
+    """The vc-relax input for ``structure``; ``moments``: the elements that start magnetic
+    by CHGNet's moments (None: by their open shells).
 
     Raises :class:`StructureError` for a structure pw.x cannot take and
     :class:`~matdisc.qe.pseudo.PseudoError` for an element without a pseudopotential.
@@ -149,7 +158,7 @@ def build_input(
         dual_us_paw=settings.dual_us_paw,
     )
     kpts = kpoint_grid(structure, settings.kpoint_spacing_inv_angstrom)
-    magnetization = starting_magnetization(structure, species, settings)
+    magnetization = starting_magnetization(structure, species, settings, moments)
 
     control: list[tuple[str, object]] = [
         ("calculation", "vc-relax"),

@@ -43,6 +43,9 @@ SPIN_MODES: tuple[str, ...] = ("auto", "on", "off")
 #: The cell written to pw.in: the candidate's symmetrised primitive or conventional
 #: standard cell (spglib via pymatgen), or the cell as generated.
 CELL_CHOICES: tuple[str, ...] = ("primitive", "conventional", "as_generated")
+#: What an input starts from: the judge's CHGNet-relaxed structure where there is one
+#: (stability.run), or the generated structure.
+START_CHOICES: tuple[str, ...] = ("relaxed", "generated")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,6 +78,7 @@ class QEInputSettings:
     pseudo_family: str | Mapping[str, str]
     pseudo_dir: Path | None
     pseudo_preference: tuple[str, ...]
+    start_from: str
     cell: str
     symprec_angstrom: float
     ecutwfc_ry: float | None
@@ -110,6 +114,7 @@ class QEInputSettings:
             f"{', '.join(FAMILY_NAMES)} or a mapping of element to UPF file name",
         )
         _require(self.cell in CELL_CHOICES, f"qe.cell must be one of {CELL_CHOICES}")
+        _require(self.start_from in START_CHOICES, f"qe.start_from must be one of {START_CHOICES}")
         _require(
             bool(self.pseudo_preference) and all(k in PSEUDO_KINDS for k in self.pseudo_preference),
             f"qe.pseudo_preference must list kinds among {PSEUDO_KINDS}",

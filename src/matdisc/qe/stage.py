@@ -1,10 +1,10 @@
 """Stage entry points of the Quantum ESPRESSO step (rules in workflow/rules/qe.smk).
 
-- ``qe-inputs`` (rule write_qe_inputs): one base → folder ``results/qe/{base}`` holding
+- ``write-qe-inputs`` (rule write_qe_inputs): one base → folder ``results/qe/{base}`` holding
   ``{candidate}/pw.in``, ``{candidate}/job.sbatch`` and ``manifest.parquet``.
-- ``collect-qe`` (rule collect_qe_manifest): the per-base manifests →
+- ``collect-qe-manifest`` (rule collect_qe_manifest): the per-base manifests →
   ``results/qe/manifest.parquet``, paths relative to the workflow root.
-- ``qe-relax`` (rule run_qe_relax, only with ``qe.run: true``): pw.x on every input →
+- ``run-qe-relax`` (rule run_qe_relax, only with ``qe.run: true``): pw.x on every input →
   ``results/qe/relaxed.parquet``; pw.x works in ``results/qe/runs/{base}/{candidate}``.
 """
 
@@ -71,7 +71,24 @@ def _family(settings: QEInputSettings) -> PseudoFamily:
     )
 
 
-def write_inputs(call: StageCall) -> None:
+def _relaxed(path: Path | None) -> dict[str, tuple[str, list[float]]]:
+    """Candidate id → the judge's relaxed structure and CHGNet moments (none without it)."""
+    if path is None:
+        return {}
+    table = read_table(path, "stability")
+    table = table[table["candidate_id"].notna() & table["relaxed_structure_json"].notna()]
+    return {
+        cid: (raw, json.loads(moments))
+        for cid, raw, moments in zip(
+            table["candidate_id"],
+            table["relaxed_structure_json"],
+            table["magmoms_json"],
+            strict=True,
+        )
+    }
+
+
+def write_qe_inputs(call: StageCall) -> None:
     """pw.x inputs, batch scripts and the manifest of one base compound."""
     settings = QEInputSettings.from_config(call.section("qe"))
     base = call.wildcard("base")
@@ -94,6 +111,7 @@ def write_inputs(call: StageCall) -> None:
             settings=settings,
             family=family,
             local_dir=local_pseudo_dir(settings.pseudo_dir),
+            relaxed=_relaxed(call.inputs.get("stability")),
         )
         write_table(
             manifest,
@@ -110,14 +128,14 @@ def write_inputs(call: StageCall) -> None:
     log.info("QE inputs of %s in %s", base, target)
 
 
-def collect_manifest(call: StageCall) -> None:
+def collect_qe_manifest(call: StageCall) -> None:
     """Concatenate the per-base manifests; paths become relative to the workflow root."""
     frames = []
     for base, folder in sorted(call.inputs.items()):
         path = Path(folder) / MANIFEST_NAME
         if not path.is_file():
             raise UserError(
-                f"{path} does not exist; run the qe-inputs stage for base {base} first."
+                f"{path} does not exist; run the write_qe_inputs rule for base {base} first."
             )
         frame = read_table(path, "qe_manifest")
         for column in ("input_path", "job_script_path"):
@@ -137,7 +155,7 @@ def collect_manifest(call: StageCall) -> None:
     )
 
 
-def relax(call: StageCall) -> None:
+def run_qe_relax(call: StageCall) -> None:
     """Run pw.x on every input of the manifest; write the Table 3 comparisons."""
     section = {**RUN_DEFAULTS, **{k: v for k, v in call.section("qe").items() if v is not None}}
     manifest = read_table(call.input("manifest"), "qe_manifest")

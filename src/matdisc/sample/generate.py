@@ -17,6 +17,7 @@ import logging
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -24,8 +25,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from matdisc.filters.distance import min_distance
-from matdisc.segment import invert, lattice_from_coords
+from matdisc.geometry import shortest_distance
+from matdisc.segment import InverseSettings, invert, lattice_from_coords
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,13 @@ def segment_masked(unet: Any, density: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _one(species: np.ndarray, abc: np.ndarray, invert_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Invert one grid and measure its structure; returns a samples-table row fragment."""
+def _one(
+    species: np.ndarray, abc: np.ndarray, padding: float, settings: InverseSettings
+) -> dict[str, Any]:
+    """Invert one grid (species (d, d, d), cell lengths abc (3,) Å) and measure its
+    structure; returns a samples-table row fragment."""
     started = time.perf_counter()
-    result = invert(species, lattice_abc=abc, **invert_kwargs)
+    result = invert(species, lattice_abc=abc, padding=padding, settings=settings)
     mid = time.perf_counter()
     row: dict[str, Any] = {
         "reason": result.reason,
@@ -87,7 +91,7 @@ def _one(species: np.ndarray, abc: np.ndarray, invert_kwargs: dict[str, Any]) ->
         s = result.structure
         comp = s.composition
         row.update(
-            min_distance_angstrom=min_distance(s),
+            min_distance_angstrom=shortest_distance(s.frac_coords, s.lattice.matrix),
             formula=comp.reduced_formula,
             formula_anonymous=comp.anonymized_formula,
             structure=s,
@@ -99,9 +103,9 @@ def _one(species: np.ndarray, abc: np.ndarray, invert_kwargs: dict[str, Any]) ->
 
 class Generator:
     """The trained chain. vae: ``CondVAE3D``; unet: ``UNet3D`` (both in eval mode, on
-    ``device``); padding: the grid padding fraction; invert_kwargs: keyword arguments of
-    :func:`matdisc.segment.invert` other than the grid and lattice (such as
-    :func:`matdisc.segment.invert_options`; a ``padding`` there is replaced by ``padding``)."""
+    ``device``); padding: the grid padding fraction; inverse_settings: how the grids are
+    read back into crystals (:meth:`matdisc.segment.InverseSettings.from_config`, usually
+    with ``decoded=True``)."""
 
     def __init__(
         self,
@@ -109,8 +113,8 @@ class Generator:
         vae: Any,
         unet: Any,
         padding: float,
+        inverse_settings: InverseSettings,
         device: torch.device | str = "cpu",
-        invert_kwargs: dict[str, Any] | None = None,
         threads: int = 1,
     ) -> None:
         self.vae = fold_batchnorm(vae)
@@ -122,8 +126,7 @@ class Generator:
             model.to(memory_format=torch.channels_last_3d)
         self.padding = float(padding)
         self.device = torch.device(device)
-        # the grids' own padding wins over one in invert_kwargs (e.g. invert_options output)
-        self.invert_kwargs = {**(invert_kwargs or {}), "padding": self.padding}
+        self.inverse_settings = inverse_settings
         self.threads = max(1, int(threads))
         self.timings: dict[str, float] = defaultdict(float)
 
@@ -165,7 +168,8 @@ class Generator:
                 sl = slice(start, start + batch_size)
                 species, abc = self.grids(z[sl], condition[sl])
                 t0 = time.perf_counter()
-                part = list(pool.map(_one, species, abc, [self.invert_kwargs] * len(species)))
+                padding, settings = repeat(self.padding), repeat(self.inverse_settings)
+                part = list(pool.map(_one, species, abc, padding, settings))
                 wall = time.perf_counter() - t0
                 # split the pool's wall time between invert and distance by their CPU shares
                 cpu_inv = sum(r.pop("_t_invert") for r in part)

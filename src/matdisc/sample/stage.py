@@ -1,15 +1,17 @@
-"""Stage entry points: ``sample`` (one base compound) and ``random-stats``.
+"""Stage entry points: ``sample-structures`` (one base compound) and
+``random-sampling-stats``.
 
-``sample`` (rule ``sample_structures``) writes ``results/samples/{base}.parquet`` (schema
-``samples``): every draw, with its structure or the reason there is none. The mode
-(config ``sample.mode``) decides the draws (:mod:`matdisc.sample.latent`):
+``sample-structures`` (rule ``sample_structures``) writes
+``results/samples/{base}.parquet`` (schema ``samples``): every draw, with its structure or
+the reason there is none. The mode (config ``sample.mode``) decides the draws
+(:mod:`matdisc.sample.latent`):
 
 * ``targeted``: around the encoded base, conditioned on its formation-energy decile;
 * ``random``: N(0, I), equal draws per decile (the base only names the job and seeds it);
 * ``interpolate``: from the base to ``sample.interpolate_to``.
 
-``random-stats`` (rule ``random_sampling_stats``, in ``all`` when the mode is random)
-pools the samples of all bases and writes the seed's random-sampling figures.
+``random-sampling-stats`` (rule ``random_sampling_stats``, in ``all`` when the mode is
+random) pools the samples of all bases and writes the seed's random-sampling figures.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from matdisc.data.bases import base_row
 from matdisc.errors import UserError
 from matdisc.io import read_table, write_table
 from matdisc.sample import latent
@@ -58,16 +61,6 @@ def check_settings(section: dict[str, Any]) -> None:
         )
 
 
-def base_row(bases: pd.DataFrame, base: str) -> pd.Series:
-    rows = bases[bases["base"] == base]
-    if rows.empty:
-        raise UserError(
-            f"base compound '{base}' is not in the base compounds table "
-            f"({', '.join(bases['base'])}); add it to base_compounds in config/config.yaml."
-        )
-    return rows.iloc[0]
-
-
 def store_index(store: Any, material_id: str, what: str) -> int:
     """Index of ``material_id`` in the voxel store, or one sentence why it is missing."""
     hits = np.flatnonzero(store.material_id == material_id)
@@ -99,7 +92,7 @@ def load_chain(call: StageCall, store: Any) -> Any:
     import torch
 
     from matdisc.sample.generate import Generator
-    from matdisc.segment import invert_options
+    from matdisc.segment import InverseSettings
     from matdisc.train import load_model, resolve_device
 
     device = resolve_device(call.section("train")["device"])
@@ -116,8 +109,8 @@ def load_chain(call: StageCall, store: Any) -> Any:
         vae=vae,
         unet=unet,
         padding=store.padding,
+        inverse_settings=InverseSettings.from_config(call.section("voxel"), decoded=True),
         device=device,
-        invert_kwargs=invert_options(call.section("voxel"), decoded=True),
         threads=call.threads,
     )
 
@@ -181,7 +174,7 @@ def no_structure_counts(frame: pd.DataFrame) -> dict[str, int]:
     return dict(Counter(str(r) for r in frame["reason"] if pd.notna(r)))
 
 
-def run(call: StageCall) -> None:
+def sample_structures(call: StageCall) -> None:
     """Draw, decode, segment and invert the samples of one base compound."""
     from matdisc.voxel.store import open_store
 
@@ -228,7 +221,7 @@ PAPER_VALID = 0.76
 PAPER_NEGATIVE_EF = 0.59
 
 
-def random_sampling_stats(
+def random_sampling_table(
     samples: pd.DataFrame, ef: np.ndarray, *, min_distance: float, top: int
 ) -> pd.DataFrame:
     """The seed's random-sampling figures (schema ``random_sampling``).
@@ -260,7 +253,7 @@ def random_sampling_stats(
     return pd.DataFrame(rows)
 
 
-def random_stats(call: StageCall) -> None:
+def random_sampling_stats(call: StageCall) -> None:
     """Pool the random-mode samples of every base; fraction valid, fraction with
     predicted Ef < 0 and the top structure types -> results/metrics/random_sampling.parquet."""
     from matdisc.screen.predict import predict
@@ -269,7 +262,9 @@ def random_stats(call: StageCall) -> None:
     paths = {k: v for k, v in call.inputs.items() if k not in ("cgcnn",)}
     frames = [read_table(p, "samples") for p in paths.values()]
     if not frames:
-        raise UserError("random-stats needs at least one samples table (--input BASE=PATH).")
+        raise UserError(
+            "random-sampling-stats needs at least one samples table (--input BASE=PATH)."
+        )
     samples = pd.concat(frames, ignore_index=True)
     modes = set(samples["mode"])
     if modes != {"random"}:
@@ -288,7 +283,7 @@ def random_stats(call: StageCall) -> None:
             num_threads=call.threads,
         )
         ef[has] = pred["e_form_ev_per_atom"].to_numpy()
-    stats = random_sampling_stats(
+    stats = random_sampling_table(
         samples,
         ef,
         min_distance=float(call.section("filter")["min_distance_angstrom"]),

@@ -370,7 +370,9 @@ def train_all(
             "; ".join(f"{n}x {r}" for r, n in reasons.head(5).items()),
         )
     if not ok:
-        raise UserError("no structure of the input table can be read; re-run the download stage.")
+        raise UserError(
+            "no structure of the input table can be read; re-run the download_structures rule."
+        )
     rows = table.iloc[ok]
     torch.set_num_threads(max(1, threads))  # graph building: large tensor ops
     started = time.perf_counter()

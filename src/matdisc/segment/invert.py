@@ -35,13 +35,10 @@ Steps of :func:`invert` (seed 000, "3-D Multiclass Atom Segmentation"):
    orbit with at least ``orbit_occupancy`` of its positions occupied is filled, the
    others are emptied, and each orbit takes one species. A blurred decoded density
    shows, say, five of the eight tetrahedral holes of a Heusler cell; no cubic crystal
-   has a partly filled orbit. Otherwise, optionally (``symmetry_agreement``),
-   symmetry-equivalent atoms take one species: the cubic symmetries of the positions
-   that the labels agree with link atoms into orbits, and each orbit takes the species
-   with the most voxels over its atoms (:mod:`matdisc.segment.symmetry`). Not both:
-   after rounding, every orbit already has one species, and the positions of a whole
-   full-Heusler cell admit the shift swapping Y and Z at agreement 0.5.
+   has a partly filled orbit.
 6. ``Structure(Lattice.orthorhombic(a, b, c), ...)`` with the given cell lengths.
+
+The settings named above are the fields of :class:`matdisc.segment.settings.InverseSettings`.
 
 A grid yields no structure, with a reason, when it has no labelled voxel (``no_atoms``),
 more than ``max_sites`` atoms after merging (``too_many_sites``), images of one atom
@@ -59,6 +56,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from matdisc.geometry import components, distances, min_image
+from matdisc.segment.settings import InverseSettings
+from matdisc.segment.symmetry import complete_orbits
 from matdisc.voxel.grid import fraction_of_index
 
 log = logging.getLogger(__name__)
@@ -100,44 +100,19 @@ def invert(
     species_map: np.ndarray,
     *,
     lattice_abc: Iterable[float],
-    padding: float = 0.25,
+    padding: float,
+    settings: InverseSettings,
     mask: np.ndarray | None = None,
-    max_sites: int = 40,
-    merge_tolerance: float = 0.5,
-    border_reach: float = 1.5,
-    min_region_voxels: int = 1,
-    split_touching: bool = True,
-    min_peak_separation: int = 2,
-    species_conflict: str = "vote",
-    regions: str = "species",
-    symmetry_agreement: float | None = None,
-    symmetry_tolerance: float = 0.5,
-    fuse_distance: float | None = None,
-    orbit_occupancy: float | None = None,
-    orbit_support: float = 0.6,
 ) -> InversionResult:
     """Read a crystal from a species map.
 
     species_map: (d, d, d) integer atomic numbers, 0 = background (the argmax of the
-    UNet's class scores mapped to atomic numbers, or the true S). mask: optional (d, d, d)
-    bool; voxels outside it count as background. lattice_abc: cell lengths a, b, c (Å),
-    e.g. from :func:`matdisc.segment.lattice_from_coords`. padding: the grid's padding
-    fraction. merge_tolerance: Å within which regions are images of one atom.
-    border_reach: Å a region cut by the grid edge may sit inside its atom's centre.
-    min_region_voxels: smaller regions are dropped as noise. regions: ``"species"`` or
-    ``"mask"``, what delimits a region (step 1). symmetry_agreement: None, or the share
-    of the sites a position symmetry moves that must land on their own species for the
-    sites it links to take one species (step 5, :mod:`matdisc.segment.symmetry`); symmetry_tolerance: Å
-    within which a symmetry must map every position onto another. fuse_distance: None, or
-    the Å below which two atoms found are one (end of step 4). orbit_occupancy: None, or
-    the share of an orbit's positions that must hold an atom for the orbit to be filled
-    (else it is emptied; step 5); orbit_support: the share of the atoms an operation
-    must map onto their own species to count. See the module docstring.
+    UNet's class scores mapped to atomic numbers, or the true S). lattice_abc: cell
+    lengths a, b, c (Å), e.g. from :func:`matdisc.segment.lattice_from_coords`. padding:
+    the grid's padding fraction (a property of the grid, stored with it). settings: see
+    :class:`InverseSettings` and the module docstring. mask: optional (d, d, d) bool;
+    voxels outside it count as background.
     """
-    if species_conflict not in ("vote", "reject"):
-        raise ValueError(f"species_conflict must be 'vote' or 'reject', got {species_conflict!r}")
-    if regions not in ("species", "mask"):
-        raise ValueError(f"regions must be 'species' or 'mask', got {regions!r}")
     lattice = np.asarray(list(lattice_abc), dtype=np.float64)
     if lattice.shape != (3,) or not np.all(np.isfinite(lattice)) or np.any(lattice <= 0):
         return InversionResult(None, BAD_LATTICE, 0)
@@ -153,10 +128,15 @@ def invert(
     if species.min() < 0 or species.max() > 255:
         raise ValueError("species_map must hold atomic numbers 0..255")
     found = _regions(
-        species, split_touching, min_peak_separation, min_region_voxels, by_mask=regions == "mask"
+        species,
+        settings.split_touching,
+        settings.min_peak_separation,
+        settings.min_region_voxels,
+        by_mask=settings.regions == "mask",
     )
     if found is None:
         return InversionResult(None, NO_ATOMS, 0)
+    max_sites = settings.max_sites
     n_regions = len(found["count"])
     if n_regions > _MAX_IMAGES * max_sites:
         # Even if every atom showed all its images, there would be too many atoms; the
@@ -164,73 +144,51 @@ def invert(
         return InversionResult(None, TOO_MANY_SITES, -(-n_regions // _MAX_IMAGES))
     d = species.shape[0]
     frac = fraction_of_index(found["centroid"], d, padding)
-    cluster = _cluster(frac, found, lattice, merge_tolerance, border_reach)
+    cluster = _cluster(frac, found, lattice, settings.merge_tolerance, settings.border_reach)
     site_frac, site_z, votes, conflict = _merge(frac, found, cluster)
-    if fuse_distance is not None:
-        site_frac, site_z, votes = _fuse(site_frac, votes, lattice, fuse_distance)
-    if orbit_occupancy is not None:
-        from matdisc.segment.symmetry import complete_orbits
-
+    if settings.fuse_distance is not None:
+        site_frac, site_z, votes = _fuse(site_frac, votes, lattice, settings.fuse_distance)
+    if settings.orbit_occupancy is not None:
         site_frac, votes = complete_orbits(
             site_frac,
             votes,
             lattice,
-            tolerance=symmetry_tolerance,
-            support=orbit_support,
-            occupancy=orbit_occupancy,
+            tolerance=settings.symmetry_tolerance,
+            support=settings.orbit_support,
+            occupancy=settings.orbit_occupancy,
             max_positions=4 * max_sites,
         )
         site_z = _species(votes)
     n_sites = len(site_z)
-    if conflict and species_conflict == "reject":
+    if conflict and settings.species_conflict == "reject":
         return InversionResult(None, INCONSISTENT, n_sites, site_frac, site_z)
     if n_sites > max_sites:
         return InversionResult(None, TOO_MANY_SITES, n_sites, site_frac, site_z)
-    if symmetry_agreement is not None and orbit_occupancy is None:
-        from matdisc.segment.symmetry import symmetrize_species
-
-        site_z = symmetrize_species(
-            site_frac,
-            votes,
-            lattice,
-            tolerance=symmetry_tolerance,
-            agreement=symmetry_agreement,
-        )
     from pymatgen.core import Lattice, Structure
 
     structure = Structure(Lattice.orthorhombic(*lattice), site_z.tolist(), site_frac)
     return InversionResult(structure, None, n_sites, site_frac, site_z)
 
 
-def invert_options(voxel_settings: dict[str, Any], *, decoded: bool = False) -> dict[str, Any]:
-    """Keyword arguments of :func:`invert` from the ``voxel`` config section
-    (padding, max_sites and the ``inverse`` sub-section). ``decoded``: for the UNet's maps
-    of VAE-decoded densities (sampling, chain evaluation), whose noise regions are larger
-    and whose atoms blur: the keys of ``inverse.decoded`` then replace their namesakes."""
-    inverse = dict(voxel_settings.get("inverse", {}))
-    overrides = inverse.pop("decoded", None) or {}
-    if decoded:
-        inverse.update(overrides)
-    return {
-        "padding": float(voxel_settings["padding"]),
-        "max_sites": int(voxel_settings["max_sites"]),
-        **inverse,
-    }
-
-
 def invert_many(
-    species_maps: np.ndarray, lattices: np.ndarray, **kwargs: Any
+    species_maps: np.ndarray,
+    lattices: np.ndarray,
+    *,
+    padding: float,
+    settings: InverseSettings,
+    masks: np.ndarray | None = None,
 ) -> list[InversionResult]:
-    """:func:`invert` over a batch: species_maps (B, d, d, d), lattices (B, 3) Å."""
+    """:func:`invert` over a batch: species_maps (B, d, d, d), lattices (B, 3) Å, masks
+    None or (B, d, d, d) bool."""
     species_maps = np.asarray(species_maps)
     lattices = np.asarray(lattices, dtype=np.float64)
-    masks = kwargs.pop("mask", None)
     return [
         invert(
             species_maps[i],
             lattice_abc=lattices[i],
+            padding=padding,
+            settings=settings,
             mask=None if masks is None else masks[i],
-            **kwargs,
         )
         for i in range(len(species_maps))
     ]
@@ -406,7 +364,7 @@ def _cluster(
     cluster = np.full(m, -1, dtype=np.int64)
     uncut = np.flatnonzero(~cut)
     if uncut.size:
-        cluster[uncut] = _components(_distances(frac[uncut], frac[uncut], lattice) <= tolerance)
+        cluster[uncut] = components(distances(frac[uncut], frac[uncut], lattice) <= tolerance)
     k = int(cluster.max()) + 1
     pieces = np.flatnonzero(cut)
     if pieces.size == 0:
@@ -418,7 +376,7 @@ def _cluster(
         atoms = _weighted_positions(frac[uncut], regions["count"][uncut], cluster[uncut], k)
         atom_z = np.zeros(k, dtype=np.int64)
         atom_z[cluster[uncut]] = z[uncut]
-        delta = _min_image(atoms[None, :, :] - frac[pieces][:, None, :]) * lattice  # (p, k, 3)
+        delta = min_image(atoms[None, :, :] - frac[pieces][:, None, :]) * lattice  # (p, k, 3)
         fits = np.all((delta >= e_lo[:, None, :]) & (delta <= e_hi[:, None, :]), axis=-1)
         fits &= atom_z[None, :] == z[pieces][:, None]
         dist = np.where(fits, np.linalg.norm(delta, axis=-1), np.inf)
@@ -427,43 +385,13 @@ def _cluster(
         cluster[pieces[matched]] = best[matched]
         pieces, e_lo, e_hi = pieces[~matched], e_lo[~matched], e_hi[~matched]
     if pieces.size:
-        delta = _min_image(frac[pieces][None, :, :] - frac[pieces][:, None, :]) * lattice
+        delta = min_image(frac[pieces][None, :, :] - frac[pieces][:, None, :]) * lattice
         lower = e_lo[:, None, :] - e_hi[None, :, :]
         upper = e_hi[:, None, :] - e_lo[None, :, :]
         fits = np.all((delta >= lower) & (delta <= upper), axis=-1)
         fits &= z[pieces][:, None] == z[pieces][None, :]
-        cluster[pieces] = k + _components(fits)
+        cluster[pieces] = k + components(fits)
     return cluster
-
-
-def _min_image(delta: np.ndarray) -> np.ndarray:
-    return delta - np.round(delta)
-
-
-def _distances(a: np.ndarray, b: np.ndarray, lattice: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) minimum-image distances (Å) between fractional positions."""
-    return np.linalg.norm(_min_image(b[None, :, :] - a[:, None, :]) * lattice, axis=-1)
-
-
-def _components(adjacency: np.ndarray) -> np.ndarray:
-    """Connected-component id (0..c-1) per node of a dense symmetric boolean adjacency.
-
-    Minimum-label propagation: each pass gives every node the smallest id among its
-    neighbours and itself; the graphs here are small (regions of one grid) and their
-    components shallow, so a few passes over the dense matrix beat building a sparse one.
-    """
-    m = len(adjacency)
-    ids = np.arange(m)
-    if m == 0:
-        return ids.astype(np.int64)
-    linked = adjacency | np.eye(m, dtype=bool)
-    while True:
-        new = np.where(linked, ids[None, :], m).min(axis=1)
-        new = new[new]  # pointer jumping: follow the new ids once more
-        if np.array_equal(new, ids):
-            break
-        ids = new
-    return np.unique(ids, return_inverse=True)[1].astype(np.int64)
 
 
 def _weighted_positions(
@@ -476,7 +404,7 @@ def _weighted_positions(
     ref = np.empty(k, dtype=np.int64)
     ref[cluster[first]] = first
     anchor = frac[ref[cluster]]
-    unwrapped = anchor + _min_image(frac - anchor)
+    unwrapped = anchor + min_image(frac - anchor)
     total = np.bincount(cluster, weights=weight, minlength=k)
     pos = (
         np.stack(
@@ -495,7 +423,7 @@ def _fuse(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Atoms closer than ``distance`` Å (minimum image, chained) become one: votes summed,
     position the vote-weighted mean; returns (frac, atomic numbers, votes)."""
-    group = _components(_distances(frac, frac, lattice) < distance)
+    group = components(distances(frac, frac, lattice) < distance)
     k = int(group.max()) + 1
     if k < len(frac):
         frac = _weighted_positions(frac, votes.sum(axis=1) + 1e-9, group, k)

@@ -1,23 +1,18 @@
-"""Symmetry-equivalent sites of an inverted crystal take one species.
+"""Partly filled orbits of a decoded crystal rounded to whole (invert step 5).
 
-The UNet labels every atom on its own, so the equivalent sites of one Wyckoff orbit (the
-three oxygens of a perovskite, the four anions of a rock-salt cell) often get different
-elements and the crystal loses its stoichiometry, although the positions are right. The
-generated cells are cubic, so the sites' positions alone carry the symmetry:
+A blurred decoded density can show five of the eight tetrahedral holes of a Heusler cell,
+or spurious atoms in the holes of a rock-salt cell, and the UNet labels every atom on its
+own, so equivalent sites can get different elements; no cubic crystal has a partly filled
+orbit or an orbit of two species. The generated cells are cubic, so the sites' positions
+and species carry the symmetry:
 
-1. :func:`position_symmetries`: the operations x -> R x + t of the cubic holohedry m-3m
-   (the 48 signed axis permutations R, any translation t) that map the set of positions
-   onto itself, every site landing within ``tolerance`` Å of a distinct site (the
-   permutation of the sites each one induces is returned).
-2. The positions alone can be more symmetric than the crystal: in rock salt a shift by
-   half a cell edge maps the cations onto the anions. An operation is kept only if the
-   labels agree with it: at least ``agreement`` of the sites it moves land on a site of
-   their own species (sites it leaves in place say nothing). A true operation of a
-   well-labelled crystal keeps all of them; in rock salt the half-edge shift keeps none;
-   in a full Heusler X2YZ the shift swapping Y and Z keeps half (the X sites).
-3. :func:`species_orbits`: sites linked by a kept operation form one orbit, and
-   :func:`symmetrize_species` gives every orbit the element with the most votes (voxels)
-   summed over its sites.
+1. :func:`partial_symmetries`: the operations x -> R x + t of the cubic holohedry m-3m
+   (the 48 signed axis permutations R of :func:`cubic_rotations`, any translation t)
+   under which at least ``support`` of the sites land on a site of their own species.
+2. :func:`complete_orbits`: the sites' images under them are added as empty positions
+   until the set is closed; positions linked by an operation form orbits, an orbit at
+   least ``occupancy`` full is filled and the others are emptied, and every orbit takes
+   the species with the most votes (voxels) over its sites.
 """
 
 from __future__ import annotations
@@ -26,7 +21,7 @@ import itertools
 
 import numpy as np
 
-from matdisc.segment.invert import _components
+from matdisc.geometry import components, min_image, squared_distances
 
 
 def cubic_rotations() -> np.ndarray:
@@ -44,111 +39,6 @@ def cubic_rotations() -> np.ndarray:
 _ROTATIONS = cubic_rotations()
 
 
-def position_symmetries(frac: np.ndarray, lattice: np.ndarray, tolerance: float) -> np.ndarray:
-    """(m, n) site permutations of the m distinct operations R x + t (R in m-3m) that map
-    the n positions ``frac`` (n, 3) onto themselves within ``tolerance`` Å (periodic;
-    ``lattice``: the cell lengths a, b, c in Å). Row 0 is the identity."""
-    frac = np.asarray(frac, dtype=np.float64).reshape(-1, 3)
-    lattice = np.asarray(lattice, dtype=np.float64).reshape(3)
-    n = len(frac)
-    identity = np.arange(n)
-    if n < 2:
-        return identity[None, :]
-    tol2 = float(tolerance) ** 2
-    rx = np.einsum("rij,nj->rni", _ROTATIONS, frac)  # (48, n, 3)
-    t = frac[None, :, :] - rx[:, :1, :]  # (48, n, 3): site 0 lands on site j
-    # Pre-check on a grid of bins at least ``tolerance`` wide: a point within tolerance of
-    # a site lies in the site's bin or a neighbouring one, so a candidate whose moved sites
-    # all fall in marked bins is kept for the exact check (the rest cannot be symmetries).
-    bins = np.maximum(1, np.floor(lattice / max(float(tolerance), 1e-9)).astype(np.int64))
-    marked = np.zeros(tuple(bins), dtype=bool)
-    home = np.floor((frac % 1.0) * bins).astype(np.int64)
-    for offset in itertools.product((-1, 0, 1), repeat=3):
-        cell = (home + np.array(offset)) % bins
-        marked[cell[:, 0], cell[:, 1], cell[:, 2]] = True
-    flat = np.zeros((len(_ROTATIONS), n, n), dtype=np.int64)  # (48, n_t, n) bin index
-    for axis in range(3):
-        u = rx[:, None, :, axis] + t[:, :, None, axis]
-        u %= 1.0
-        u *= bins[axis]
-        flat = flat * bins[axis] + np.minimum(u.astype(np.int64), bins[axis] - 1)
-    hit = marked.ravel()[flat].all(axis=-1)
-    rot, shift = np.nonzero(hit)
-    if rot.size == 0:
-        return identity[None, :]
-    moved = rx[rot] + t[rot, shift][:, None, :]  # (c, n, 3)
-    d2 = _squared_distances(moved, frac, lattice)  # (c, n, n)
-    target = d2.argmin(axis=-1)
-    close = (np.take_along_axis(d2, target[..., None], axis=-1)[..., 0] <= tol2).all(axis=1)
-    bijective = (np.sort(target, axis=1) == identity).all(axis=1)
-    target = target[close & bijective]
-    # distinct permutations (rows keyed by a random 64-bit hash: collisions ~ 2^-64)
-    weights = np.random.default_rng(0).integers(1, 2**62, size=n, dtype=np.int64)
-    _, first = np.unique(target @ weights, return_index=True)
-    perms = target[np.sort(first)]
-    perms = perms[~(perms == identity).all(axis=1)]
-    return np.concatenate([identity[None, :], perms])
-
-
-def _squared_distances(moved: np.ndarray, frac: np.ndarray, lattice: np.ndarray) -> np.ndarray:
-    """(c, n, m) squared minimum-image distances (Å²) of moved (c, n, 3) to frac (m, 3),
-    accumulated axis by axis (several times faster than on (..., 3) arrays)."""
-    out = np.zeros((*moved.shape[:2], len(frac)))
-    for axis in range(3):
-        d = moved[:, :, None, axis] - frac[None, None, :, axis]
-        d -= np.rint(d)
-        d *= lattice[axis]
-        out += d * d
-    return out
-
-
-def species_orbits(
-    frac: np.ndarray,
-    numbers: np.ndarray,
-    lattice: np.ndarray,
-    *,
-    tolerance: float,
-    agreement: float,
-) -> np.ndarray:
-    """Orbit id (0..k-1) per site: sites linked by a position symmetry under which at least
-    ``agreement`` of the sites it moves land on a site of the same atomic number
-    (``numbers``)."""
-    numbers = np.asarray(numbers).reshape(-1)
-    n = len(numbers)
-    perms = position_symmetries(frac, lattice, tolerance)[1:]
-    linked = np.zeros((n, n), dtype=bool)
-    if len(perms):
-        # agreement among the sites an operation moves (fixed sites say nothing)
-        moved = perms != np.arange(n)
-        same = (numbers[perms] == numbers[None, :]) & moved
-        keeps = same.sum(axis=1) / np.maximum(moved.sum(axis=1), 1)
-        for perm in perms[keeps >= agreement]:
-            linked[np.arange(n), perm] = True
-    return _components(linked | linked.T)
-
-
-def symmetrize_species(
-    frac: np.ndarray,
-    votes: np.ndarray,
-    lattice: np.ndarray,
-    *,
-    tolerance: float,
-    agreement: float,
-) -> np.ndarray:
-    """Atomic numbers (n,) after every orbit of :func:`species_orbits` takes the element
-    with the most votes over its sites. votes: (n, 256) voxel votes per site and atomic
-    number; a site's own species is its row's argmax (ties: the smaller atomic number)."""
-    votes = np.asarray(votes, dtype=np.float64)
-    numbers = votes.argmax(axis=1)
-    orbit = species_orbits(frac, numbers, lattice, tolerance=tolerance, agreement=agreement)
-    summed = np.zeros((int(orbit.max()) + 1, votes.shape[1]))
-    np.add.at(summed, orbit, votes)
-    return summed.argmax(axis=1)[orbit].astype(np.int64)
-
-
-# -- orbit completion ------------------------------------------------------------------
-
-
 def partial_symmetries(
     frac: np.ndarray,
     numbers: np.ndarray,
@@ -160,8 +50,8 @@ def partial_symmetries(
     """The operations x -> R x + t (R in m-3m, any t) under which at least ``support`` of
     the sites land within ``tolerance`` Å of a site of their own atomic number.
 
-    Unlike :func:`position_symmetries` a site may land on nothing: a decoded crystal with
-    an atom missing from an orbit, or one too many, keeps the operations of its crystal.
+    A site may land on nothing: a decoded crystal with an atom missing from an orbit, or
+    one too many, keeps the operations of its crystal.
     Returns rotations (m, 3, 3) and translations (m, 3) in [0, 1), the identity first.
 
     Candidates come from a histogram: a translation that moves k sites onto sites is
@@ -202,7 +92,7 @@ def partial_symmetries(
     _, first = np.unique(np.column_stack([rot, fine]), axis=0, return_index=True)
     rot, shift = rot[first], diff[rot[first], i[first], j[first]]
     moved = rx[rot] + shift[:, None, :]  # (c, n, 3)
-    d2 = _squared_distances(moved, frac, lattice)
+    d2 = squared_distances(moved, frac, lattice)
     d2[:, ~same] = np.inf
     target = d2.argmin(axis=-1)
     hit = np.take_along_axis(d2, target[..., None], axis=-1)[..., 0] <= tol * tol
@@ -213,16 +103,16 @@ def partial_symmetries(
         return identity
     rot, shift, target, hit, moved = rot[ok], shift[ok], target[ok], hit[ok], moved[ok]
     # refine each translation on the pairs it matches
-    delta = frac[target] - moved
-    delta -= np.rint(delta)
+    delta = min_image(frac[target] - moved)
     shift = (shift + (delta * hit[..., None]).sum(axis=1) / hit.sum(axis=1)[:, None]) % 1.0
     # one operation per rotation and site mapping (candidates of one operation agree)
     _, first = np.unique(
         np.column_stack([rot, np.where(hit, target, -1)]), axis=0, return_index=True
     )
     rotations, translations = _ROTATIONS[rot[first]], shift[first]
+    # the identity again: no rotation, and a translation shorter than the tolerance
     is_identity = (rotations == np.eye(3)).all(axis=(1, 2)) & (
-        np.sum(((translations - np.rint(translations)) * lattice) ** 2, axis=1) < tol**2
+        squared_distances(translations, np.zeros((1, 3)), lattice)[:, 0] < tol**2
     )
     return (
         np.concatenate([identity[0], rotations[~is_identity]]),
@@ -270,13 +160,13 @@ def complete_orbits(
     while True:
         images = (np.einsum("rij,nj->rni", rotations, positions) + translations[:, None]) % 1.0
         flat = images.reshape(-1, 3)
-        d2 = _squared_distances(flat[None], positions, lattice)[0]  # (m * p, p)
+        d2 = squared_distances(flat, positions, lattice)  # (m * p, p)
         outside = d2.min(axis=1) > tol2
         if not outside.any():
             break
         new = flat[outside]
         # one new position per group of images within tolerance of each other
-        group = _components(_squared_distances(new[None], new, lattice)[0] <= tol2)
+        group = components(squared_distances(new, new, lattice) <= tol2)
         _, first = np.unique(group, return_index=True)
         positions = np.concatenate([positions, new[first]])
         if len(positions) > max_positions:
@@ -286,7 +176,7 @@ def complete_orbits(
     nearest = d2.argmin(axis=1).reshape(m, p)
     linked = np.zeros((p, p), dtype=bool)
     linked[np.broadcast_to(np.arange(p), nearest.shape), nearest] = True
-    orbit = _components(linked | linked.T)
+    orbit = components(linked | linked.T)
     k = int(orbit.max()) + 1
     size = np.bincount(orbit, minlength=k)
     filled = np.bincount(orbit[:n], minlength=k)

@@ -12,7 +12,7 @@ Contract (the UNet/VAE training reads the store, the sampler inverts grids):
 * :func:`matdisc.voxel.augment.random_rot90` ``(rng, *arrays)``: one random proper 90°
   rotation applied to (d, d, d) maps and (3, d, d, d) coordinate grids alike.
 * :func:`matdisc.voxel.store.open_store` ``(path) -> VoxelStore`` (zarr, written by the
-  ``voxelize`` stage).
+  ``voxelize-structures`` stage).
 * The inverse lives in :mod:`matdisc.segment`.
 
 Conventions:

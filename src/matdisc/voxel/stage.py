@@ -1,4 +1,5 @@
-"""The ``voxelize`` stage: cubic structures of the downloaded table -> voxel store (zarr).
+"""The ``voxelize-structures`` stage: cubic structures of the downloaded table -> voxel
+store (zarr).
 
 1. Rows with ``crystal_system == "cubic"`` are taken to their conventional cubic cell
    (:mod:`matdisc.voxel.cell`) in parallel; cells with more than ``voxel.max_sites``
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 N_DECILES = 10
 
 
-def run(call: StageCall) -> None:
+def voxelize_structures(call: StageCall) -> None:
     settings = call.section("voxel")
     address = call.section("dask").get("scheduler_address")
     source = call.input("structures")

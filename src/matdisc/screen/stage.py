@@ -1,4 +1,4 @@
-"""Stage entry points: ``train-cgcnn``, ``screen`` and ``collect-screening``."""
+"""Stage entry points: ``train-cgcnn``, ``screen-candidates`` and ``collect-screening``."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def train_cgcnn(call: StageCall) -> None:
     )
 
 
-def screen(call: StageCall) -> None:
+def screen_candidates(call: StageCall) -> None:
     """Predict the eight properties of every filtered candidate of one base compound."""
     section = call.section("screen")
     base = call.wildcard("base")
@@ -56,7 +56,7 @@ def screen(call: StageCall) -> None:
     candidates = read_table(path)
     missing = [c for c in CANDIDATE_COLUMNS if c not in candidates.columns]
     if missing:
-        raise UserError(f"{path} lacks the columns {missing}; re-run the filter stage.")
+        raise UserError(f"{path} lacks the columns {missing}; re-run the filter_candidates rule.")
     predictor = PropertyPredictor(
         call.input("cgcnn"),
         device=call.section("train").get("device", "auto"),
@@ -79,7 +79,7 @@ def screen(call: StageCall) -> None:
     )
 
 
-def collect(call: StageCall) -> None:
+def collect_screening(call: StageCall) -> None:
     """Per-base screening tables -> results/screening.parquet."""
     frames = []
     for base, path in sorted(call.inputs.items()):

@@ -1,0 +1,182 @@
+"""Reference phases of the convex hull: the run's own data, relaxed by CHGNet once.
+
+For a chemical system (a set of elements) the reference phases are the materials of
+``structures.parquet`` whose elements all belong to it. Where the data holds no phase of
+an element, ASE's reference crystal of the element is used (``ase.data.reference_states``
+through ``ase.build.bulk``), or for the diatomic gases (H2, N2, O2, F2) the molecule in a
+10 Å box; where neither exists (α-Mn, Cl2 and the other elements whose ASE reference needs
+an atomic basis) the element has no reference and the hulls that need it are NaN, with
+the reason.
+
+Every reference is relaxed once per model and relaxation settings and kept in a cache
+(parquet, keyed by ``reference_id`` + ``model`` + ``settings``), so a second base in the
+same chemical system, or a second run, reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pymatgen.core import Composition, Lattice, Structure
+from tqdm import tqdm
+
+from matdisc.io import read_table, write_table
+from matdisc.stability.potential import Potential
+
+log = logging.getLogger(__name__)
+
+#: Elements whose standard state is a diatomic gas: a molecule in a box (bond length, Å).
+DIATOMIC_BOX_ANGSTROM = 10.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RelaxSettings:
+    """One relaxation: force threshold (eV/Å), step limit, rattle (Å) and its seed."""
+
+    fmax: float
+    steps: int
+    rattle_angstrom: float
+    seed: int
+
+    @classmethod
+    def from_section(cls, section: dict[str, Any], seed: int) -> RelaxSettings:
+        return cls(
+            fmax=float(section["fmax_ev_per_angstrom"]),
+            steps=int(section["max_steps"]),
+            rattle_angstrom=float(section["rattle_angstrom"]),
+            seed=int(seed),
+        )
+
+    def key(self, model: str) -> str:
+        """A short digest of the model and these settings (the cache key)."""
+        text = json.dumps({"model": model, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def chemical_system(formula: str) -> tuple[str, ...]:
+    """Sorted element symbols of ``formula``."""
+    return tuple(sorted(el.symbol for el in Composition(formula).elements))
+
+
+def elemental_reference(symbol: str) -> tuple[Structure | None, str | None]:
+    """ASE's reference crystal (or diatomic molecule in a box) of an element, or why none."""
+    from ase.build import bulk
+    from ase.data import chemical_symbols, reference_states
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    state = reference_states[chemical_symbols.index(symbol)]
+    if state is None:
+        return None, f"ASE has no reference state for {symbol}"
+    if state.get("symmetry") == "diatom":
+        box = Lattice.cubic(DIATOMIC_BOX_ANGSTROM)
+        half = state["d"] / DIATOMIC_BOX_ANGSTROM / 2
+        return Structure(
+            box, [symbol, symbol], [[0.5 - half, 0.5, 0.5], [0.5 + half, 0.5, 0.5]]
+        ), None
+    try:
+        return AseAtomsAdaptor.get_structure(bulk(symbol)), None
+    except Exception as exc:  # ASE needs an atomic basis it does not ship (α-Mn, Cl2 …)
+        return None, f"ASE cannot build the reference crystal of {symbol} ({exc})"
+
+
+def reference_phases(structures: pd.DataFrame, systems: Iterable[tuple[str, ...]]) -> pd.DataFrame:
+    """The reference phases of all ``systems``: data rows (``reference_id`` = material id)
+    whose elements lie in one of the systems, plus ASE elemental references
+    (``reference_id`` = ``ase:<symbol>``) for elements the data lacks. Columns:
+    ``reference_id``, ``formula``, ``source`` (data / ase / none), ``structure_json``,
+    ``reason`` (why an element has no reference)."""
+    systems = [frozenset(s) for s in systems]
+    wanted = frozenset().union(*systems) if systems else frozenset()
+    element_sets = [
+        frozenset(chemical_system(f)) for f in structures["formula"].astype(str).tolist()
+    ]
+    keep = [any(e <= s for s in systems) for e in element_sets]
+    data = structures.loc[keep, ["material_id", "formula", "structure_json"]].rename(
+        columns={"material_id": "reference_id"}
+    )
+    data = data.assign(source="data", reason=None)
+    covered = {next(iter(e)) for e, k in zip(element_sets, keep, strict=True) if k and len(e) == 1}
+    extra = []
+    for symbol in sorted(wanted - covered):
+        structure, reason = elemental_reference(symbol)
+        extra.append(
+            {
+                "reference_id": f"ase:{symbol}",
+                "formula": symbol,
+                "structure_json": None if structure is None else json.dumps(structure.as_dict()),
+                "source": "ase" if structure is not None else "none",
+                "reason": reason,
+            }
+        )
+    return pd.concat([data, pd.DataFrame(extra, columns=data.columns)], ignore_index=True)
+
+
+def relax_references(
+    phases: pd.DataFrame,
+    *,
+    potential: Potential,
+    settings: RelaxSettings,
+    cache_path: Path,
+) -> pd.DataFrame:
+    """CHGNet energies (eV/atom) of ``phases``: from the cache where it holds them for this
+    model and these settings, else relaxed now and added to the cache. Returns one row per
+    phase (schema ``references``)."""
+    key = settings.key(potential.info.checkpoint)
+    cache = read_table(cache_path, "references") if cache_path.is_file() else None
+    done = cache[cache["settings"] == key].set_index("reference_id") if cache is not None else None
+    rows, fresh = [], 0
+    todo = phases[phases["source"] != "none"]
+    for record in tqdm(todo.to_dict("records"), desc="reference phases", unit="phase", leave=False):
+        rid = record["reference_id"]
+        if done is not None and rid in done.index:
+            rows.append(done.loc[rid].to_dict() | {"reference_id": rid})
+            continue
+        structure = Structure.from_dict(json.loads(record["structure_json"]))
+        relaxed = potential.relax(
+            structure, fmax=settings.fmax, steps=settings.steps,
+            rattle_angstrom=settings.rattle_angstrom, seed=settings.seed,
+        )  # fmt: skip
+        fresh += 1
+        rows.append(
+            {
+                "reference_id": rid,
+                "formula": record["formula"],
+                "source": record["source"],
+                "model": potential.info.model,
+                "settings": key,
+                "nsites": len(structure),
+                "energy_ev_per_atom": relaxed.energy_ev_per_atom,
+                "converged": relaxed.converged,
+                "steps": relaxed.steps,
+                "seconds": relaxed.seconds,
+                "structure_json": json.dumps(relaxed.structure.as_dict()),
+            }
+        )
+    frame = _frame(rows)
+    if fresh:
+        merged = frame if cache is None else pd.concat([cache, frame], ignore_index=True)
+        merged = merged.drop_duplicates(["reference_id", "settings"], keep="last")
+        write_table(merged, cache_path, "references", metadata={"model": asdict(potential.info)})
+    log.info(
+        "reference phases: %d (%d relaxed now, %d from the cache); %d elements without one",
+        len(frame), fresh, len(frame) - fresh, int((phases["source"] == "none").sum()),
+    )  # fmt: skip
+    return frame
+
+
+def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    from matdisc.io.schemas import REFERENCES
+
+    frame = pd.DataFrame(rows, columns=REFERENCES.names)
+    frame["converged"] = frame["converged"].astype(bool)
+    frame["steps"] = frame["steps"].astype(np.int32)
+    frame["nsites"] = frame["nsites"].astype(np.int32)
+    return frame

@@ -1,0 +1,156 @@
+"""Stage entry points of the candidate judge (rules in workflow/rules/stability.smk).
+
+- ``relax_references``: the reference phases of every chemical system in the pools of all
+  bases, CHGNet-relaxed once (cache ``results/stability/cache/references.parquet``, kept
+  between runs) → ``results/stability/references.parquet``.
+- ``relax_candidates`` (one base): its pool judged → ``results/stability/{base}.parquet``
+  and the relaxed structures' symmetrised CIFs in ``results/stability/{base}/``.
+- ``collect_sun``: the S.U.N. table of all bases → ``results/metrics/sun.parquet``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+from pymatgen.core import Structure
+
+from matdisc.errors import UserError
+from matdisc.io import read_table, write_table
+from matdisc.stability.hull import Hulls
+from matdisc.stability.judge import JudgeSettings, judge_pool
+from matdisc.stability.potential import Potential
+from matdisc.stability.references import (
+    chemical_system,
+    reference_phases,
+)
+from matdisc.stability.references import (
+    relax_references as relax_phases,
+)
+from matdisc.stability.sun import sun_table
+from matdisc.stage import StageCall
+from matdisc.train.device import resolve_device
+
+log = logging.getLogger(__name__)
+
+#: Persistent cache of relaxed reference phases, beside the stage's output.
+CACHE_NAME = "cache/references.parquet"
+
+
+def _per_base(call: StageCall, kind: str) -> dict[str, Path]:
+    """Inputs named ``{kind}:{base}``, by base, in the order given."""
+    prefix = f"{kind}:"
+    found = {k[len(prefix) :]: v for k, v in call.inputs.items() if k.startswith(prefix)}
+    if not found:
+        raise UserError(f"this stage needs one --input {kind}:BASE=PATH per base compound.")
+    return found
+
+
+def _potential(call: StageCall) -> Potential:
+    device = resolve_device(call.section("train")["device"])
+    return Potential(device=device.type, threads=call.threads)
+
+
+def _metadata(call: StageCall, potential: Potential, settings: JudgeSettings) -> dict:
+    return {
+        "stability": call.section("stability"),
+        "relax": dataclasses.asdict(settings.relax),
+        "potential": dataclasses.asdict(potential.info),
+    }
+
+
+def relax_references(call: StageCall) -> None:
+    """Reference phases of the chemical systems of every pool, relaxed once."""
+    settings = JudgeSettings.from_section(call.section("stability"), call.seed)
+    systems = set()
+    for path in _per_base(call, "pool").values():
+        systems |= {chemical_system(f) for f in read_table(path, "pool")["formula"].unique()}
+    structures = read_table(call.input("structures"), "structures")
+    phases = reference_phases(structures, systems)
+    log.info(
+        "%d chemical systems: %d reference phases (%d from the data, %d ASE elements, "
+        "%d elements without a reference)",
+        len(systems), len(phases), int((phases["source"] == "data").sum()),
+        int((phases["source"] == "ase").sum()), int((phases["source"] == "none").sum()),
+    )  # fmt: skip
+    output = call.output("references")
+    potential = _potential(call)
+    frame = relax_phases(
+        phases, potential=potential, settings=settings.relax, cache_path=output.parent / CACHE_NAME
+    )
+    missing = phases[phases["source"] == "none"]
+    meta = _metadata(call, potential, settings) | {
+        "missing_elements": dict(zip(missing["formula"], missing["reason"], strict=True))
+    }
+    write_table(frame, output, "references", metadata=meta)
+
+
+def relax_candidates(call: StageCall) -> None:
+    """One base's pool judged: single points, relaxations, hull, novelty."""
+    from matdisc.io.parquet import read_metadata
+
+    settings = JudgeSettings.from_section(call.section("stability"), call.seed)
+    base = call.wildcard("base")
+    pool = read_table(call.input("pool"), "pool")
+    references_path = call.input("references")
+    references = read_table(references_path, "references")
+    missing = read_metadata(references_path).get("missing_elements", {})
+    structures = read_table(call.input("structures"), "structures")
+    formulas = set(pool["formula"])
+    known: dict[str, list[tuple[str, Structure]]] = {}
+    for mid, formula, raw in zip(
+        structures["material_id"], structures["formula"], structures["structure_json"], strict=True
+    ):
+        if formula in formulas:
+            known.setdefault(formula, []).append((mid, Structure.from_dict(json.loads(raw))))
+    potential = _potential(call)
+    table = judge_pool(
+        pool,
+        base=base,
+        potential=potential,
+        hulls=Hulls(references, missing),
+        known=known,
+        settings=settings,
+        seed=call.seed,
+        cif_dir=call.output("cifs"),
+    )
+    relaxed = table[table["relaxed"].astype(bool)]
+    log.info(
+        "%s: %d structures judged, %d relaxed, %d stable (<= %.2f eV/atom above the hull), "
+        "%d of them novel",
+        base, len(table), len(relaxed), int(table["stable"].sum()),
+        settings.threshold_ev_per_atom, int((table["stable"] & table["novel"]).sum()),
+    )  # fmt: skip
+    for row in relaxed.sort_values("rank").itertuples():
+        log.info(
+            "  %s %s: E_hull %.3f eV/atom (single point %.3f), %d reference phases%s",
+            row.structure_id, row.formula, row.e_above_hull_ev_per_atom,
+            row.e_above_hull_single_ev_per_atom, row.n_reference_phases,
+            f", thin hull (no phase in {row.empty_subsystems})" if row.thin_hull else "",
+        )  # fmt: skip
+    write_table(
+        table, call.output("stability"), "stability", metadata=_metadata(call, potential, settings)
+    )
+
+
+def collect_sun(call: StageCall) -> None:
+    """The S.U.N. table: per base and over all bases."""
+    judged = _per_base(call, "stability")
+    samples = _per_base(call, "samples")
+    bases = list(judged)
+    tables = [read_table(judged[b], "stability") for b in bases]
+    # every draw made counts, failed ones included: the rows of the samples table
+    draws = [pq.ParquetFile(samples[b]).metadata.num_rows for b in bases]
+    table = sun_table(tables, draws, bases, generator="vae")
+    log.info("S.U.N.:\n%s", table.to_string(index=False))
+    write_table(table, call.output("sun"), "sun", metadata={"stability": call.section("stability")})
+
+
+def sun_funnel_counts(sun: pd.DataFrame, base: str) -> dict[str, int]:
+    """The judge's funnel rows of one base: relaxed, stable, unique, novel (S.U.N.)."""
+    row = sun[sun["base"] == base].iloc[0]
+    return {name: int(row[name]) for name in ("relaxed", "stable", "unique", "novel")}

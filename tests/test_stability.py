@@ -1,0 +1,291 @@
+"""The candidate judge: composition validity, CHGNet, the hull and its references, S.U.N."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import numpy as np
+import pandas as pd
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from matdisc.stability.hull import Hulls
+from matdisc.stability.references import (
+    RelaxSettings,
+    chemical_system,
+    elemental_reference,
+    reference_phases,
+    relax_references,
+)
+from matdisc.stability.sun import sun_row, wilson_interval
+from matdisc.stability.validity import is_valid
+
+RELAX = RelaxSettings(fmax=0.05, steps=200, rattle_angstrom=0.01, seed=0)
+
+
+def rocksalt(a: float, cation: str = "Na", anion: str = "Cl") -> Structure:
+    return Structure.from_spacegroup(
+        "Fm-3m", Lattice.cubic(a), [cation, anion], [[0, 0, 0], [0.5, 0.5, 0.5]]
+    )
+
+
+@pytest.fixture(scope="module")
+def potential():
+    from matdisc.stability.potential import Potential
+
+    return Potential(device="cpu", threads=2)
+
+
+# --- composition validity ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("formula", ["NaCl", "CaTiO3", "KMgF3", "LaMnO3"])
+def test_common_compounds_are_valid_under_strict(formula):
+    assert is_valid(formula, "strict") and is_valid(formula, "cdvae")
+
+
+@pytest.mark.parametrize("formula", ["GdMgO3", "CsGdO3", "SmMgO3"])
+def test_charged_compositions_fail_strict_but_pass_cdvae(formula):
+    assert not is_valid(formula, "strict")
+    assert is_valid(formula, "cdvae")  # CDVAE's rule is lenient
+
+
+def test_intermetallics_pass_both_and_none_passes_all():
+    assert is_valid("HfNi2Sn", "strict") and is_valid("HfNi2Sn", "cdvae")
+    assert is_valid("GdMgO3", "none")
+    assert not is_valid("CaO2", "strict")  # a peroxide: the known false rejection
+    with pytest.raises(ValueError, match="unknown composition validity rule"):
+        is_valid("NaCl", "loose")
+
+
+# --- the hull ---------------------------------------------------------------------------
+
+
+def references(rows: list[tuple[str, float]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["formula", "energy_ev_per_atom"])
+
+
+def test_energy_above_hull_and_coverage():
+    hulls = Hulls(references([("Na", -1.3), ("Cl", -1.8), ("NaCl", -3.6)]), missing={})
+    on = hulls.judge("NaCl", -3.6)
+    assert on.e_above_hull == pytest.approx(0.0, abs=1e-9) and on.reason is None
+    above = hulls.judge("NaCl", -3.4)
+    assert above.e_above_hull == pytest.approx(0.2)
+    below = hulls.judge("NaCl", -3.7)  # a new ground state lies below the hull
+    assert below.e_above_hull == pytest.approx(-0.1)
+    assert on.n_reference_phases == 3 and on.empty_subsystems == ()
+    # a ternary whose binaries are missing: reported, not hidden
+    hulls = Hulls(references([("Na", -1.3), ("Cl", -1.8), ("O", -4.9), ("NaCl", -3.6)]), missing={})
+    ternary = hulls.judge("NaClO3", -3.0)
+    assert set(ternary.empty_subsystems) == {"Cl-O", "Na-O", "Cl-Na-O"}
+
+
+def test_missing_elemental_reference_gives_nan_and_the_reason():
+    hulls = Hulls(
+        references([("O", -4.9)]), missing={"Mn": "ASE cannot build the reference crystal of Mn"}
+    )
+    result = hulls.judge("MnO", -4.0)
+    assert np.isnan(result.e_above_hull)
+    assert result.reason == "ASE cannot build the reference crystal of Mn"
+
+
+def test_elemental_references_from_ase():
+    o2, reason = elemental_reference("O")
+    assert reason is None and len(o2) == 2 and o2.lattice.a == 10.0
+    assert o2.get_distance(0, 1) == pytest.approx(1.21)
+    k, _ = elemental_reference("K")
+    assert len(k) == 1
+    mn, reason = elemental_reference("Mn")
+    assert mn is None and "Mn" in reason
+
+
+def test_reference_phases_take_the_data_and_fill_missing_elements():
+    data = pd.DataFrame(
+        {
+            "material_id": ["mp-1", "mp-2", "mp-3"],
+            "formula": ["Na", "NaCl", "KCl"],
+            "structure_json": [json.dumps(rocksalt(5.6).as_dict())] * 3,
+        }
+    )
+    phases = reference_phases(data, [chemical_system("NaCl")])
+    assert list(phases["reference_id"]) == ["mp-1", "mp-2", "ase:Cl"]
+    assert list(phases["source"]) == ["data", "data", "none"]  # Cl2 needs a basis in ASE
+    assert "Cl" in phases["reason"].iloc[-1]
+
+
+# --- S.U.N. -----------------------------------------------------------------------------
+
+
+def test_wilson_interval():
+    low, high = wilson_interval(5, 100)
+    assert low == pytest.approx(0.0215, abs=1e-3) and high == pytest.approx(0.1118, abs=1e-3)
+    assert wilson_interval(0, 10)[0] == 0.0
+    assert np.isnan(wilson_interval(0, 0)[0])
+
+
+def test_sun_counts_stable_unique_novel_over_every_draw():
+    nacl = json.dumps(rocksalt(5.64).as_dict())
+    kcl = json.dumps(rocksalt(6.29, "K").as_dict())
+    judged = pd.DataFrame(
+        {
+            "formula": ["NaCl", "NaCl", "KCl", "KCl"],
+            "n_draws": [10, 5, 3, 2],
+            "relaxed": [True, True, True, False],
+            "stable": [True, True, True, False],
+            "novel": [True, True, False, True],
+            "e_above_hull_ev_per_atom": [0.05, 0.05, -0.01, np.nan],
+            "relaxed_structure_json": [nacl, nacl, kcl, None],
+        }
+    )
+    row = sun_row("X", "vae", judged, draws=40)
+    assert (row["valid"], row["judged"], row["relaxed"]) == (20, 4, 3)
+    assert (row["stable"], row["stable_below_hull"], row["unique"], row["novel"]) == (3, 1, 2, 1)
+    assert row["sun_rate"] == pytest.approx(1 / 40) and row["lower_bound"]
+
+
+# --- CHGNet -----------------------------------------------------------------------------
+
+
+def test_chgnet_loads_with_the_network_blocked(monkeypatch):
+    """The wheel ships the weights: loading must not touch the network."""
+    from matdisc.stability.potential import Potential
+
+    def refuse(*args, **kwargs):
+        raise OSError("network blocked by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    potential = Potential(device="cpu")
+    assert potential.info.checkpoint.endswith(".pth.tar") and len(potential.info.sha256) == 64
+    energy = potential.energies([rocksalt(5.64)])
+    assert np.isfinite(energy).all() and -4.5 < energy[0] < -3.0
+
+
+def test_reference_cache_is_reused(tmp_path, potential, monkeypatch):
+    phases = pd.DataFrame(
+        {
+            "reference_id": ["ase:Cu"],
+            "formula": ["Cu"],
+            "source": ["ase"],
+            "structure_json": [json.dumps(elemental_reference("Cu")[0].as_dict())],
+            "reason": [None],
+        }
+    )
+    cache = tmp_path / "cache" / "references.parquet"
+    first = relax_references(phases, potential=potential, settings=RELAX, cache_path=cache)
+    assert cache.is_file() and first["converged"].all()
+
+    def no_relaxation(*args, **kwargs):
+        raise AssertionError("the cache should have been used")
+
+    monkeypatch.setattr(potential, "relax", no_relaxation)
+    second = relax_references(phases, potential=potential, settings=RELAX, cache_path=cache)
+    assert second["energy_ev_per_atom"].tolist() == first["energy_ev_per_atom"].tolist()
+    # other relaxation settings are another cache key: relaxed again
+    with pytest.raises(AssertionError, match="cache should have been used"):
+        relax_references(
+            phases,
+            potential=potential,
+            settings=RelaxSettings(fmax=0.1, steps=200, rattle_angstrom=0.03, seed=0),
+            cache_path=cache,
+        )
+
+
+@pytest.mark.slow
+def test_known_binary_lies_on_the_hull_and_strained_above(tmp_path, potential, snapshot_table):
+    """NaCl of the snapshot, relaxed by CHGNet, lies on the hull of the snapshot's Na-Cl
+    phases; the same cell strained 5 % (a single point) lies above it."""
+    phases = reference_phases(snapshot_table, [chemical_system("NaCl")])
+    assert {"NaCl", "Na"} <= set(phases["formula"])
+    refs = relax_references(
+        phases, potential=potential, settings=RELAX, cache_path=tmp_path / "refs.parquet"
+    )
+    hulls = Hulls(refs, missing={})
+    row = snapshot_table[snapshot_table["formula"] == "NaCl"].iloc[0]
+    nacl = Structure.from_dict(json.loads(row["structure_json"]))
+    relaxed = potential.relax(nacl, fmax=0.05, steps=200, rattle_angstrom=0.01, seed=0)
+    on = hulls.judge("NaCl", relaxed.energy_ev_per_atom)
+    assert abs(on.e_above_hull) < 0.02, on
+    strained = nacl.copy()
+    strained.apply_strain(0.05)
+    above = hulls.judge("NaCl", float(potential.energies([strained])[0]))
+    assert above.e_above_hull > 0.02, above
+
+
+@pytest.mark.slow
+def test_judge_stages_end_to_end(tmp_path, snapshot_table):
+    """relax_references → relax_candidates → collect_sun on a pool of three draws: two of
+    one rock-salt NaCl structure and one KCl (both known in the data: judged, not novel)."""
+    from matdisc.io import read_table, write_table
+    from matdisc.stability.stage import collect_sun, relax_candidates, relax_references
+    from matdisc.stage import StageCall
+
+    structures = snapshot_table[
+        snapshot_table["formula"].map(lambda f: set(chemical_system(f)) <= {"Na", "K", "Cl"})
+    ]
+    write_table(structures, tmp_path / "structures.parquet", "structures")
+    draws = [rocksalt(5.70), rocksalt(5.66), rocksalt(6.35, "K")]
+    pool = pd.DataFrame(
+        {
+            "base": "NaCl",
+            "sample_index": [0, 1, 2],
+            "formula": ["NaCl", "NaCl", "KCl"],
+            "formula_anonymous": "AB",
+            "nsites": 8,
+            "valid_strict": True,
+            "valid_cdvae": True,
+            "in_training": [True, True, False],
+            "candidate_id": [None, "NaCl-s00001", None],
+            "structure_json": [json.dumps(s.to_conventional().as_dict()) for s in draws],
+        }
+    )
+    write_table(pool, tmp_path / "pool.parquet", "pool")
+    section = {
+        "run": True, "threshold_ev_per_atom": 0.1, "max_relax": 5, "draws_per_structure": 4,
+        "symprec_angstrom": 0.1, "batch_size": 32, "fmax_ev_per_angstrom": 0.05,
+        "max_steps": 200, "rattle_angstrom": 0.01,
+    }  # fmt: skip
+    settings = {"seed": 3, "stability": section, "train": {"device": "cpu"}}
+    results = tmp_path / "results" / "stability"
+    relax_references(
+        StageCall(
+            settings=settings,
+            inputs={"pool:NaCl": tmp_path / "pool.parquet", "structures": tmp_path / "structures.parquet"},
+            outputs={"references": results / "references.parquet"},
+            threads=2,
+        )
+    )  # fmt: skip
+    assert (results / "cache" / "references.parquet").is_file()
+    relax_candidates(
+        StageCall(
+            settings=settings,
+            inputs={"pool": tmp_path / "pool.parquet", "references": results / "references.parquet",
+                    "structures": tmp_path / "structures.parquet"},
+            outputs={"stability": results / "NaCl.parquet", "cifs": results / "NaCl"},
+            threads=2, wildcards={"base": "NaCl"},
+        )
+    )  # fmt: skip
+    judged = read_table(results / "NaCl.parquet", "stability").set_index("formula")
+    assert sorted(judged.index) == ["KCl", "NaCl"]
+    nacl = judged.loc["NaCl"]
+    # the seed's candidate is the draw kept for its structure; both draws counted
+    assert nacl["candidate_id"] == "NaCl-s00001" and nacl["n_draws"] == 2
+    assert nacl["relaxed"] and nacl["relax_converged"] and nacl["spacegroup_relaxed"] == 225
+    assert abs(nacl["e_above_hull_ev_per_atom"]) < 0.03 and nacl["stable"]
+    assert not nacl["novel"] and nacl["matched_material_id"].startswith("mp-")
+    assert Structure.from_file(nacl["cif_path"]).composition.reduced_formula == "NaCl"
+    assert judged.loc["KCl", "n_reference_phases"] >= 3  # K from ASE, Cl2 and KCl from data
+    samples = pd.DataFrame({"sample_index": range(10)})
+    samples.to_parquet(tmp_path / "samples.parquet")
+    collect_sun(
+        StageCall(
+            settings=settings,
+            inputs={"stability:NaCl": results / "NaCl.parquet", "samples:NaCl": tmp_path / "samples.parquet"},
+            outputs={"sun": tmp_path / "sun.parquet"},
+        )
+    )  # fmt: skip
+    sun = read_table(tmp_path / "sun.parquet", "sun").set_index("base")
+    assert sun.loc["NaCl", "draws"] == 10 and sun.loc["NaCl", "valid"] == 3
+    assert sun.loc["NaCl", "stable"] >= 1 and sun.loc["NaCl", "novel"] == 0
+    assert sun.loc["all", "sun_rate"] == 0.0

@@ -1,0 +1,76 @@
+# The candidate judge (stability.run): CHGNet relaxation, energy above the hull of the
+# run's own phases, S.U.N. Reference phases are relaxed once for all bases (their cache,
+# results/stability/cache/, is kept between runs).
+
+
+rule relax_references:
+    input:
+        pools=expand("results/pool/{base}.parquet", base=BASES),
+        structures="results/data/structures.parquet",
+    output:
+        references="results/stability/references.parquet",
+    params:
+        settings=settings("stability", "train"),
+        inputs=per_base_inputs("results/pool/{base}.parquet", name="pool"),
+    log:
+        "logs/relax_references/all.log",
+    benchmark:
+        "benchmarks/relax_references/all.tsv"
+    conda:
+        "../../envs/matdisc.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    shell:
+        "python -m matdisc relax-references --settings {params.settings:q} --threads {threads}"
+        " {params.inputs} --input structures={input.structures}"
+        " --output references={output.references} --log {log}"
+
+
+rule relax_candidates:
+    input:
+        pool="results/pool/{base}.parquet",
+        references="results/stability/references.parquet",
+        structures="results/data/structures.parquet",
+    output:
+        stability="results/stability/{base}.parquet",
+        cifs=directory("results/stability/{base}"),
+    params:
+        settings=settings("stability", "train"),
+    log:
+        "logs/relax_candidates/{base}.log",
+    benchmark:
+        "benchmarks/relax_candidates/{base}.tsv"
+    conda:
+        "../../envs/matdisc.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    shell:
+        "python -m matdisc relax-candidates --settings {params.settings:q} --threads {threads}"
+        " --wildcard base={wildcards.base} --input pool={input.pool}"
+        " --input references={input.references} --input structures={input.structures}"
+        " --output stability={output.stability} --output cifs={output.cifs} --log {log}"
+
+
+rule collect_sun:
+    input:
+        stability=expand("results/stability/{base}.parquet", base=BASES),
+        samples=expand("results/samples/{base}.parquet", base=BASES),
+    output:
+        sun="results/metrics/sun.parquet",
+    params:
+        settings=settings("stability"),
+        stability=per_base_inputs("results/stability/{base}.parquet", name="stability"),
+        samples=per_base_inputs("results/samples/{base}.parquet", name="samples"),
+    log:
+        "logs/collect_sun/all.log",
+    benchmark:
+        "benchmarks/collect_sun/all.tsv"
+    conda:
+        "../../envs/matdisc.yaml"
+    shell:
+        "python -m matdisc collect-sun --settings {params.settings:q}"
+        " {params.stability} {params.samples} --output sun={output.sun} --log {log}"
