@@ -44,9 +44,11 @@ rule relax_candidates:
         "benchmarks/relax_candidates/{base}.tsv"
     conda:
         "../../envs/matdisc.yaml"
-    threads: 2
+    # One thread each: CHGNet on cells of a few atoms gains little from a second thread,
+    # so two bases are judged side by side on two cores.
+    threads: 1
     resources:
-        mem_mb=8000,
+        mem_mb=4000,
         runtime=240,
     shell:
         "python -m matdisc relax-candidates --settings {params.settings:q} --threads {threads}"

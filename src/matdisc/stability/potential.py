@@ -69,8 +69,9 @@ class Potential:
             self.calculator = CHGNetCalculator(model=self.model, use_device=device)
         self.info = _info()
 
-    def energies(self, structures: list[Structure], batch_size: int = 32) -> np.ndarray:
-        """Single-point energies (eV/atom) of ``structures``, batched through the model."""
+    def energies(self, structures: list[Structure], batch_size: int = 1) -> np.ndarray:
+        """Single-point energies (eV/atom) of ``structures``, ``batch_size`` per model call
+        (on a CPU one at a time is fastest: benchmarks/bench_stability.py)."""
         if not structures:
             return np.zeros(0)
         with warnings.catch_warnings():  # a torch warning inside CHGNet's volume tensor
