@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -113,6 +114,8 @@ def main() -> None:
             }
             rows["chgnet_relax_s"] = round(relaxed.seconds, 1)
             report["crystals"][name] = rows
+            # each crystal as it finishes (stderr), so a stopped run keeps what it measured
+            print(json.dumps({name: rows}), file=sys.stderr, flush=True)
     ratios = {}
     for variant in ("prerelaxed_conventional", "prerelaxed_primitive"):
         steps, times = [], []

@@ -36,10 +36,29 @@ def zincblende(a: float, first: str, second: str) -> Structure:
     return Structure(Lattice.cubic(a), [first] * 4 + [second] * 4, FCC + TETRA)
 
 
+def references_table(phases: dict[str, tuple[Structure, float]]) -> pd.DataFrame:
+    """A judge's reference table (schema ``references``): id → (structure, eV/atom)."""
+    from matdisc.io.schemas import REFERENCES
+
+    rows = [
+        {"reference_id": rid, "formula": s.composition.reduced_formula, "source": "data",
+         "model": "test", "settings": "test", "nsites": len(s), "energy_ev_per_atom": e,
+         "converged": True, "steps": 1, "seconds": 0.0,
+         "structure_json": json.dumps(s.as_dict())}
+        for rid, (s, e) in phases.items()
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=REFERENCES.names)
+
+
 def write_qe_folder(
-    tmp_path: Path, structures: dict[str, Structure], qe: dict, base: str = "Si"
+    tmp_path: Path,
+    structures: dict[str, Structure],
+    qe: dict,
+    base: str = "Si",
+    references: pd.DataFrame | None = None,
 ) -> Path:
-    """Candidates + screening tables of ``structures`` → the write_qe_inputs stage; its folder."""
+    """Candidates + screening tables of ``structures`` (and the judge's reference phases)
+    → the write_qe_inputs stage; its folder."""
     candidates = pd.DataFrame(
         [
             {"candidate_id": cid, "base": base, "formula": s.composition.reduced_formula,
@@ -56,13 +75,19 @@ def write_qe_folder(
     candidates.to_parquet(tmp_path / "candidates.parquet")
     screening.to_parquet(tmp_path / "screening.parquet")
     folder = tmp_path / "qe" / base
+    inputs = {
+        "candidates": tmp_path / "candidates.parquet",
+        "screening": tmp_path / "screening.parquet",
+    }
+    if references is not None:
+        from matdisc.io import write_table
+
+        write_table(references, tmp_path / "references.parquet", "references")
+        inputs["references"] = tmp_path / "references.parquet"
     write_qe_inputs(
         StageCall(
             settings={"qe": qe},
-            inputs={
-                "candidates": tmp_path / "candidates.parquet",
-                "screening": tmp_path / "screening.parquet",
-            },
+            inputs=inputs,
             outputs={"inputs": folder},
             wildcards={"base": base},
         )

@@ -782,3 +782,84 @@ def test_inputs_start_from_the_judges_relaxed_structure(tmp_path):
     write_qe_inputs(call)
     again = read_table(tmp_path / "g" / "manifest.parquet", "qe_manifest")
     assert set(again["start_structure"]) == {"generated"}
+
+
+def test_hull_phases_are_the_stable_references_of_each_system():
+    from qe_cases import references_table, zincblende
+
+    from matdisc.qe.hull import hull_phases
+
+    refs = references_table(
+        {
+            "si": (zincblende(5.47, "Si", "Si"), -5.4),
+            "c": (zincblende(3.57, "C", "C"), -9.1),
+            "sic": (zincblende(4.36, "Si", "C"), -7.5),  # below the Si-C tie line: stable
+            "sic-hi": (zincblende(4.50, "Si", "C"), -7.0),  # above it
+            "ni": (Structure(Lattice.cubic(3.5), ["Ni"], [[0, 0, 0]]), -5.5),
+        }
+    )
+    assert sorted(hull_phases(refs, ["SiC"])["reference_id"]) == ["c", "si", "sic"]
+    assert sorted(hull_phases(refs, ["Si", "NiSi"])["reference_id"]) == ["ni", "si"]
+    assert hull_phases(refs, ["NaCl"]).empty  # no phase of Na or Cl: nothing to compete
+
+
+def test_dft_stability_from_relaxed_candidates_and_phases():
+    from matdisc.qe.hull import dft_stability
+    from matdisc.qe.relax import relaxed_frame
+
+    def row(cid, kind, formula, energy, status="converged", n=2):
+        element = formula if kind == "hull_phase" else "Si"
+        structure = Structure(Lattice.cubic(5.0), [element] * n, [[0, 0, 0], [0.5, 0.5, 0.5]])
+        if kind == "candidate":
+            structure = Structure(Lattice.cubic(4.4), ["Si", "C"], [[0, 0, 0], [0.25] * 3])
+        return {"base": "SiC", "candidate_id": cid, "kind": kind, "formula": formula,
+                "status": status, "final_energy_ev_per_atom": energy,
+                "relaxed_structure_json": json.dumps(structure.as_dict())}  # fmt: skip
+
+    frame = relaxed_frame(
+        [
+            row("SiC-1", "candidate", "SiC", -7.5),
+            row("SiC-2", "candidate", "SiC", -7.0, status="failed"),
+            row("GeC-3", "candidate", "GeC", -6.0),
+            row("hull:si", "hull_phase", "Si", -5.4),
+            row("hull:c", "hull_phase", "C", -9.2),
+        ]
+    )
+    out = dft_stability(frame).set_index("candidate_id")
+    assert out.at["SiC-1", "dft_e_form_ev_per_atom"] == pytest.approx(-0.2)
+    assert out.at["SiC-1", "dft_e_above_hull_ev_per_atom"] == pytest.approx(-0.2)
+    assert out.at["SiC-2", "dft_hull_reason"] == "the candidate's run is failed"
+    assert "Ge" in out.at["GeC-3", "dft_hull_reason"]
+    assert np.isnan(out.at["GeC-3", "dft_e_above_hull_ev_per_atom"])
+
+
+def test_hull_phases_get_inputs_once_without_any_file(tmp_path):
+    from qe_cases import references_table
+
+    cand, screen = write_candidate_tables(
+        tmp_path, {"NiO-1": rocksalt_nio(), "NiO-2": rocksalt_nio()}
+    )
+    ni = Structure(
+        Lattice.cubic(3.52), ["Ni"] * 4, [[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]]
+    )
+    o2 = Structure(Lattice.cubic(10.0), ["O", "O"], [[0.5, 0.5, 0.44], [0.5, 0.5, 0.56]])
+    refs = references_table(
+        {"mp-23": (ni, -5.5), "ase:O": (o2, -4.9), "mp-19009": (rocksalt_nio(), -6.0)}
+    )
+    write_table(refs, tmp_path / "references.parquet", "references")
+    out = tmp_path / "qe" / "NiO"
+    call = inputs_call(cand, screen, out, qe={})
+    call.inputs["references"] = tmp_path / "references.parquet"
+    write_qe_inputs(call)
+    manifest = read_table(out / "manifest.parquet", "qe_manifest").set_index("candidate_id")
+    assert manifest["kind"].tolist() == ["candidate"] * 2 + ["hull_phase"] * 3
+    assert (out / "hull" / "mp-23" / "pw.in").is_file()
+    assert manifest.at["hull:ase:O", "input_path"].startswith("hull/")
+    assert manifest.loc[manifest["kind"] == "hull_phase", "error"].isna().all()
+    # without the option, no phase
+    call = inputs_call(cand, screen, tmp_path / "none", qe={"hull_phases": False})
+    call.inputs["references"] = tmp_path / "references.parquet"
+    write_qe_inputs(call)
+    assert set(read_table(tmp_path / "none" / "manifest.parquet", "qe_manifest")["kind"]) == {
+        "candidate"
+    }

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from ase.io import read as ase_read
 from pymatgen.core import Structure
-from qe_cases import CHEAP, DEBIAN_PSEUDO, write_qe_folder, zincblende
+from qe_cases import CHEAP, DEBIAN_PSEUDO, references_table, write_qe_folder, zincblende
 
 from matdisc.io import read_table
 from matdisc.qe.run import CONVERGED, FAILED, NO_INPUT, NOT_CONVERGED, pw_command, run_pw
@@ -43,10 +43,14 @@ def pwx():
 
 
 def make_inputs(
-    tmp_path: Path, structures: dict[str, Structure], qe: dict, base: str = "Si"
+    tmp_path: Path,
+    structures: dict[str, Structure],
+    qe: dict,
+    base: str = "Si",
+    references: pd.DataFrame | None = None,
 ) -> Path:
     """write_qe_folder → collect_qe_manifest; the manifest path."""
-    folder = write_qe_folder(tmp_path, structures, qe, base)
+    folder = write_qe_folder(tmp_path, structures, qe, base, references)
     manifest = tmp_path / "qe" / "manifest.parquet"
     collect_qe_manifest(
         StageCall(settings={"qe": qe}, inputs={base: folder}, outputs={"manifest": manifest})
@@ -180,3 +184,35 @@ def test_launcher_error_is_reported_from_stderr(tmp_path):
     )  # fmt: skip
     assert result.check.status == FAILED
     assert "JOB DONE" in result.check.reason and "not enough slots" in result.check.reason
+
+
+@pytest.mark.slow
+def test_candidate_and_its_hull_phases_give_a_dft_energy_above_hull(tmp_path):
+    """Zinc-blende SiC and the phases on the judge's hull of Si-C (diamond Si and C; a
+    CHGNet-unstable SiC polymorph is left out): pw.x relaxes all three, and the candidate
+    gets a DFT formation energy and energy above the hull of those phases."""
+    qe = {**CHEAP, "ecutwfc_ry": 25.0, "hull_phases": True}
+    references = references_table(
+        {
+            "mp-149": (zincblende(5.47, "Si", "Si"), -5.42),
+            "mp-66": (zincblende(3.57, "C", "C"), -9.09),
+            "mp-unstable": (zincblende(4.50, "Si", "C"), -6.0),  # above the CHGNet hull
+        }
+    )
+    manifest_path = make_inputs(
+        tmp_path, {"SiC-1": zincblende(4.38, "Si", "C")}, qe, references=references
+    )
+    manifest = read_table(manifest_path, "qe_manifest").set_index("candidate_id")
+    assert manifest["kind"].to_dict() == {
+        "SiC-1": "candidate", "hull:mp-149": "hull_phase", "hull:mp-66": "hull_phase",
+    }  # fmt: skip
+    result = run_relax(tmp_path, manifest_path, qe)
+    assert (result["status"] == CONVERGED).all(), result[["status", "error"]]
+    sic = result.loc["SiC-1"]
+    e_si = result.at["hull:mp-149", "final_energy_ev_per_atom"]
+    e_c = result.at["hull:mp-66", "final_energy_ev_per_atom"]
+    expected = sic["final_energy_ev_per_atom"] - (e_si + e_c) / 2
+    assert sic["dft_e_form_ev_per_atom"] == pytest.approx(expected, abs=1e-9)
+    # on a hull of the two elements alone, the distance to the hull is the formation energy
+    assert sic["dft_e_above_hull_ev_per_atom"] == pytest.approx(expected, abs=1e-9)
+    assert pd.isna(sic["dft_hull_reason"])

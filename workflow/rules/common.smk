@@ -68,17 +68,23 @@ def funnel_sun_input(wildcards):
 
 
 def judged_input(wildcards):
-    """The judge's table of a base, when the judge runs (QE inputs start from its
-    relaxed structures)."""
+    """The judge's table of a base and its reference phases, when the judge runs (QE inputs
+    start from its relaxed structures; the hull phases get inputs too)."""
     if config["stability"]["run"]:
-        return {"stability": f"results/stability/{wildcards.base}.parquet"}
+        return {
+            "stability": f"results/stability/{wildcards.base}.parquet",
+            "references": "results/stability/references.parquet",
+        }
     return {}
 
 
 def judged_param(wildcards):
-    """`--input stability=PATH` when the judge runs."""
+    """`--input stability=PATH --input references=PATH` when the judge runs."""
     if config["stability"]["run"]:
-        return f"--input stability=results/stability/{wildcards.base}.parquet"
+        return (
+            f"--input stability=results/stability/{wildcards.base}.parquet"
+            " --input references=results/stability/references.parquet"
+        )
     return ""
 
 

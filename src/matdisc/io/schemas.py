@@ -68,7 +68,8 @@ BASE_COMPOUNDS = pa.schema(
 QE_MANIFEST = pa.schema(
     [
         pa.field("base", pa.string(), nullable=False),
-        pa.field("candidate_id", pa.string(), nullable=False),
+        pa.field("candidate_id", pa.string(), nullable=False),  # hull:<reference_id> for a phase
+        pa.field("kind", pa.string(), nullable=False),  # candidate / hull_phase (qe.hull_phases)
         pa.field("formula", pa.string(), nullable=False),
         pa.field("nsites", pa.int32()),
         pa.field("input_path", pa.string()),  # pw.in; null when no input could be written
@@ -124,6 +125,11 @@ QE_RELAXED = pa.schema(
         pa.field("c_relaxed_angstrom", pa.float64()),
         pa.field("pred_e_form_ev_per_atom", pa.float64()),  # CGCNN, for |ΔEf| once DFT Ef exists
         pa.field("relaxed_structure_json", pa.string()),
+        pa.field("kind", pa.string(), nullable=False),  # candidate / hull_phase
+        # candidates: DFT formation energy and energy above the hull of the relaxed hull phases
+        pa.field("dft_e_form_ev_per_atom", pa.float64()),
+        pa.field("dft_e_above_hull_ev_per_atom", pa.float64()),
+        pa.field("dft_hull_reason", pa.string()),  # why they are NaN
     ]
 )
 

@@ -31,19 +31,22 @@ from tqdm import tqdm
 
 from matdisc.errors import UserError
 from matdisc.io import atomic_write_text, read_table
-from matdisc.io.schemas import PROPERTY_COLUMNS
+from matdisc.io.schemas import PROPERTY_COLUMNS, QE_MANIFEST
 from matdisc.qe.jobscript import job_script
 from matdisc.qe.pseudo import PseudoFamily, check_files
-from matdisc.qe.pwinput import build_input
+from matdisc.qe.pwinput import PwInput, build_input
 from matdisc.qe.settings import QEInputSettings
 
 log = logging.getLogger(__name__)
 
+QE_MANIFEST_NAMES: list[str] = QE_MANIFEST.names
 CANDIDATE_COLUMNS: tuple[str, ...] = ("candidate_id", "formula", "structure_json")
 SCREENING_COLUMNS: tuple[str, ...] = ("candidate_id", *PROPERTY_COLUMNS)
 INPUT_NAME = "pw.in"
 JOB_NAME = "job.sbatch"
 MANIFEST_NAME = "manifest.parquet"
+#: Sub-folder of the hull phases' inputs.
+HULL_DIR = "hull"
 
 #: A species whose CHGNet moment reaches this (μB) starts magnetic in pw.x.
 MAGNETIC_MOMENT_BOHR = 0.5
@@ -100,13 +103,16 @@ def generate_inputs(
     family: PseudoFamily,
     local_dir: Path,
     relaxed: dict[str, tuple[str, list[float]]] | None = None,
+    references: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Write ``{folder}/pw.in`` and ``{folder}/job.sbatch`` under ``out_dir`` for every
     candidate; return the manifest rows (schema ``qe_manifest``, paths relative to
     ``out_dir``). ``local_dir``: the folder where this machine's pw.x would find the
     family's files (checked, never required). ``relaxed``: candidate id → the judge's
     CHGNet-relaxed structure (JSON) and its moments (μB per site); with ``qe.start_from:
-    relaxed`` a candidate that has one starts from it."""
+    relaxed`` a candidate that has one starts from it. ``references``: the judge's reference
+    phases; with ``qe.hull_phases`` the ones on the hull of each written candidate's system
+    get inputs too (rows of kind ``hull_phase``)."""
     relaxed = relaxed if settings.start_from == "relaxed" else {}
     predicted = screening.drop_duplicates("candidate_id").set_index("candidate_id")
     unscreened = sorted(set(candidates["candidate_id"]) - set(predicted.index))
@@ -125,6 +131,7 @@ def generate_inputs(
         row: dict[str, object] = {
             "base": base,
             "candidate_id": cid,
+            "kind": "candidate",
             "formula": str(record["formula"]),
             "nsites": None,
             "input_path": None,
@@ -193,34 +200,23 @@ def generate_inputs(
             failures[type(exc).__name__] += 1
             log.error("candidate %s of %s (%s): %s", cid, base, structure.formula, exc)
             continue
-        atomic_write_text(out_dir / folder / INPUT_NAME, pw.text)
-        script = job_script(
-            job_name=f"{base}-{cid}",
-            slurm=settings.slurm,
-            pseudo_dir=settings.pseudo_dir,
-            files=pw.files.values(),
-            family_label=family.label,
-        )
-        atomic_write_text(out_dir / folder / JOB_NAME, script)
-        (out_dir / folder / JOB_NAME).chmod(0o755)
-        present = check_files(pw.files.values(), local_dir)
         row.update(
-            structure_json=json.dumps(pw.structure.as_dict()),
-            nsites=len(pw.structure),
-            spacegroup_number=pw.spacegroup_number,
+            _write(
+                pw,
+                out_dir,
+                folder,
+                job_name=f"{base}-{cid}",
+                settings=settings,
+                family=family,
+                local_dir=local_dir,
+            ),
             start_structure="relaxed" if moments is not None else "generated",
-            pseudo_files_present=present.present,
-            pseudo_md5_ok=present.md5_ok,
-            input_path=f"{folder}/{INPUT_NAME}",
-            job_script_path=f"{folder}/{JOB_NAME}",
-            kpoints_a=pw.kpoints[0],
-            kpoints_b=pw.kpoints[1],
-            kpoints_c=pw.kpoints[2],
-            ecutwfc_ry=pw.ecutwfc_ry,
-            ecutrho_ry=pw.ecutrho_ry,
-            nspin=pw.nspin,
-            pseudopotentials=json.dumps(pw.pseudopotentials),
         )
+    if settings.hull_phases and references is not None:
+        rows += _hull_rows(
+            [r for r in rows if r["input_path"] is not None], references, base=base,
+            out_dir=out_dir, settings=settings, family=family, local_dir=local_dir,
+        )  # fmt: skip
     written = [r for r in rows if r["input_path"] is not None]
     log.info(
         "%s: wrote %d pw.x inputs for %d candidates (%s); their files are present in %s for %d",
@@ -237,11 +233,85 @@ def generate_inputs(
     return manifest_frame(rows)
 
 
+def _write(
+    pw: PwInput,
+    out_dir: Path,
+    folder: str,
+    *,
+    job_name: str,
+    settings: QEInputSettings,
+    family: PseudoFamily,
+    local_dir: Path,
+) -> dict[str, object]:
+    """Write ``{folder}/pw.in`` and ``{folder}/job.sbatch``; the manifest columns they fill."""
+    atomic_write_text(out_dir / folder / INPUT_NAME, pw.text)
+    script = job_script(
+        job_name=job_name,
+        slurm=settings.slurm,
+        pseudo_dir=settings.pseudo_dir,
+        files=pw.files.values(),
+        family_label=family.label,
+    )
+    atomic_write_text(out_dir / folder / JOB_NAME, script)
+    (out_dir / folder / JOB_NAME).chmod(0o755)
+    present = check_files(pw.files.values(), local_dir)
+    return {
+        "structure_json": json.dumps(pw.structure.as_dict()),
+        "nsites": len(pw.structure),
+        "spacegroup_number": pw.spacegroup_number,
+        "pseudo_files_present": present.present,
+        "pseudo_md5_ok": present.md5_ok,
+        "input_path": f"{folder}/{INPUT_NAME}",
+        "job_script_path": f"{folder}/{JOB_NAME}",
+        "kpoints_a": pw.kpoints[0],
+        "kpoints_b": pw.kpoints[1],
+        "kpoints_c": pw.kpoints[2],
+        "ecutwfc_ry": pw.ecutwfc_ry,
+        "ecutrho_ry": pw.ecutrho_ry,
+        "nspin": pw.nspin,
+        "pseudopotentials": json.dumps(pw.pseudopotentials),
+    }
+
+
+def _hull_rows(
+    written: list[dict[str, object]],
+    references: pd.DataFrame,
+    *,
+    base: str,
+    out_dir: Path,
+    settings: QEInputSettings,
+    family: PseudoFamily,
+    local_dir: Path,
+) -> list[dict[str, object]]:
+    """Inputs (under ``hull/``) and manifest rows of the hull phases of the written
+    candidates' chemical systems, once per phase (:mod:`matdisc.qe.hull`)."""
+    from matdisc.qe.hull import hull_phases
+
+    phases = hull_phases(references, [str(r["formula"]) for r in written])
+    rows = []
+    for rid, formula, raw in zip(
+        phases["reference_id"], phases["formula"], phases["structure_json"], strict=True
+    ):
+        row: dict[str, object] = dict.fromkeys(QE_MANIFEST_NAMES)
+        row.update(base=base, candidate_id=f"hull:{rid}", kind="hull_phase", formula=formula,
+                   pseudo_family=family.name, pseudo_dir=str(local_dir), structure_json=raw)  # fmt: skip
+        try:
+            pw = build_input(_structure(raw), settings, family)
+        except UserError as exc:
+            row["error"] = str(exc)
+            log.error("hull phase %s (%s) of %s: %s", rid, formula, base, exc)
+        else:
+            folder = f"{HULL_DIR}/{folder_name(str(rid))}"
+            row.update(_write(pw, out_dir, folder, job_name=f"hull-{rid}", settings=settings,
+                              family=family, local_dir=local_dir), start_structure="relaxed")  # fmt: skip
+        rows.append(row)
+    log.info("%s: inputs for %d hull phases of %d candidates", base, len(rows), len(written))
+    return rows
+
+
 def manifest_frame(rows: list[dict[str, object]]) -> pd.DataFrame:
     """Rows as a frame with nullable integer columns (schema ``qe_manifest``)."""
-    from matdisc.io.schemas import QE_MANIFEST
-
-    frame = pd.DataFrame(rows, columns=QE_MANIFEST.names)
+    frame = pd.DataFrame(rows, columns=QE_MANIFEST_NAMES)
     for name in ("pseudo_files_present", "pseudo_md5_ok"):
         frame[name] = pd.array(frame[name].tolist(), dtype="boolean")
     for name in ("nsites", "kpoints_a", "kpoints_b", "kpoints_c", "nspin", "spacegroup_number"):

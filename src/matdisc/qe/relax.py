@@ -46,6 +46,7 @@ def _empty_row(record: dict) -> dict[str, object]:
     row.update(
         base=record["base"],
         candidate_id=record["candidate_id"],
+        kind=record["kind"],
         formula=record["formula"],
         nsites=record["nsites"],
         pred_e_form_ev_per_atom=record.get("pred_e_form_ev_per_atom", np.nan),
@@ -116,7 +117,9 @@ def relax_manifest(
             row.update(status=NO_INPUT, error=f"no input was written: {record['error']}")
             rows.append(row)
             continue
-        workdir = runs_dir / str(record["base"]) / folder_name(str(record["candidate_id"]))
+        # a hull phase is one run whichever bases' manifests list it (same input: reused)
+        owner = "hull" if record["kind"] == "hull_phase" else str(record["base"])
+        workdir = runs_dir / owner / folder_name(str(record["candidate_id"]))
         row = relax_one(
             record, input_path=Path(record["input_path"]), workdir=workdir, options=options
         )
@@ -136,6 +139,8 @@ def relax_manifest(
 def relaxed_frame(rows: list[dict[str, object]]) -> pd.DataFrame:
     """Rows as a frame with nullable integer columns (schema ``qe_relaxed``)."""
     frame = pd.DataFrame(rows, columns=QE_RELAXED.names)
+    for name in ("dft_e_form_ev_per_atom", "dft_e_above_hull_ev_per_atom"):
+        frame[name] = frame[name].astype(float)
     for name in ("nsites", "mpi_ranks", "n_scf_cycles", "n_bfgs_steps", "n_bonds"):
         frame[name] = pd.array(
             [None if v is None or pd.isna(v) else int(v) for v in frame[name].tolist()],

@@ -79,6 +79,7 @@ class QEInputSettings:
     pseudo_dir: Path | None
     pseudo_preference: tuple[str, ...]
     start_from: str
+    hull_phases: bool
     cell: str
     symprec_angstrom: float
     ecutwfc_ry: float | None

@@ -23,6 +23,7 @@ import pandas as pd
 
 from matdisc.errors import UserError
 from matdisc.io import read_table, write_table
+from matdisc.qe.hull import dft_stability
 from matdisc.qe.inputs import (
     MANIFEST_NAME,
     generate_inputs,
@@ -112,6 +113,11 @@ def write_qe_inputs(call: StageCall) -> None:
             family=family,
             local_dir=local_pseudo_dir(settings.pseudo_dir),
             relaxed=_relaxed(call.inputs.get("stability")),
+            references=(
+                read_table(call.inputs["references"], "references")
+                if "references" in call.inputs
+                else None
+            ),
         )
         write_table(
             manifest,
@@ -192,7 +198,14 @@ def run_qe_relax(call: StageCall) -> None:
     log.info(
         "pw.x command: %s (%d inputs)", " ".join(command), int(manifest["input_path"].notna().sum())
     )
-    relaxed = relax_manifest(manifest, runs_dir=Path(runs_dir), options=options)
+    relaxed = dft_stability(relax_manifest(manifest, runs_dir=Path(runs_dir), options=options))
+    for row in relaxed[relaxed["kind"] == "candidate"].itertuples():
+        log.info(
+            "%s/%s %s: DFT Ef %.3f eV/atom, %.3f above the hull of its phases%s",
+            row.base, row.candidate_id, row.formula, row.dft_e_form_ev_per_atom,
+            row.dft_e_above_hull_ev_per_atom,
+            f" ({row.dft_hull_reason})" if isinstance(row.dft_hull_reason, str) else "",
+        )  # fmt: skip
     write_table(
         relaxed,
         output,
