@@ -863,3 +863,29 @@ def test_hull_phases_get_inputs_once_without_any_file(tmp_path):
     assert set(read_table(tmp_path / "none" / "manifest.parquet", "qe_manifest")["kind"]) == {
         "candidate"
     }
+
+
+def test_manifest_follows_the_judges_order(tmp_path):
+    """Candidates the judge relaxed come first, lowest above the hull first; the others
+    keep the filter's order after them."""
+    cand, screen = write_candidate_tables(
+        tmp_path, {"NiO-1": rocksalt_nio(), "NiO-2": rocksalt_nio(), "NiO-3": rocksalt_nio()}
+    )
+    raw = json.dumps(rocksalt_nio().as_dict())
+    table = stability_table(
+        [
+            {"candidate_id": "NiO-1", "relaxed_structure_json": raw,
+             "magmoms_json": json.dumps([0.0] * 8), "e_above_hull_ev_per_atom": 0.2},
+            {"candidate_id": "NiO-2", "relaxed_structure_json": raw,
+             "magmoms_json": json.dumps([0.0] * 8), "e_above_hull_ev_per_atom": -0.1},
+        ]
+    )  # fmt: skip
+    write_table(table, tmp_path / "stability.parquet", "stability")
+    out = tmp_path / "qe" / "NiO"
+    call = inputs_call(cand, screen, out, qe={})
+    call.inputs["stability"] = tmp_path / "stability.parquet"
+    write_qe_inputs(call)
+    manifest = read_table(out / "manifest.parquet", "qe_manifest")
+    assert manifest["candidate_id"].tolist() == ["NiO-2", "NiO-1", "NiO-3"]
+    assert manifest["e_above_hull_ev_per_atom"].tolist()[:2] == [-0.1, 0.2]
+    assert np.isnan(manifest["e_above_hull_ev_per_atom"].iloc[2])

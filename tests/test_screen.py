@@ -255,3 +255,43 @@ def test_screen_stage_with_no_candidates(trained, tmp_path):
     assert code == 0
     out = read_table(tmp_path / "NaCl.parquet", "screening")
     assert len(out) == 0 and list(out.columns)[3:] == list(PROPERTY_COLUMNS)
+
+
+def test_screen_stage_takes_the_judges_relaxed_structures(trained, tmp_path):
+    """With the judge's table, a candidate it relaxed is screened in its relaxed structure."""
+    from pymatgen.core import Structure
+
+    from matdisc.io import write_table
+    from matdisc.io.parquet import read_metadata
+    from matdisc.io.schemas import STABILITY
+
+    root, table, _ = trained
+    cands = table.head(2).assign(candidate_id=["c0", "c1"], base="NaCl")
+    cands[["candidate_id", "base", "formula", "structure_json"]].to_parquet(tmp_path / "c.parquet")
+    relaxed = Structure.from_dict(json.loads(cands["structure_json"].iloc[0]))
+    relaxed.scale_lattice(relaxed.volume * 1.3)
+    judged = pd.DataFrame(
+        [{"base": "NaCl", "structure_id": "NaCl-s0", "sample_index": 0, "n_draws": 1,
+          "formula": cands["formula"].iloc[0], "nsites": len(relaxed), "spacegroup_number": 1,
+          "valid_strict": True, "valid_cdvae": True, "candidate_id": "c0", "relaxed": True,
+          "n_reference_phases": 1, "thin_hull": False, "stable": True, "novel": True,
+          "structure_json": cands["structure_json"].iloc[0],
+          "relaxed_structure_json": json.dumps(relaxed.as_dict())}]
+    ).reindex(columns=STABILITY.names)  # fmt: skip
+    write_table(judged, tmp_path / "judged.parquet", "stability")
+    settings = json.dumps({"seed": 1, "screen": {}, "train": {"device": "cpu"}})
+    code = main(["screen-candidates", "--settings", settings, "--wildcard", "base=NaCl",
+                 "--input", f"candidates={tmp_path / 'c.parquet'}",
+                 "--input", f"cgcnn={root / 'models'}",
+                 "--input", f"stability={tmp_path / 'judged.parquet'}",
+                 "--output", f"screening={tmp_path / 'NaCl.parquet'}"])  # fmt: skip
+    assert code == 0
+    screened = read_table(tmp_path / "NaCl.parquet", "screening")
+    expected = predict(
+        [json.dumps(relaxed.as_dict()), cands["structure_json"].iloc[1]],
+        model_dir=root / "models", device="cpu",
+    )  # fmt: skip
+    pd.testing.assert_frame_equal(screened[list(PROPERTY_COLUMNS)], expected, check_exact=False)
+    assert read_metadata(tmp_path / "NaCl.parquet")["relaxed_structures"] == 1
+    generated = predict([cands["structure_json"].iloc[0]], model_dir=root / "models", device="cpu")
+    assert not np.allclose(generated.iloc[0], expected.iloc[0], equal_nan=True)

@@ -67,24 +67,33 @@ def funnel_sun_input(wildcards):
     return "--input sun=results/metrics/sun.parquet" if config["stability"]["run"] else ""
 
 
+def stability_input(wildcards):
+    """The judge's table of a base, when the judge runs (screening takes its relaxed
+    structures)."""
+    if config["stability"]["run"]:
+        return {"stability": f"results/stability/{wildcards.base}.parquet"}
+    return {}
+
+
+def stability_param(wildcards):
+    """`--input stability=PATH` when the judge runs."""
+    if config["stability"]["run"]:
+        return f"--input stability=results/stability/{wildcards.base}.parquet"
+    return ""
+
+
 def judged_input(wildcards):
     """The judge's table of a base and its reference phases, when the judge runs (QE inputs
     start from its relaxed structures; the hull phases get inputs too)."""
     if config["stability"]["run"]:
-        return {
-            "stability": f"results/stability/{wildcards.base}.parquet",
-            "references": "results/stability/references.parquet",
-        }
+        return {**stability_input(wildcards), "references": "results/stability/references.parquet"}
     return {}
 
 
 def judged_param(wildcards):
     """`--input stability=PATH --input references=PATH` when the judge runs."""
     if config["stability"]["run"]:
-        return (
-            f"--input stability=results/stability/{wildcards.base}.parquet"
-            " --input references=results/stability/references.parquet"
-        )
+        return stability_param(wildcards) + " --input references=results/stability/references.parquet"
     return ""
 
 

@@ -1,11 +1,13 @@
 rule screen_candidates:
     input:
+        unpack(stability_input),
         candidates="results/candidates/{base}.parquet",
         cgcnn="results/models/cgcnn",
     output:
         screening="results/screening/{base}.parquet",
     params:
         settings=settings("screen", "train", "dask"),
+        stability=stability_param,
     log:
         "logs/screen_candidates/{base}.log",
     benchmark:
@@ -18,7 +20,7 @@ rule screen_candidates:
         runtime=60,
     shell:
         "python -m matdisc screen-candidates --settings {params.settings:q} --threads {threads} --wildcard base={wildcards.base}"
-        " --input candidates={input.candidates} --input cgcnn={input.cgcnn}"
+        " --input candidates={input.candidates} --input cgcnn={input.cgcnn} {params.stability}"
         " --output screening={output.screening} --log {log}"
 
 

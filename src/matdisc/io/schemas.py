@@ -82,6 +82,9 @@ QE_MANIFEST = pa.schema(
         pa.field("nspin", pa.int8()),
         pa.field("spacegroup_number", pa.int16()),  # of the structure written (qe.symprec_angstrom)
         pa.field("start_structure", pa.string()),  # relaxed (CHGNet, the judge) / generated
+        pa.field(
+            "e_above_hull_ev_per_atom", pa.float64()
+        ),  # the judge's (CHGNet); rows in its order
         pa.field("pseudo_family", pa.string()),  # sssp-efficiency / sssp-precision / folder / map
         pa.field("pseudopotentials", pa.string()),  # JSON element -> UPF file name
         pa.field("pseudo_dir", pa.string()),  # where this machine's pw.x looks for them

@@ -103,6 +103,7 @@ def generate_inputs(
     family: PseudoFamily,
     local_dir: Path,
     relaxed: dict[str, tuple[str, list[float]]] | None = None,
+    e_above_hull: dict[str, float] | None = None,
     references: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Write ``{folder}/pw.in`` and ``{folder}/job.sbatch`` under ``out_dir`` for every
@@ -110,10 +111,18 @@ def generate_inputs(
     ``out_dir``). ``local_dir``: the folder where this machine's pw.x would find the
     family's files (checked, never required). ``relaxed``: candidate id → the judge's
     CHGNet-relaxed structure (JSON) and its moments (μB per site); with ``qe.start_from:
-    relaxed`` a candidate that has one starts from it. ``references``: the judge's reference
+    relaxed`` a candidate that has one starts from it. ``e_above_hull``: candidate id → the
+    judge's energy above the hull; with it the rows follow the judge's order (energy above
+    the hull, then |ΔEf| to the base). ``references``: the judge's reference
     phases; with ``qe.hull_phases`` the ones on the hull of each written candidate's system
     get inputs too (rows of kind ``hull_phase``)."""
     relaxed = relaxed if settings.start_from == "relaxed" else {}
+    e_above_hull = e_above_hull or {}
+    if e_above_hull:  # the judge's order: energy above the hull, then |ΔEf| to the base
+        gap = candidates.get("delta_e_form_ev_per_atom", pd.Series(0.0, index=candidates.index))
+        hull = candidates["candidate_id"].map(e_above_hull).astype(float).fillna(np.inf)
+        order = np.lexsort((gap.abs().fillna(np.inf).to_numpy(), hull.to_numpy()))
+        candidates = candidates.iloc[order]
     predicted = screening.drop_duplicates("candidate_id").set_index("candidate_id")
     unscreened = sorted(set(candidates["candidate_id"]) - set(predicted.index))
     if unscreened:
@@ -144,6 +153,7 @@ def generate_inputs(
             "nspin": None,
             "spacegroup_number": None,
             "start_structure": None,
+            "e_above_hull_ev_per_atom": e_above_hull.get(cid, np.nan),
             "pseudo_family": family.name,
             "pseudopotentials": None,
             "pseudo_dir": str(local_dir),

@@ -72,13 +72,14 @@ def _family(settings: QEInputSettings) -> PseudoFamily:
     )
 
 
-def _relaxed(path: Path | None) -> dict[str, tuple[str, list[float]]]:
-    """Candidate id → the judge's relaxed structure and CHGNet moments (none without it)."""
+def _judged(path: Path | None) -> tuple[dict[str, tuple[str, list[float]]], dict[str, float]]:
+    """From the judge's table (none without it): candidate id → relaxed structure and CHGNet
+    moments, and candidate id → energy above the hull (eV/atom)."""
     if path is None:
-        return {}
+        return {}, {}
     table = read_table(path, "stability")
     table = table[table["candidate_id"].notna() & table["relaxed_structure_json"].notna()]
-    return {
+    relaxed = {
         cid: (raw, json.loads(moments))
         for cid, raw, moments in zip(
             table["candidate_id"],
@@ -87,6 +88,8 @@ def _relaxed(path: Path | None) -> dict[str, tuple[str, list[float]]]:
             strict=True,
         )
     }
+    e_hull = dict(zip(table["candidate_id"], table["e_above_hull_ev_per_atom"], strict=True))
+    return relaxed, e_hull
 
 
 def write_qe_inputs(call: StageCall) -> None:
@@ -98,6 +101,7 @@ def write_qe_inputs(call: StageCall) -> None:
     # A wrong family (a folder that does not exist, a map to a file of another element)
     # stops here, before anything is written.
     family = _family(settings)
+    relaxed, e_above_hull = _judged(call.inputs.get("stability"))
     target = call.output("inputs")
     target.parent.mkdir(parents=True, exist_ok=True)
     # Build the folder beside the target and move it into place when complete, so an
@@ -112,7 +116,8 @@ def write_qe_inputs(call: StageCall) -> None:
             settings=settings,
             family=family,
             local_dir=local_pseudo_dir(settings.pseudo_dir),
-            relaxed=_relaxed(call.inputs.get("stability")),
+            relaxed=relaxed,
+            e_above_hull=e_above_hull,
             references=(
                 read_table(call.inputs["references"], "references")
                 if "references" in call.inputs

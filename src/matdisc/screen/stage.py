@@ -49,7 +49,9 @@ def train_cgcnn(call: StageCall) -> None:
 
 
 def screen_candidates(call: StageCall) -> None:
-    """Predict the eight properties of every filtered candidate of one base compound."""
+    """Predict the eight properties of every filtered candidate of one base compound: of its
+    CHGNet-relaxed structure where the judge relaxed it (input ``stability``), else of the
+    generated one."""
     section = call.section("screen")
     base = call.wildcard("base")
     path = call.input("candidates")
@@ -64,9 +66,19 @@ def screen_candidates(call: StageCall) -> None:
         # (benchmarks/bench_cgcnn.py --threads 2)
         num_threads=1,
     )
-    log.info("%s: screening %d candidates", base, len(candidates))
+    structures = candidates["structure_json"].tolist()
+    relaxed = 0
+    if "stability" in call.inputs:  # the judge ran: screen its relaxed structures
+        judged = read_table(call.inputs["stability"], "stability")
+        judged = judged[judged["candidate_id"].notna() & judged["relaxed_structure_json"].notna()]
+        by_id = dict(zip(judged["candidate_id"], judged["relaxed_structure_json"], strict=True))
+        structures = [
+            by_id.get(c, s) for c, s in zip(candidates["candidate_id"], structures, strict=True)
+        ]
+        relaxed = sum(c in by_id for c in candidates["candidate_id"])
+    log.info("%s: screening %d candidates (%d CHGNet-relaxed)", base, len(candidates), relaxed)
     pred = predictor.predict(
-        candidates["structure_json"].tolist(),
+        structures,
         list(PROPERTY_COLUMNS),
         batch_size=int(section.get("batch_size", 256)),
         zero_gap_threshold_ev=section.get("zero_gap_threshold_ev", 0.1),
@@ -75,7 +87,10 @@ def screen_candidates(call: StageCall) -> None:
         [candidates[["candidate_id", "base", "formula"]].reset_index(drop=True), pred], axis=1
     )
     write_table(
-        frame, call.output("screening"), "screening", metadata={"base": base, "screen": section}
+        frame,
+        call.output("screening"),
+        "screening",
+        metadata={"base": base, "screen": section, "relaxed_structures": relaxed},
     )
 
 
