@@ -751,8 +751,8 @@ def stability_table(rows: list[dict]) -> pd.DataFrame:
 
 
 def test_inputs_start_from_the_judges_relaxed_structure(tmp_path):
-    """With the judge's table, a candidate starts from its CHGNet-relaxed structure, and
-    CHGNet's moments decide the magnetic species (here: none, so no spin)."""
+    """With the judge's table, a candidate starts from its CHGNet-relaxed structure; the
+    elements CHGNet gives a moment start magnetic besides the open-shell ones (Ni²⁺)."""
     cand, screen = write_candidate_tables(
         tmp_path, {"NiO-1": rocksalt_nio(), "NiO-2": rocksalt_nio(), "NiO-3": rocksalt_nio()}
     )
@@ -763,7 +763,7 @@ def test_inputs_start_from_the_judges_relaxed_structure(tmp_path):
             {"candidate_id": "NiO-1", "relaxed_structure_json": json.dumps(relaxed.as_dict()),
              "magmoms_json": json.dumps([1.7] * 4 + [0.0] * 4)},
             {"candidate_id": "NiO-2", "relaxed_structure_json": json.dumps(relaxed.as_dict()),
-             "magmoms_json": json.dumps([0.01] * 8)},
+             "magmoms_json": json.dumps([0.01] * 4 + [0.8] * 4)},
         ]
     )  # fmt: skip
     write_table(table, tmp_path / "stability.parquet", "stability")
@@ -773,7 +773,9 @@ def test_inputs_start_from_the_judges_relaxed_structure(tmp_path):
     write_qe_inputs(call)
     manifest = read_table(out / "manifest.parquet", "qe_manifest").set_index("candidate_id")
     assert manifest["start_structure"].tolist() == ["relaxed", "relaxed", "generated"]
-    assert manifest["nspin"].tolist() == [2, 1, 2]  # CHGNet: Ni magnetic, non-magnetic; open shell
+    assert manifest["nspin"].tolist() == [2, 2, 2]  # Ni²⁺ is open-shell in all three
+    assert "starting_magnetization(2)" not in (out / "NiO-1" / "pw.in").read_text()
+    assert "starting_magnetization(2)" in (out / "NiO-2" / "pw.in").read_text()  # O, by CHGNet
     start = Structure.from_dict(json.loads(manifest.at["NiO-1", "structure_json"]))
     assert start.lattice.a == pytest.approx(4.17 * 1.1)
     # start_from: generated ignores the judge's structures

@@ -48,7 +48,8 @@ MANIFEST_NAME = "manifest.parquet"
 #: Sub-folder of the hull phases' inputs.
 HULL_DIR = "hull"
 
-#: A species whose CHGNet moment reaches this (μB) starts magnetic in pw.x.
+#: A species whose CHGNet moment reaches this (μB) starts magnetic in pw.x (besides the
+#: open-shell elements).
 MAGNETIC_MOMENT_BOHR = 0.5
 
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")

@@ -111,14 +111,14 @@ def starting_magnetization(
 ) -> dict[int, float]:
     """1-based species index → starting magnetisation; empty = not spin-polarised.
 
-    The magnetic species: ``qe.magnetic_elements`` if listed, else ``moments`` (the
-    elements CHGNet gave a moment, where the input starts from its relaxation), else the
-    elements with an open d or f shell."""
+    The magnetic species: ``qe.magnetic_elements`` if listed, else every element with an
+    open d or f shell, and every element CHGNet gave a moment (``moments``, where the input
+    starts from its relaxation)."""
     if settings.spin == "off":
         return {}
     elements = settings.magnetic_elements
     if elements is None:
-        elements = moments if moments is not None else open_shell_elements(structure.composition)
+        elements = open_shell_elements(structure.composition) | (moments or frozenset())
     magnetic = [i + 1 for i, el in enumerate(species) if el in elements]
     if settings.spin == "auto" and not magnetic:
         return {}
@@ -136,8 +136,8 @@ def build_input(
     moments: frozenset[str] | None = None,
     outdir: str = "./scratch",
 ) -> PwInput:
-    """The vc-relax input for ``structure``; ``moments``: the elements that start magnetic
-    by CHGNet's moments (None: by their open shells).
+    """The vc-relax input for ``structure``; ``moments``: the elements CHGNet gave a moment,
+    which start magnetic besides those with an open d or f shell.
 
     Raises :class:`StructureError` for a structure pw.x cannot take and
     :class:`~matdisc.qe.pseudo.PseudoError` for an element without a pseudopotential.
