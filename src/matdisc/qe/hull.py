@@ -18,11 +18,13 @@ import pandas as pd
 from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
 from pymatgen.core import Composition, Structure
 
+from matdisc.stability.references import chemical_system
+
 log = logging.getLogger(__name__)
 
 
 def _elements(formula: str) -> frozenset[str]:
-    return frozenset(el.symbol for el in Composition(formula).elements)
+    return frozenset(chemical_system(formula))
 
 
 def hull_phases(references: pd.DataFrame, systems: Iterable[str]) -> pd.DataFrame:

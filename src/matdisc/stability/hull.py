@@ -72,11 +72,12 @@ class Hulls:
         """Where a phase of ``formula`` at ``energy_ev_per_atom`` lies against the hull."""
         system = frozenset(chemical_system(formula))
         entries = self.entries(system)
+        covered = {chemical_system(e.composition.reduced_formula) for e in entries}
         empty = tuple(
             "-".join(sub)
             for size in range(2, len(system) + 1)
             for sub in itertools.combinations(sorted(system), size)
-            if not any(chemical_system(e.composition.reduced_formula) == sub for e in entries)
+            if sub not in covered
         )
         diagram = self._diagram(system)
         if isinstance(diagram, str) or not np.isfinite(energy_ev_per_atom):
