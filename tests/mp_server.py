@@ -4,6 +4,9 @@ It answers the requests ``mp_api.client.MPRester`` (mp-api 0.46) makes for our d
 
 - ``GET /heartbeat``: ``{"db_version", "version", "access_controlled_batch_ids"}``; MPRester
   reads it (with a bare ``requests.get``) at construction for the database and emmet versions.
+- ``GET /materials/thermo/``: thermo documents (:func:`thermo_doc`), filtered by
+  ``chemsys`` (a comma list of exact chemical systems) and ``thermo_types``, projected,
+  sorted and paged as the summary is;
 - ``GET /materials/summary/``: the summary documents, filtered by the query parameters the
   real API knows (``crystal_system``, ``nsites_min``/``nsites_max``, ``formula`` as a comma list
   of anonymous formulas, ``has_props``, ``deprecated``), projected with ``_fields``, sorted with
@@ -31,6 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 from pymatgen.core import Lattice, Structure
 
 SUMMARY_PATH = "/materials/summary/"
+THERMO_PATH = "/materials/thermo/"
 MAX_LIMIT = 1000
 
 _PAGINATION = {"_skip", "_limit", "_page", "_per_page"}
@@ -43,7 +47,9 @@ _FILTERS = {
     "deprecated",
     "batch_id_not_eq",
 }
-_KNOWN = _PAGINATION | _FILTERS | {"_fields", "_all_fields", "_sort_fields"}
+_PROJECTION = {"_fields", "_all_fields", "_sort_fields"}
+_KNOWN = _PAGINATION | _FILTERS | _PROJECTION
+_THERMO_KNOWN = _PAGINATION | _PROJECTION | {"chemsys", "thermo_types"}
 
 
 @dataclass
@@ -90,6 +96,7 @@ class FakeMPServer:
 
     docs: list[dict[str, Any]]
     api_key: str
+    thermo_docs: list[dict[str, Any]] = field(default_factory=list)
     db_version: str = "2025.09.25"
     emmet_version: str = "0.87.3"
     faults: list[Fault] = field(default_factory=list)
@@ -179,7 +186,7 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         path = parts.path
         params = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
-        offset = _offset(params) if path == SUMMARY_PATH else None
+        offset = _offset(params) if path in (SUMMARY_PATH, THERMO_PATH) else None
         headers = {k.lower(): v for k, v in self.headers.items()}
 
         fault = state._take_fault(path, offset, headers.get("user-agent", ""))
@@ -196,7 +203,12 @@ class _Handler(BaseHTTPRequestHandler):
             }
         elif path == SUMMARY_PATH:
             extra = {}
-            status, body = self._summary(state, params, headers)
+            status, body = self._query(state, state.docs, _KNOWN, _keep, params, headers)
+        elif path == THERMO_PATH:
+            extra = {}
+            status, body = self._query(
+                state, state.thermo_docs, _THERMO_KNOWN, _keep_thermo, params, headers
+            )
         else:
             extra, status, body = {}, 404, {"detail": "Not Found"}
 
@@ -217,12 +229,17 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
     @staticmethod
-    def _summary(
-        state: FakeMPServer, params: dict[str, str], headers: dict[str, str]
+    def _query(
+        state: FakeMPServer,
+        all_docs: list[dict[str, Any]],
+        known: set[str],
+        keep: Any,
+        params: dict[str, str],
+        headers: dict[str, str],
     ) -> tuple[int, dict[str, Any]]:
         if headers.get("x-api-key") != state.api_key:
             return 401, {"detail": "Unauthorized: a valid API key is required."}
-        unknown = sorted(set(params) - _KNOWN)
+        unknown = sorted(set(params) - known)
         if unknown:
             return 400, {"detail": f"Unrecognized query parameter(s): {', '.join(unknown)}"}
         try:
@@ -238,7 +255,7 @@ class _Handler(BaseHTTPRequestHandler):
         if limit > MAX_LIMIT:
             return 400, {"detail": f"The max limit is {MAX_LIMIT} entries"}
 
-        docs = [d for d in state.docs if _keep(d, params)]
+        docs = [d for d in all_docs if keep(d, params)]
         for key in reversed(params.get("_sort_fields", "").split(",")):
             key = key.strip()
             if key:
@@ -278,6 +295,13 @@ def _keep(doc: dict[str, Any], params: dict[str, str]) -> bool:
         return False
     deprecated = _flag(params.get("deprecated", "false"))  # the API hides deprecated ones
     return doc["deprecated"] == deprecated
+
+
+def _keep_thermo(doc: dict[str, Any], params: dict[str, str]) -> bool:
+    """Whether a thermo document passes the filters of a thermo query."""
+    if "chemsys" in params and doc["chemsys"] not in params["chemsys"].split(","):
+        return False
+    return "thermo_types" not in params or doc["thermo_type"] in params["thermo_types"].split(",")
 
 
 # -- documents ---------------------------------------------------------------------------------
@@ -424,3 +448,21 @@ def make_docs() -> list[dict[str, Any]]:
     )
     assert cubic_count == 21
     return docs
+
+
+def thermo_doc(
+    material_id: str, formula: str, energy_per_atom: float, *, thermo_type: str = "GGA_GGA+U"
+) -> dict[str, Any]:
+    """A thermo document shaped like the API's (the fields the hull reads and filters)."""
+    from pymatgen.core import Composition
+
+    comp = Composition(formula)
+    return {
+        "material_id": material_id,
+        "thermo_id": f"{material_id}_{thermo_type}",
+        "formula_pretty": comp.reduced_formula,
+        "chemsys": "-".join(sorted(el.symbol for el in comp.elements)),
+        "energy_per_atom": energy_per_atom,
+        "energy_above_hull": 0.0,
+        "thermo_type": thermo_type,
+    }

@@ -13,8 +13,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
-from mp_server import FakeMPServer, Fault, Request, make_docs
+from mp_server import THERMO_PATH, FakeMPServer, Fault, Request, make_docs, thermo_doc
 from pymatgen.core import Structure
 
 from matdisc.data import mp
@@ -357,3 +358,46 @@ def test_documents_without_id_or_readable_structure_are_counted() -> None:
     records = mp.docs_to_records([good, no_id, broken, good], "mp-api:x", skipped)
     assert list(records) == [good["material_id"]]
     assert skipped == {"no material_id": 1, "unreadable structure": 1}
+
+
+# --- thermo entries for the hull (the judge's e_above_hull_mp) ---------------------------------
+THERMO = [
+    thermo_doc("mp-22862", "NaCl", -3.38),
+    thermo_doc("mp-127", "Na", -1.31),
+    thermo_doc("mp-22848", "Cl2", -1.83),
+    thermo_doc("mp-9000", "Na3Cl", -1.9),  # above the hull
+    thermo_doc("mp-22862", "NaCl", -4.2, thermo_type="R2SCAN"),  # another scale: left out
+    thermo_doc("mp-2657", "TiO2", -8.9),  # another system: not asked for
+]
+
+
+def test_thermo_entries_of_every_subsystem_on_the_gga_scale(tmp_path: Path) -> None:
+    from matdisc.stability.hull import Hulls
+
+    with FakeMPServer(DOCS, api_key=KEY, thermo_docs=THERMO) as fake:
+        settings = mp_settings(fake)
+        docs, source = mp.fetch_thermo_entries([("Cl", "Na")], settings, tmp_path, api_key=KEY)
+        thermo = [r for r in fake.requests if r.path == THERMO_PATH]
+        assert {r.params["chemsys"] for r in thermo} == {"Cl,Na,Cl-Na"}
+        assert {r.params["thermo_types"] for r in thermo} == {"GGA_GGA+U"}
+        # a second call reads the cached pages
+        again, _ = mp.fetch_thermo_entries([("Na", "Cl")], settings, tmp_path, api_key=KEY)
+        assert len([r for r in fake.requests if r.path == THERMO_PATH]) == len(thermo)
+    assert source == "mp-api:2025.09.25" and again == docs
+    assert sorted(d["formula_pretty"] for d in docs) == ["Cl2", "Na", "Na3Cl", "NaCl"]
+    frame = pd.DataFrame(
+        {"formula": [d["formula_pretty"] for d in docs],
+         "energy_ev_per_atom": [d["energy_per_atom"] for d in docs]}
+    )  # fmt: skip
+    hulls = Hulls(frame, {})
+    assert hulls.judge("NaCl", -3.38).e_above_hull == pytest.approx(0.0, abs=1e-9)
+    # Na3Cl (4 atoms) lies between 2 Na and 1 NaCl: the hull there is (E_Na + E_NaCl) / 2
+    assert hulls.judge("Na3Cl", -1.9).e_above_hull == pytest.approx(
+        -1.9 - (-1.31 - 3.38) / 2, abs=1e-6
+    )
+
+
+def test_subsystems_are_every_element_combination() -> None:
+    assert mp.all_subsystems([("O", "Ca", "Ti"), ("Ca", "O")]) == [
+        "Ca", "O", "Ti", "Ca-O", "Ca-Ti", "O-Ti", "Ca-O-Ti",
+    ]  # fmt: skip

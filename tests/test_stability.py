@@ -214,11 +214,19 @@ def test_known_binary_lies_on_the_hull_and_strained_above(tmp_path, potential, s
 
 
 @pytest.mark.slow
-def test_judge_stages_end_to_end(tmp_path, snapshot_table):
-    """relax_references → relax_candidates → collect_sun on a pool of three draws: two of
-    one rock-salt NaCl structure and one KCl (both known in the data: judged, not novel)."""
+def test_judge_stages_end_to_end(tmp_path, snapshot_table, monkeypatch):
+    """relax_references → fetch_mp_phases → relax_candidates → collect_sun on a pool of
+    three draws: two of one rock-salt NaCl structure and one KCl (both known in the data:
+    judged, not novel)."""
+    from mp_server import FakeMPServer, thermo_doc
+
     from matdisc.io import read_table, write_table
-    from matdisc.stability.stage import collect_sun, relax_candidates, relax_references
+    from matdisc.stability.stage import (
+        collect_sun,
+        fetch_mp_phases,
+        relax_candidates,
+        relax_references,
+    )
     from matdisc.stage import StageCall
 
     structures = snapshot_table[
@@ -257,11 +265,41 @@ def test_judge_stages_end_to_end(tmp_path, snapshot_table):
         )
     )  # fmt: skip
     assert (results / "cache" / "references.parquet").is_file()
+    # data.source mp: the Materials Project's phases from the loopback server; here its
+    # energies are the CHGNet references', so e_above_hull_mp must equal e_above_hull
+    references = read_table(results / "references.parquet", "references")
+    thermo = [
+        thermo_doc(f"mp-{9000 + i}", formula, energy)
+        for i, (formula, energy) in enumerate(
+            zip(references["formula"], references["energy_ev_per_atom"], strict=True)
+        )
+    ] + [thermo_doc("mp-1", "NaCl", -9.0, thermo_type="R2SCAN")]  # another scale: left out
+    key = "K" * 32
+    with FakeMPServer([], api_key=key, thermo_docs=thermo) as fake:
+        monkeypatch.setenv("MP_API_KEY", key)
+        mp = {
+            "endpoint": fake.url,
+            "page_size": 100,
+            "retries": 0,
+            "backoff_s": 0.01,
+            "timeout_s": 10.0,
+            "max_sites": 40,
+            "general_limit": 0,
+        }
+        fetch_mp_phases(
+            StageCall(
+                settings={"seed": 3, "data": {"source": "mp", "mp": mp}},
+                inputs={"pool:NaCl": tmp_path / "pool.parquet"},
+                outputs={"mp_phases": results / "mp_phases.parquet"},
+            )
+        )  # fmt: skip
+    assert len(read_table(results / "mp_phases.parquet", "mp_phases")) == len(references)
     relax_candidates(
         StageCall(
             settings=settings,
             inputs={"pool": tmp_path / "pool.parquet", "references": results / "references.parquet",
-                    "structures": tmp_path / "structures.parquet"},
+                    "structures": tmp_path / "structures.parquet",
+                    "mp_phases": results / "mp_phases.parquet"},
             outputs={"stability": results / "NaCl.parquet", "cifs": results / "NaCl"},
             threads=2, wildcards={"base": "NaCl"},
         )
@@ -276,6 +314,11 @@ def test_judge_stages_end_to_end(tmp_path, snapshot_table):
     assert not nacl["novel"] and nacl["matched_material_id"].startswith("mp-")
     assert Structure.from_file(nacl["cif_path"]).composition.reduced_formula == "NaCl"
     assert judged.loc["KCl", "n_reference_phases"] >= 3  # K from ASE, Cl2 and KCl from data
+    relaxed = judged[judged["relaxed"]]
+    assert np.allclose(
+        relaxed["e_above_hull_mp_ev_per_atom"], relaxed["e_above_hull_ev_per_atom"], atol=1e-9
+    )
+    assert (relaxed["n_mp_phases"] == relaxed["n_reference_phases"]).all()
     samples = pd.DataFrame({"sample_index": range(10)})
     samples.to_parquet(tmp_path / "samples.parquet")
     collect_sun(

@@ -35,10 +35,11 @@ PER_BASE_RULES = {
     "relax_candidates",
 }  # fmt: skip
 JUDGE_NAMES = [name for name, _ in JUDGE_STAGES]
-#: Optional stages, in `all` only when switched on in the config.
+#: Optional stages, in `all` only when the config says so (section, key, value).
 OPTIONAL_RULES = {
-    ("qe", "run"): {"run_qe_relax"},
-    ("csp", "run"): {"train_ebm", "predict_structures", "evaluate_csp"},
+    ("qe", "run", True): {"run_qe_relax"},
+    ("csp", "run", True): {"train_ebm", "predict_structures", "evaluate_csp"},
+    ("data", "source", "mp"): {"fetch_mp_phases"},
 }
 
 
@@ -74,13 +75,17 @@ def test_dry_run_lists_every_stage_for_every_base(tmp_path: Path) -> None:
     assert STAGE_RULES <= set(counts), STAGE_RULES - set(counts)
     for rule in PER_BASE_RULES:
         assert counts[rule] == 3, rule
+    optional = set().union(*OPTIONAL_RULES.values())
+    assert not optional & set(counts), optional & set(counts)
 
 
 @pytest.mark.parametrize("switch", sorted(OPTIONAL_RULES))
-def test_optional_stages_join_the_dag_when_enabled(tmp_path: Path, switch: tuple[str, str]) -> None:
+def test_optional_stages_join_the_dag_when_enabled(
+    tmp_path: Path, switch: tuple[str, str, object]
+) -> None:
     work = copy_workflow(tmp_path)
     config = yaml.safe_load((work / "config" / "config.yaml").read_text())
-    config[switch[0]][switch[1]] = True
+    config.setdefault(switch[0], {})[switch[1]] = switch[2]
     (work / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     done = snakemake(work, "-n", "all", "--quiet", "rules")
     assert done.returncode == 0, done.stderr

@@ -95,6 +95,10 @@ STAGES: dict[str, Stage] = {
         "matdisc.stability.stage:relax_references",
         "CHGNet-relax the reference phases of every pool's chemical systems (cached)",
     ),
+    "fetch-mp-phases": Stage(
+        "matdisc.stability.stage:fetch_mp_phases",
+        "the Materials Project's thermo entries of every pool's chemical systems (data.source mp)",
+    ),
     "relax-candidates": Stage(
         "matdisc.stability.stage:relax_candidates",
         "judge a base's pool: CHGNet single points and relaxations, energy above hull",

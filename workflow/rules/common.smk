@@ -82,6 +82,20 @@ def stability_param(wildcards):
     return ""
 
 
+def mp_phases_input(wildcards):
+    """The Materials Project's phases of the pools' systems, with data.source mp."""
+    if config["data"]["source"] == "mp":
+        return {"mp_phases": "results/stability/mp_phases.parquet"}
+    return {}
+
+
+def mp_phases_param(wildcards):
+    """`--input mp_phases=PATH` with data.source mp."""
+    if config["data"]["source"] == "mp":
+        return "--input mp_phases=results/stability/mp_phases.parquet"
+    return ""
+
+
 def judged_input(wildcards):
     """The judge's table of a base and its reference phases, when the judge runs (QE inputs
     start from its relaxed structures; the hull phases get inputs too)."""

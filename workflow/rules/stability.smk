@@ -28,8 +28,30 @@ rule relax_references:
         " --output references={output.references} --log {log}"
 
 
+# With data.source mp, the Materials Project's own GGA/GGA+U entries of the same systems:
+# e_above_hull_mp beside the hull of the run's phases.
+rule fetch_mp_phases:
+    input:
+        pools=expand("results/pool/{base}.parquet", base=BASES),
+    output:
+        mp_phases="results/stability/mp_phases.parquet",
+    params:
+        settings=settings("data"),
+        inputs=per_base_inputs("results/pool/{base}.parquet", name="pool"),
+    log:
+        "logs/fetch_mp_phases/all.log",
+    benchmark:
+        "benchmarks/fetch_mp_phases/all.tsv"
+    conda:
+        "../../envs/matdisc.yaml"
+    shell:
+        "python -m matdisc fetch-mp-phases --settings {params.settings:q}"
+        " {params.inputs} --output mp_phases={output.mp_phases} --log {log}"
+
+
 rule relax_candidates:
     input:
+        unpack(mp_phases_input),
         pool="results/pool/{base}.parquet",
         references="results/stability/references.parquet",
         structures="results/data/structures.parquet",
@@ -38,6 +60,7 @@ rule relax_candidates:
         cifs=directory("results/stability/{base}"),
     params:
         settings=settings("stability", "train"),
+        mp_phases=mp_phases_param,
     log:
         "logs/relax_candidates/{base}.log",
     benchmark:
@@ -54,7 +77,7 @@ rule relax_candidates:
         "python -m matdisc relax-candidates --settings {params.settings:q} --threads {threads}"
         " --wildcard base={wildcards.base} --input pool={input.pool}"
         " --input references={input.references} --input structures={input.structures}"
-        " --output stability={output.stability} --output cifs={output.cifs} --log {log}"
+        " {params.mp_phases} --output stability={output.stability} --output cifs={output.cifs} --log {log}"
 
 
 rule collect_sun:

@@ -44,7 +44,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -325,9 +325,14 @@ def _request_failed(
 
 
 def _fetch_page(
-    summary: Any, query: Query, page: int, settings: Mapping[str, Any]
+    resource: Any,
+    query: Query,
+    page: int,
+    settings: Mapping[str, Any],
+    fields: tuple[str, ...] = SUMMARY_FIELDS,
 ) -> dict[str, Any]:
-    """One page from the summary endpoint: ``{"skip", "limit", "total_doc", "data"}``."""
+    """One page of ``query`` from an endpoint's rester (summary, thermo):
+    ``{"skip", "limit", "total_doc", "data"}``."""
     from mp_api.client import MPRestError
 
     page_size = int(settings["page_size"])
@@ -338,14 +343,14 @@ def _fetch_page(
         "_sort_fields": SORT_FIELD,
         # As _fields rather than fields=: mp-api checks fields= against the document
         # model's JSON schema, rebuilt per field per request (~0.3 s each);
-        # check_summary_fields does that check once.
-        "_fields": ",".join(SUMMARY_FIELDS),
+        # check_fields does that check once.
+        "_fields": ",".join(fields),
     }
     try:
-        # _query_resource is the one-request primitive behind SummaryRester.search; unlike
+        # _query_resource is the one-request primitive behind the resters' search; unlike
         # search it takes _skip/_limit (which both of the API's pagination schemes accept)
         # and returns meta.total_doc, which sizes the progress bar and the resume.
-        result = summary._query_resource(
+        result = resource._query_resource(
             criteria=criteria,
             num_chunks=1,
             chunk_size=page_size,
@@ -368,12 +373,13 @@ def _fetch_page(
     }
 
 
-def check_summary_fields(summary: Any) -> None:
-    """Fail early (a bug, not a user error) if mp-api's summary model lacks a field we read."""
-    known = set(summary.document_model.model_fields)
-    unknown = sorted(set(SUMMARY_FIELDS) - known)
+def check_fields(resource: Any, fields: tuple[str, ...]) -> None:
+    """Fail early (a bug, not a user error) if mp-api's document model of ``resource``
+    lacks a field we read."""
+    known = set(resource.document_model.model_fields)
+    unknown = sorted(set(fields) - known)
     if unknown:
-        raise RuntimeError(f"mp-api's summary documents have no field(s) {unknown}")
+        raise RuntimeError(f"mp-api's {resource.suffix} documents have no field(s) {unknown}")
 
 
 def fetch_query(
@@ -500,6 +506,76 @@ def docs_to_records(
     return records
 
 
+# -- the client ------------------------------------------------------------------------------
+class Client:
+    """The API on our retrying session, with its database version; ``fetch`` pages a query
+    through the page cache. Use as a context manager (closes the session)."""
+
+    def __init__(
+        self, settings: Mapping[str, Any], cache_dir: Path, *, api_key: str | None = None
+    ) -> None:
+        self.settings = dict(settings)
+        key = resolve_api_key(api_key)
+        endpoint = settings.get("endpoint") or DEFAULT_ENDPOINT
+        self.endpoint = endpoint if endpoint.endswith("/") else endpoint + "/"
+        retries, backoff_s = int(settings["retries"]), float(settings["backoff_s"])
+        self.page_size = int(settings["page_size"])
+        self.cache_dir = Path(cache_dir)
+        self.session = make_session(key, retries=retries, backoff_s=backoff_s)
+        try:
+            self.db_version = _db_version(self.session, self.endpoint, float(settings["timeout_s"]))
+            log.info(
+                "Materials Project API at %s, database version %s", self.endpoint, self.db_version
+            )
+            self.rester = _open_rester(
+                key, self.endpoint, self.session, retries=retries, backoff_s=backoff_s
+            )
+        except BaseException:
+            self.session.close()
+            raise
+
+    @property
+    def source(self) -> str:
+        return f"mp-api:{self.db_version}"
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.session.close()
+
+    def fetch(
+        self,
+        resource: Any,
+        query: Query,
+        fields: tuple[str, ...],
+        *,
+        limit: int | None = None,
+        enough: Callable[[list[dict[str, Any]]], bool] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Every document of ``query`` from ``resource`` (e.g. ``rester.materials.thermo``)."""
+        cache = PageCache(
+            self.cache_dir,
+            {
+                "query": query.name,
+                "endpoint": self.endpoint,
+                "db_version": self.db_version,
+                "criteria": dict(query.criteria),
+                "fields": list(fields),
+                "sort": SORT_FIELD,
+                "page_size": self.page_size,
+            },
+        )
+        return fetch_query(
+            query,
+            get_page=lambda page: _fetch_page(resource, query, page, self.settings, fields),
+            cache=cache,
+            page_size=self.page_size,
+            limit=limit,
+            enough=enough,
+        )
+
+
 # -- the entry point -----------------------------------------------------------------------------
 def fetch_mp_records(
     settings: dict[str, Any], cache_dir: Path, *, api_key: str | None = None
@@ -516,50 +592,13 @@ def fetch_mp_records(
     ``source`` (``"mp-api:<database version>"``); VAE/UNet-set materials first, each id once.
     Raises :class:`UserError` for a missing key or an API that fails after all retries.
     """
-    key = resolve_api_key(api_key)
-    endpoint = settings.get("endpoint") or DEFAULT_ENDPOINT
-    endpoint = endpoint if endpoint.endswith("/") else endpoint + "/"
-    retries, backoff_s = int(settings["retries"]), float(settings["backoff_s"])
-    page_size = int(settings["page_size"])
-    cache_dir = Path(cache_dir)
-
-    session = make_session(key, retries=retries, backoff_s=backoff_s)
-    with session:
-        db_version = _db_version(session, endpoint, float(settings["timeout_s"]))
-        source = f"mp-api:{db_version}"
-        log.info("Materials Project API at %s, database version %s", endpoint, db_version)
-        rester = _open_rester(key, endpoint, session, retries=retries, backoff_s=backoff_s)
-        summary = rester.materials.summary
-        check_summary_fields(summary)
-
-        def run(
-            query: Query,
-            limit: int | None,
-            enough: Callable[[list[dict[str, Any]]], bool] | None = None,
-        ) -> list[dict[str, Any]]:
-            cache = PageCache(
-                cache_dir,
-                {
-                    "query": query.name,
-                    "endpoint": endpoint,
-                    "db_version": db_version,
-                    "criteria": dict(query.criteria),
-                    "fields": list(SUMMARY_FIELDS),
-                    "sort": SORT_FIELD,
-                    "page_size": page_size,
-                },
-            )
-            return fetch_query(
-                query,
-                get_page=lambda page: _fetch_page(summary, query, page, settings),
-                cache=cache,
-                page_size=page_size,
-                limit=limit,
-                enough=enough,
-            )
-
+    with Client(settings, cache_dir, api_key=api_key) as client:
+        summary = client.rester.materials.summary
+        check_fields(summary, SUMMARY_FIELDS)
+        source = client.source
         skipped: dict[str, int] = {}
-        records = docs_to_records(run(vae_query(settings["max_sites"]), None), source, skipped)
+        vae = client.fetch(summary, vae_query(settings["max_sites"]), SUMMARY_FIELDS)
+        records = docs_to_records(vae, source, skipped)
         n_vae = len(records)
         general_limit = int(settings["general_limit"])
         general: set[str] = set()
@@ -576,8 +615,10 @@ def fetch_mp_records(
 
             # At most general_limit documents per query: enough to fill the set even when the
             # first ones are all in it already; the query stops early once it has filled it.
-            batch = docs_to_records(run(query, general_limit, new_ids_suffice), source, skipped)
-            for material_id, record in batch.items():
+            docs = client.fetch(
+                summary, query, SUMMARY_FIELDS, limit=general_limit, enough=new_ids_suffice
+            )
+            for material_id, record in docs_to_records(docs, source, skipped).items():
                 if material_id not in general and len(general) < general_limit:
                     general.add(material_id)
                     records.setdefault(material_id, record)
@@ -592,3 +633,58 @@ def fetch_mp_records(
         n_vae + len(general) - len(records),
     )
     return list(records.values())
+
+
+# -- thermo entries for the hull -----------------------------------------------------------------
+#: Thermo fields read for a hull: energy_per_atom is the MP2020-corrected total energy.
+THERMO_FIELDS: tuple[str, ...] = (
+    "material_id",
+    "formula_pretty",
+    "energy_per_atom",
+    "energy_above_hull",
+    "thermo_type",
+)
+#: The Materials Project's GGA/GGA+U mixing scheme, the energy scale CHGNet is trained on.
+THERMO_TYPE = "GGA_GGA+U"
+#: Chemical systems per thermo query (keeps the URL short).
+SYSTEMS_PER_QUERY = 50
+
+
+def all_subsystems(systems: Iterable[Iterable[str]]) -> list[str]:
+    """Every non-empty sub-system of ``systems`` as the API writes it (``Ca-O-Zr``), sorted."""
+    found: set[str] = set()
+    for system in systems:
+        elements = sorted(set(system))
+        for size in range(1, len(elements) + 1):
+            found |= {"-".join(sub) for sub in itertools.combinations(elements, size)}
+    return sorted(found, key=lambda s: (s.count("-"), s))
+
+
+def fetch_thermo_entries(
+    systems: Iterable[Iterable[str]],
+    settings: Mapping[str, Any],
+    cache_dir: Path,
+    *,
+    api_key: str | None = None,
+) -> tuple[list[dict[str, Any]], str]:
+    """The GGA/GGA+U thermo documents (:data:`THERMO_FIELDS`) of every material whose
+    chemical system lies inside one of ``systems``, and the source (``mp-api:<version>``).
+
+    settings: the validated ``data.mp`` section; pages are cached in ``cache_dir`` as the
+    download's are.
+    """
+    wanted = all_subsystems(systems)
+    docs: list[dict[str, Any]] = []
+    with Client(settings, cache_dir, api_key=api_key) as client:
+        thermo = client.rester.materials.thermo
+        check_fields(thermo, THERMO_FIELDS)
+        for start in range(0, len(wanted), SYSTEMS_PER_QUERY):
+            chunk = wanted[start : start + SYSTEMS_PER_QUERY]
+            query = Query("thermo", {"chemsys": ",".join(chunk), "thermo_types": THERMO_TYPE})
+            docs += client.fetch(thermo, query, THERMO_FIELDS)
+        source = client.source
+    log.info(
+        "Materials Project thermo: %d %s entries in %d chemical systems",
+        len(docs), THERMO_TYPE, len(wanted),
+    )  # fmt: skip
+    return docs, source

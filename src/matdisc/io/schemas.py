@@ -346,6 +346,18 @@ REFERENCES = pa.schema(
     ]
 )
 
+#: results/stability/mp_phases.parquet (data.source mp): the Materials Project's GGA/GGA+U
+#: thermo entries of the pools' chemical systems, for ``e_above_hull_mp``.
+MP_PHASES = pa.schema(
+    [
+        pa.field("material_id", pa.string(), nullable=False),
+        pa.field("formula", pa.string(), nullable=False),
+        pa.field("energy_ev_per_atom", pa.float64()),  # MP2020-corrected total energy
+        pa.field("e_above_hull_ev_per_atom", pa.float64()),  # the Materials Project's own
+        pa.field("thermo_type", pa.string(), nullable=False),
+    ]
+)
+
 #: results/stability/{base}.parquet: one row per distinct structure of the pool (draws of
 #: the same composition and space group are one structure; the lowest single point kept).
 STABILITY = pa.schema(
@@ -377,6 +389,10 @@ STABILITY = pa.schema(
         pa.field("empty_subsystems", pa.string()),  # comma-separated, e.g. Gd-Pd,Ni-Pd
         pa.field("thin_hull", pa.bool_(), nullable=False),  # a binary sub-system has no phase
         pa.field("hull_reason", pa.string()),  # why e_above_hull is NaN
+        # against the Materials Project's GGA/GGA+U entries (data.source mp; else null)
+        pa.field("e_above_hull_mp_ev_per_atom", pa.float64()),
+        pa.field("n_mp_phases", pa.int32()),
+        pa.field("mp_hull_reason", pa.string()),
         pa.field("stable", pa.bool_(), nullable=False),  # e_above_hull <= threshold
         pa.field("novel", pa.bool_(), nullable=False),  # no match in the run's data
         pa.field("matched_material_id", pa.string()),  # the data structure it matches
@@ -410,6 +426,7 @@ SUN = pa.schema(
 SCHEMAS: dict[str, pa.Schema] = {
     "pool": POOL,
     "references": REFERENCES,
+    "mp_phases": MP_PHASES,
     "stability": STABILITY,
     "sun": SUN,
     "structures": STRUCTURES,

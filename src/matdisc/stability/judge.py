@@ -107,9 +107,11 @@ def judge_pool(
     settings: JudgeSettings,
     seed: int,
     cif_dir: Path,
+    mp_hulls: Hulls | None = None,
 ) -> pd.DataFrame:
     """One row per structure of ``pool`` (schema ``stability``). known: reduced formula →
-    (material id, structure) of the run's data, for novelty."""
+    (material id, structure) of the run's data, for novelty. mp_hulls: the Materials
+    Project's own phases, for ``e_above_hull_mp`` of the relaxed structures."""
     from pymatgen.analysis.structure_matcher import StructureMatcher
     from pymatgen.io.cif import CifWriter
 
@@ -208,6 +210,13 @@ def judge_pool(
         if row["relaxed"]:
             row["e_above_hull_ev_per_atom"] = hull.e_above_hull
             row["decomposition_json"] = json.dumps(hull.decomposition)
+            if mp_hulls is not None:
+                mp_hull = mp_hulls.judge(row["formula"], energy)
+                row.update(
+                    e_above_hull_mp_ev_per_atom=mp_hull.e_above_hull,
+                    n_mp_phases=mp_hull.n_reference_phases,
+                    mp_hull_reason=mp_hull.reason,
+                )
     table = pd.DataFrame(rows).reindex(columns=STABILITY.names)
     e_hull = pd.to_numeric(table["e_above_hull_ev_per_atom"], errors="coerce")
     table["stable"] = (e_hull <= settings.threshold_ev_per_atom).to_numpy()

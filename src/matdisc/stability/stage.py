@@ -5,6 +5,10 @@
   between runs) → ``results/stability/references.parquet``.
 - ``relax_candidates`` (one base): its pool judged → ``results/stability/{base}.parquet``
   and the relaxed structures' symmetrised CIFs in ``results/stability/{base}/``.
+- ``fetch_mp_phases`` (``data.source: mp``): the Materials Project's GGA/GGA+U thermo
+  entries of the same chemical systems → ``results/stability/mp_phases.parquet``, so each
+  relaxed candidate also gets ``e_above_hull_mp`` against the Materials Project's hull
+  (CHGNet energy against MP2020-corrected DFT energies, the scale CHGNet is trained on).
 - ``collect_sun``: the S.U.N. table of all bases → ``results/metrics/sun.parquet``.
 """
 
@@ -63,12 +67,49 @@ def _metadata(call: StageCall, potential: Potential, settings: JudgeSettings) ->
     }
 
 
+def _pool_systems(call: StageCall) -> set[tuple[str, ...]]:
+    """The chemical systems of every pool given."""
+    systems: set[tuple[str, ...]] = set()
+    for path in _per_base(call, "pool").values():
+        systems |= {chemical_system(f) for f in read_table(path, "pool")["formula"].unique()}
+    return systems
+
+
+def fetch_mp_phases(call: StageCall) -> None:
+    """The Materials Project's thermo entries of the pools' chemical systems."""
+    import os
+
+    from matdisc.data.mp import fetch_thermo_entries
+
+    systems = _pool_systems(call)
+    output = call.output("mp_phases")
+    docs, source = fetch_thermo_entries(
+        systems,
+        call.section("data")["mp"],
+        output.parent / "cache" / "mp",
+        api_key=os.environ.get("MP_API_KEY"),
+    )
+    frame = pd.DataFrame(
+        {
+            "material_id": [str(d["material_id"]) for d in docs],
+            "formula": [str(d["formula_pretty"]) for d in docs],
+            "energy_ev_per_atom": [float(d["energy_per_atom"]) for d in docs],
+            "e_above_hull_ev_per_atom": [d.get("energy_above_hull") for d in docs],
+            "thermo_type": [str(d["thermo_type"]) for d in docs],
+        }
+    ).drop_duplicates("material_id")
+    write_table(
+        frame,
+        output,
+        "mp_phases",
+        metadata={"source": source, "systems": sorted("-".join(s) for s in systems)},
+    )
+
+
 def relax_references(call: StageCall) -> None:
     """Reference phases of the chemical systems of every pool, relaxed once."""
     settings = JudgeSettings.from_section(call.section("stability"), call.seed)
-    systems = set()
-    for path in _per_base(call, "pool").values():
-        systems |= {chemical_system(f) for f in read_table(path, "pool")["formula"].unique()}
+    systems = _pool_systems(call)
     structures = read_table(call.input("structures"), "structures")
     phases = reference_phases(structures, systems)
     log.info(
@@ -107,6 +148,9 @@ def relax_candidates(call: StageCall) -> None:
     ):
         if formula in formulas:
             known.setdefault(formula, []).append((mid, Structure.from_dict(json.loads(raw))))
+    mp_hulls = None
+    if "mp_phases" in call.inputs:
+        mp_hulls = Hulls(read_table(call.input("mp_phases"), "mp_phases"), {})
     potential = _potential(call)
     table = judge_pool(
         pool,
@@ -117,6 +161,7 @@ def relax_candidates(call: StageCall) -> None:
         settings=settings,
         seed=call.seed,
         cif_dir=call.output("cifs"),
+        mp_hulls=mp_hulls,
     )
     relaxed = table[table["relaxed"].astype(bool)]
     log.info(
@@ -132,6 +177,12 @@ def relax_candidates(call: StageCall) -> None:
             row.e_above_hull_single_ev_per_atom, row.n_reference_phases,
             f", thin hull (no phase in {row.empty_subsystems})" if row.thin_hull else "",
         )  # fmt: skip
+        if mp_hulls is not None:
+            log.info(
+                "    against the Materials Project's %d phases: %.3f eV/atom%s",
+                row.n_mp_phases, row.e_above_hull_mp_ev_per_atom,
+                f" ({row.mp_hull_reason})" if row.mp_hull_reason else "",
+            )  # fmt: skip
     write_table(
         table, call.output("stability"), "stability", metadata=_metadata(call, potential, settings)
     )
