@@ -1,4 +1,5 @@
-"""Write ``resources/ionic_radii.csv``: the radius (Å) of each element used by the voxel grids.
+"""Write ``src/matdisc/resources/ionic_radii.csv``: the radius (Å) of each element
+used by the voxel grids.
 
 The radius is the width σ of the element's Gaussian in the density map and, times the
 label fraction, the radius of its label sphere in the species map (seed 000, eq. 1).
@@ -26,7 +27,8 @@ from pymatgen.core import Element
 
 log = logging.getLogger("ionic_radii")
 
-OUT = Path(__file__).resolve().parent / "ionic_radii.csv"
+#: Package data (read through importlib.resources by matdisc.voxel.radii).
+OUT = Path(__file__).resolve().parents[1] / "src" / "matdisc" / "resources" / "ionic_radii.csv"
 MAX_Z = 118
 
 

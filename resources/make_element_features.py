@@ -1,4 +1,5 @@
-"""Write ``resources/element_features.json``: one-hot binned element descriptors for CGCNN.
+"""Write ``src/matdisc/resources/element_features.json``: one-hot binned element
+descriptors for CGCNN.
 
 The node features of the crystal graphs (Xie & Grossman 2018, as used by Court et al. 2020):
 group, period, Pauling electronegativity, covalent radius, valence electrons, first
@@ -31,7 +32,10 @@ log = logging.getLogger("make_element_features")
 MAX_Z = 100  # H .. Fm: every element with the data below
 N_BINS = 10
 AVOGADRO = 6.02214076e23
-OUT = Path(__file__).resolve().parent / "element_features.json"
+#: Package data (read through importlib.resources by matdisc.graphs).
+OUT = (
+    Path(__file__).resolve().parents[1] / "src" / "matdisc" / "resources" / "element_features.json"
+)
 
 
 def _valence_electrons(group: int) -> int:

@@ -55,7 +55,8 @@ def copy_workflow(target: Path) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     (target / "Snakefile").write_text((REPO / "Snakefile").read_text())
     for folder in ("workflow", "config", "envs"):
-        subprocess.run(["cp", "-r", str(REPO / folder), str(target)], check=True)
+        # -L: config/schema.yaml is a symlink into src/matdisc; copy the file it names.
+        subprocess.run(["cp", "-rL", str(REPO / folder), str(target)], check=True)
     return target
 
 

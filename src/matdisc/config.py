@@ -1,5 +1,8 @@
 """Loading and validating ``config/config.yaml`` against ``config/schema.yaml``.
 
+The schema is package data (``matdisc/schema.yaml``, found from an installed wheel too);
+``config/schema.yaml`` in the checkout is a symlink to it.
+
 The workflow (``workflow/rules/common.smk``) and the command line share this code, so a
 config behaves the same whether Snakemake or a person runs a stage. Validation applies
 the schema's defaults (through :func:`snakemake.utils.validate`) and turns a schema
@@ -12,6 +15,7 @@ import copy
 import json
 import os
 from collections.abc import Iterable, Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +24,9 @@ import yaml
 
 from matdisc.errors import UserError
 
-#: The repository's config schema; the workflow passes its own path, tests may too.
-DEFAULT_SCHEMA = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
+#: The package's config schema (``config/schema.yaml`` links to it); the workflow passes
+#: its own path, tests may too.
+DEFAULT_SCHEMA = Path(str(resources.files("matdisc") / "schema.yaml"))
 
 
 def load_yaml(path: Path | str) -> dict[str, Any]:

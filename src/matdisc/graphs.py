@@ -27,6 +27,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +38,11 @@ from matdisc.errors import UserError
 
 log = logging.getLogger(__name__)
 
-#: The element feature table (made by resources/make_element_features.py).
-ELEMENT_FEATURES_PATH = Path(__file__).resolve().parents[2] / "resources" / "element_features.json"
+#: The element feature table (package data, so it is found from an installed wheel too;
+#: made by the checkout's resources/make_element_features.py).
+ELEMENT_FEATURES_PATH = Path(
+    str(resources.files("matdisc") / "resources" / "element_features.json")
+)
 
 #: Bound on the number of candidate distances computed at once (memory, float64).
 _MAX_CANDIDATES = 4_000_000  # float32 entries, 16 MB

@@ -29,7 +29,8 @@ Conventions:
   the grid is labelled). So an atom near a face or corner appears 2-8 times; the inverse
   merges these images (:func:`matdisc.segment.invert`).
 * M: ``sum_i Z_i N(x; site_i, σ_i² I)`` with ``N`` the normalised 3-D Gaussian and σ_i
-  the element's radius from ``resources/ionic_radii.csv`` (see ``ionic_radii.md``).
+  the element's radius from the package's ``resources/ionic_radii.csv`` (see the
+  checkout's ``resources/ionic_radii.md``).
 * S: the atomic number of the nearest site whose label sphere, radius
   ``max(label_fraction × σ_i, min_label_radius_voxels × voxel spacing)``, contains the
   voxel centre (ties: the smaller atomic number); mask = S > 0.

@@ -1,15 +1,17 @@
-"""The per-element radius table (``resources/ionic_radii.csv``) of the voxel grids."""
+"""The per-element radius table (``matdisc/resources/ionic_radii.csv``) of the voxel grids."""
 
 from __future__ import annotations
 
 import csv
 import functools
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-#: The table the repository ships; ``resources/ionic_radii.py`` writes it.
-DEFAULT_TABLE = Path(__file__).resolve().parents[3] / "resources" / "ionic_radii.csv"
+#: The table the package ships (package data, so it is found from an installed wheel
+#: too); the checkout's ``resources/ionic_radii.py`` writes it.
+DEFAULT_TABLE = Path(str(resources.files("matdisc") / "resources" / "ionic_radii.csv"))
 
 MAX_Z = 118
 
@@ -27,7 +29,8 @@ def radius_lookup(path: Path | str = DEFAULT_TABLE) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"radius table {path} is missing; regenerate it with python resources/ionic_radii.py"
+            f"radius table {path} is missing; regenerate it with python resources/ionic_radii.py "
+            f"(from the repository root)"
         )
     table = np.full(MAX_Z + 1, np.nan)
     with path.open(encoding="utf-8") as fh:
