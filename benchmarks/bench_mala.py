@@ -12,6 +12,7 @@ import time
 import numpy as np
 import torch
 
+from matdisc.config import default_section
 from matdisc.csp.energy import ContinuousEnergy
 from matdisc.csp.sampler import Schedule, mala, random_crystals
 
@@ -23,7 +24,7 @@ SINGLE_CHAINS = 4
 def _rate(model: ContinuousEnergy, chains: int, steps: int, gen: torch.Generator) -> float:
     numbers = [np.array([38, 22, 8, 8, 8])] * chains
     start = random_crystals(numbers, generator=gen)
-    schedule = Schedule(steps=steps)
+    schedule = Schedule.from_section(default_section("csp", eval_steps=steps), "eval_steps")
     t0 = time.perf_counter()
     mala(model, start, schedule, generator=gen)
     return chains * steps / (time.perf_counter() - t0)

@@ -9,6 +9,7 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Lattice, Structure
 from scipy.special import i0, i1
 
+from matdisc.config import default_section
 from matdisc.csp.energy import ContinuousEnergy, CrystalBatch
 from matdisc.csp.sampler import (
     Schedule,
@@ -40,7 +41,14 @@ def test_mala_samples_the_analytic_distribution(beta: float) -> None:
     start = CrystalBatch(
         start.frac, LATTICE0.expand(chains, 3, 3).clone(), start.numbers, start.node_graph
     )
-    schedule = Schedule(steps=600, beta_start=beta, beta_end=beta, step_start=0.004, step_end=0.004)
+    schedule = Schedule(
+        steps=600,
+        beta_start=beta,
+        beta_end=beta,
+        step_start=0.004,
+        step_end=0.004,
+        target_acceptance=None,
+    )
     result = mala(analytic_energy, start, schedule, niggli=False, generator=gen)
     assert 0.5 < float(result.acceptance.mean()) < 1.0
     lat = result.batch.lattice
@@ -72,7 +80,13 @@ def test_annealing_concentrates_on_the_minimum() -> None:
         site = -KAPPA / 100 * torch.cos(2 * torch.pi * (batch.frac - CENTER)).sum(1)
         return lat + torch.zeros_like(lat).index_add_(0, batch.node_graph, site)
 
-    result = mala(soft, start, Schedule(steps=400), niggli=False, generator=gen)
+    result = mala(
+        soft,
+        start,
+        Schedule.from_section(default_section("csp", eval_steps=400), "eval_steps"),
+        niggli=False,
+        generator=gen,
+    )
     delta = (result.batch.frac - CENTER + 0.5) % 1.0 - 0.5
     var_f = 1 / (1000 * (2 * np.pi) ** 2 * KAPPA / 100)
     var_l = 1 / (1000 * STIFFNESS / 10)
@@ -89,7 +103,14 @@ def test_adaptive_steps_reach_the_target_acceptance() -> None:
     start = CrystalBatch(
         start.frac, LATTICE0.expand(chains, 3, 3).clone(), start.numbers, start.node_graph
     )
-    steep = Schedule(steps=300, beta_start=1.0, beta_end=1.0, step_start=0.4, step_end=0.4)
+    steep = Schedule(
+        steps=300,
+        beta_start=1.0,
+        beta_end=1.0,
+        step_start=0.4,
+        step_end=0.4,
+        target_acceptance=None,
+    )
     fixed = mala(analytic_energy, start, steep, niggli=False, generator=gen)
     adaptive = Schedule(**{**steep.__dict__, "target_acceptance": 0.6})
     adapted = mala(analytic_energy, start, adaptive, niggli=False, generator=gen)

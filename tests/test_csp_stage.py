@@ -13,9 +13,9 @@ import torch
 from conftest import fake_cgcnn_dir
 from pymatgen.core import Lattice, Structure
 
-from matdisc.config import load_config
+from matdisc.config import default_section, load_config
 from matdisc.csp.energy import ContinuousEnergy
-from matdisc.csp.sampler import Schedule, energy_and_grad, random_crystals
+from matdisc.csp.sampler import energy_and_grad, random_crystals
 from matdisc.csp.stage import evaluate_csp, predict_structures, train_ebm
 from matdisc.csp.train import (
     EBMSettings,
@@ -41,6 +41,13 @@ PEROVSKITES = [
     ("Ba", "Zr", 4.19),
     ("Sr", "Hf", 4.07),
 ]
+
+
+def ebm_settings(**overrides: object) -> EBMSettings:
+    """EBM training settings of a ``csp`` section with ``overrides`` (the schema's otherwise;
+    the seed's loss: no energy L2 or gradient penalty unless given)."""
+    plain = {"energy_l2": 0.0, "grad_penalty": 0.0, "max_minutes": None}
+    return EBMSettings.from_section(default_section("csp", **{**plain, **overrides}))
 
 
 def _table(path: Path) -> Path:
@@ -90,9 +97,7 @@ def test_persistent_negatives_continue_their_chains() -> None:
     torch.manual_seed(0)
     model = ContinuousEnergy(node_features=8, edge_features=8, n_conv=1)
     units = [np.array([8, 8, 8, 22, 38]), np.array([11, 17])]
-    settings = EBMSettings(
-        max_sites=10, schedule=Schedule(steps=4, target_acceptance=0.5), persistent=1.0
-    )
+    settings = ebm_settings(max_sites=10, train_steps=4, target_acceptance=0.5, persistent=1.0)
     rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
     chains: list = [None, None]
     first, _ = _negatives(
@@ -149,13 +154,8 @@ def test_gradient_penalty_flattens_the_learned_energy() -> None:
     for gamma in (0.0, 10.0):
         torch.manual_seed(0)
         model = ContinuousEnergy(node_features=8, edge_features=8, n_conv=1)
-        settings = EBMSettings(
-            epochs=8,
-            batch_size=4,
-            lr=1e-2,
-            max_sites=10,
-            schedule=Schedule(steps=3),
-            grad_penalty=gamma,
+        settings = ebm_settings(
+            epochs=8, batch_size=4, lr=1e-2, max_sites=10, train_steps=3, grad_penalty=gamma
         )
         history = fit_ebm(model, crystals, settings, seed=0)
         assert math.isnan(history[-1]["squared_gradient"]) == (gamma == 0)
@@ -275,9 +275,7 @@ def test_killed_ebm_training_resumes_like_uninterrupted(tmp_path: Path) -> None:
 
     frame = read_table(_table(tmp_path / "structures.parquet"), "structures")
     crystals, _, _ = parse_structures(frame["structure_json"].tolist())
-    settings = EBMSettings(
-        epochs=2, batch_size=3, max_sites=10, persistent=0.5, schedule=Schedule(steps=3)
-    )
+    settings = ebm_settings(epochs=2, batch_size=3, max_sites=10, persistent=0.5, train_steps=3)
 
     def model() -> ContinuousEnergy:
         torch.manual_seed(0)

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from pymatgen.core import Composition, Lattice, Structure
 
+from matdisc.config import default_section
 from matdisc.filters.distance import distances_valid, min_distance
 from matdisc.filters.funnel import (
     STAGE_NAMES,
@@ -103,10 +104,11 @@ def test_min_distance_is_invariant_to_image_shifts_and_order():
 
 
 #: The seed's stages (no composition validity), as in its Table 2.
-SETTINGS = FilterSettings(
-    min_distance_angstrom=0.5, ef_window=0.2, top_k=10, exclude_elements=("U",),
-    composition_validity="none",
-)  # fmt: skip
+def filter_settings(**overrides: object) -> FilterSettings:
+    return FilterSettings.from_section(default_section("filter", **overrides))
+
+
+SETTINGS = filter_settings(exclude_elements=["U"], composition_validity="none")
 
 
 def test_each_stage_rejects_what_it_should():
@@ -191,9 +193,7 @@ def test_top_k_keeps_the_closest():
     names = ["Ca", "Sr", "Ba", "Mg", "Cd"]
     structures = [perovskite(4.0, (n, "Zr", "O")) for n in names]
     efs = {f"{n}ZrO3": -3.0 + 0.05 * i for i, n in enumerate(names)}
-    settings = FilterSettings(
-        min_distance_angstrom=0.5, ef_window=0.2, top_k=2, exclude_elements=()
-    )
+    settings = filter_settings(top_k=2, exclude_elements=[])
     result = run_filter(
         samples_of(structures),
         base_formula_anonymous="ABC3",
@@ -232,9 +232,7 @@ def test_top_k_is_taken_before_the_dft_exclusion():
     # seed 000: the 10 closest are selected, then those with actinides are not run
     structures = [perovskite(4.0, (n, "Zr", "O")) for n in ("U", "Sr", "Ba")]
     efs = {"ZrUO3": -3.0, "SrZrO3": -2.9, "BaZrO3": -2.7}
-    settings = FilterSettings(
-        min_distance_angstrom=0.5, ef_window=0.2, top_k=2, exclude_elements=("U", "Th")
-    )
+    settings = filter_settings(top_k=2, exclude_elements=["U", "Th"])
     result = run_filter(
         samples_of(structures),
         base_formula_anonymous="ABC3",
@@ -259,7 +257,7 @@ def test_structure_matcher_keeps_new_polymorphs_of_training_compositions():
     by_formula = run_filter(samples, settings=SETTINGS, **common)
     matched = run_filter(
         samples,
-        settings=FilterSettings(min_distance_angstrom=0.5, structure_matcher=True),
+        settings=filter_settings(structure_matcher=True),
         **common,
     )
     assert by_formula.counts["not_in_training"] == 0

@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from ase.io import read as ase_read
 from pymatgen.core import Composition, DummySpecies, Lattice, Structure
 
@@ -37,7 +39,7 @@ from matdisc.qe.pseudo import (
 )
 from matdisc.qe.pwinput import StructureError, build_input, kpoint_grid
 from matdisc.qe.run import CONVERGED, FAILED, NOT_CONVERGED, check_output
-from matdisc.qe.settings import DEFAULTS_PATH, QEInputSettings, SlurmSettings
+from matdisc.qe.settings import QEInputSettings, SlurmSettings
 from matdisc.qe.stage import collect_qe_manifest, run_qe_relax, write_qe_inputs
 from matdisc.qe.structure import open_shell_elements
 from matdisc.qe.upf import classify_functional, read_upf_header
@@ -98,13 +100,13 @@ def test_defaults_follow_the_seed_methods():
     assert (s.pseudo_family, s.pseudo_dir, s.cell) == ("sssp-efficiency", None, "primitive")
 
 
-def test_config_overrides_win_and_null_keeps_default():
-    s = QEInputSettings.from_config(
-        {"degauss_ry": 0.02, "nstep": None, "slurm": {"ntasks": 4, "time": None}, "run": True}
-    )
+def test_config_overrides_win_and_missing_keys_take_the_schema_default():
+    s = QEInputSettings.from_config({"degauss_ry": 0.02, "slurm": {"ntasks": 4}, "run": True})
     assert s.degauss_ry == 0.02
-    assert s.nstep == QEInputSettings.from_config({}).nstep
+    assert s.nstep == QEInputSettings.from_config({}).nstep == 100
     assert s.slurm.ntasks == 4 and s.slurm.time == "24:00:00"
+    with pytest.raises(UserError, match="nstep"):  # null no longer means "the default"
+        QEInputSettings.from_config({"nstep": None})
 
 
 def test_schema_input_keys_are_exactly_the_settings_fields():
@@ -115,8 +117,11 @@ def test_schema_input_keys_are_exactly_the_settings_fields():
     input_keys = set(config["qe"]) - run_keys
     assert input_keys == set(defaults.__dataclass_fields__)
     assert set(config["qe"]["slurm"]) == set(SlurmSettings.__dataclass_fields__)
-    # and the repository config reproduces the shipped defaults
-    assert QEInputSettings.from_config(config["qe"]) == defaults
+    # the stage gets the validated section: the same settings as the schema's defaults
+    # plus the repository config's choices
+    assert QEInputSettings.from_config(config["qe"]) == QEInputSettings.from_config(
+        yaml.safe_load((REPO / "config" / "config.yaml").read_text()).get("qe", {})
+    )
 
 
 def test_schema_choices_match_the_generator():
@@ -152,13 +157,19 @@ def test_config_rejects_unknown_qe_key(tmp_path):
 def test_bad_setting_is_a_user_error():
     with pytest.raises(UserError, match="cell_dofree"):
         settings(cell_dofree="everything")
-    with pytest.raises(UserError, match="unknown QE input settings"):
-        QEInputSettings.from_config({"not_a_key": 1}, defaults_path=DEFAULTS_PATH)
+    with pytest.raises(UserError, match="not_a_key"):
+        QEInputSettings.from_config({"not_a_key": 1})
 
 
 def test_misspelt_family_is_one_sentence(tmp_path):
-    with pytest.raises(UserError, match=r"qe.pseudo_family 'sssp-efficency' is not known"):
+    with pytest.raises(UserError, match=r"qe.pseudo_family .*'sssp-efficency' is not one of"):
         settings(pseudo_family="sssp-efficency")
+    # a settings object made by hand is checked too
+    with pytest.raises(UserError, match=r"qe.pseudo_family 'sssp-efficency' is not known"):
+        QEInputSettings.from_mapping(
+            {**settings().__dict__, "slurm": settings().slurm.__dict__,
+             "pseudo_family": "sssp-efficency", "pseudo_dir": None}
+        )  # fmt: skip
     path = tmp_path / "config.yaml"
     path.write_text("qe:\n  pseudo_family: sssp-efficency\n")
     with pytest.raises(UserError, match=r"qe.pseudo_family .*'sssp-efficency' is not one of"):
@@ -448,7 +459,9 @@ def test_structure_pw_cannot_take_is_rejected():
 def test_job_script_is_valid_bash(tmp_path):
     text = job_script(
         job_name="NaCl-7 x",
-        slurm=SlurmSettings(ntasks=8, time="02:00:00", mem_per_cpu_mb=1000, partition="cpu"),
+        slurm=replace(
+            settings().slurm, ntasks=8, time="02:00:00", mem_per_cpu_mb=1000, partition="cpu"
+        ),
         pseudo_dir=None,
         files=[sssp().file("Na"), sssp().file("Cl")],
         family_label=sssp().label,
@@ -473,7 +486,9 @@ def test_job_script_checks_the_family_files_before_pw_runs(tmp_path):
     (run_dir / "pw.in").write_text("&CONTROL\n/\n")
 
     def run(files):
-        slurm = SlurmSettings(ntasks=1, time="1:00", mem_per_cpu_mb=100, launcher="true")
+        slurm = replace(
+            settings().slurm, ntasks=1, time="1:00", mem_per_cpu_mb=100, launcher="true"
+        )
         text = job_script(
             job_name="t", slurm=slurm, pseudo_dir=folder, files=files, family_label="test family"
         )

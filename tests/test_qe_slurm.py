@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from qe_cases import CHEAP, DEBIAN_PSEUDO, write_qe_folder, zincblende
 from matdisc.io import read_table
 from matdisc.qe.jobscript import job_script
 from matdisc.qe.run import CONVERGED, check_output
-from matdisc.qe.settings import SlurmSettings
+from matdisc.qe.settings import QEInputSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.external]
 
@@ -106,7 +107,8 @@ def test_job_script_fails_when_pw_fails(tmp_path, slurm_cluster):
     (folder / "job.sbatch").write_text(
         job_script(
             job_name="broken",
-            slurm=SlurmSettings(
+            slurm=replace(
+                QEInputSettings.from_config({}).slurm,
                 ntasks=1,
                 time="00:05:00",
                 mem_per_cpu_mb=500,

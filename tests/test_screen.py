@@ -14,6 +14,7 @@ from conftest import fake_cgcnn_dir
 from pymatgen.core import Lattice, Structure
 
 from matdisc.cli import main
+from matdisc.config import default_section
 from matdisc.graphs import GraphStore, build_graph
 from matdisc.io import read_table, write_table
 from matdisc.io.schemas import PROPERTY_COLUMNS
@@ -81,7 +82,7 @@ def trained(tmp_path_factory) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
     table = synthetic_table()
     metrics = train_all(
         table,
-        settings=CGCNNSettings(**TINY),
+        settings=CGCNNSettings.from_section(default_section("cgcnn", **TINY)),
         model_dir=root / "models",
         metrics_dir=root / "metrics",
         device="cpu",
@@ -127,8 +128,12 @@ def test_property_without_labels_is_nan_with_reason(trained, caplog):
 
 def test_transfer_learning_loads_formation_energy_convolution(tmp_path):
     table = synthetic_table()
-    settings = CGCNNSettings(
-        **{**TINY, "finetune_epochs": 0}, properties=["e_form_ev_per_atom", "band_gap_ev"]
+    settings = CGCNNSettings.from_section(
+        default_section(
+            "cgcnn",
+            **{**TINY, "finetune_epochs": 0},
+            properties=["e_form_ev_per_atom", "band_gap_ev"],
+        )
     )
     metrics = train_all(
         table, settings=settings, model_dir=tmp_path / "m", metrics_dir=tmp_path, device="cpu"
@@ -148,7 +153,7 @@ def test_transfer_learning_loads_formation_energy_convolution(tmp_path):
 def test_masked_training_ignores_missing_labels(tmp_path):
     table = synthetic_table()
     spec = SPECS["k_vrh_gpa"]
-    settings = CGCNNSettings(**TINY)
+    settings = CGCNNSettings.from_section(default_section("cgcnn", **TINY))
     labelled = np.isfinite(table["k_vrh_gpa"].to_numpy())
     outs = []
     for name, rows in (("all", table), ("labelled", table[labelled])):

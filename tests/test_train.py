@@ -16,6 +16,15 @@ from matdisc.train.device import bf16_supported, resolve_bf16
 from matdisc.train.loop import lr_factor
 
 
+def loop_config(**kw: object) -> TrainConfig:
+    """A TrainConfig of the loop's plain choices (constant lr, fp32, CPU), ``kw`` on top."""
+    plain: dict[str, object] = dict(
+        patience=None, weight_decay=0.0, device="cpu", bf16=False, seed=0, grad_clip=None,
+        num_threads=1, max_minutes=None, lr_schedule="constant", lr_final=0.01,
+    )  # fmt: skip
+    return TrainConfig(**{**plain, **kw})  # type: ignore[arg-type]
+
+
 class TinyNet(nn.Module):
     def __init__(self, *, width: int = 8) -> None:
         super().__init__()
@@ -44,7 +53,7 @@ def _data(n: int, seed: int) -> TensorDataset:
 def _train(tmp: Path, epochs: int, resume: Path, **kw) -> tuple[TinyNet, object]:
     torch.manual_seed(0)
     model = TinyNet()
-    cfg = TrainConfig(epochs=epochs, lr=1e-2, batch_size=16, seed=3, **kw)
+    cfg = loop_config(epochs=epochs, lr=1e-2, batch_size=16, seed=3, **kw)
     result = fit(
         model=model,
         loss_fn=_loss,
@@ -75,7 +84,7 @@ def test_cosine_schedule_decays_per_step_and_resumes(tmp_path: Path) -> None:
     lrs = [h["lr"] for h in full_result.history]
     assert all(a > b for a, b in itertools.pairwise(lrs))  # falls every epoch
     steps = 6 * (96 // 16)
-    cfg = TrainConfig(epochs=6, lr=1e-2, batch_size=16, **kw)
+    cfg = loop_config(epochs=6, lr=1e-2, batch_size=16, **kw)
     # after the last step the schedule has reached lr_final x lr
     assert lrs[-1] == pytest.approx(1e-2 * lr_factor(cfg, steps, steps))
     assert lr_factor(cfg, 0, steps) == 1.0
@@ -98,7 +107,7 @@ def test_cosine_schedule_decays_per_step_and_resumes(tmp_path: Path) -> None:
             loss_fn=dies_in_epoch_4,
             train_set=_data(96, 1),
             val_set=_data(32, 2),
-            config=TrainConfig(epochs=6, lr=1e-2, batch_size=16, seed=3, **kw),
+            config=loop_config(epochs=6, lr=1e-2, batch_size=16, seed=3, **kw),
             resume_path=tmp_path / "split.resume",
         )
     resumed, resumed_result = _train(tmp_path, 6, tmp_path / "split.resume", **kw)
@@ -123,7 +132,7 @@ def test_early_stopping_on_diverging_validation(tmp_path: Path) -> None:
     train = _data(96, 1)
     x, y = train.tensors
     model = TinyNet()
-    cfg = TrainConfig(epochs=50, lr=1e-2, batch_size=16, seed=0, patience=3)
+    cfg = loop_config(epochs=50, lr=1e-2, batch_size=16, seed=0, patience=3)
     res = fit(
         model=model,
         loss_fn=_loss,
@@ -157,9 +166,9 @@ def test_missing_cuda_is_a_user_error() -> None:
 
 def test_bad_train_config_is_a_user_error() -> None:
     with pytest.raises(UserError, match="batch_size"):
-        TrainConfig(epochs=1, lr=1e-3, batch_size=0)
+        loop_config(epochs=1, lr=1e-3, batch_size=0)
     with pytest.raises(UserError, match="lr_schedule must be one of constant, cosine"):
-        TrainConfig(epochs=1, lr=1e-3, batch_size=1, lr_schedule="linear")
+        loop_config(epochs=1, lr=1e-3, batch_size=1, lr_schedule="linear")
 
 
 def test_bf16_auto_follows_the_hardware() -> None:

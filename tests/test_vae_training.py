@@ -36,6 +36,15 @@ PADDING = 0.25
 DEFAULTS = validate_config({})
 
 
+def loop_config(**kw: object) -> TrainConfig:
+    """A TrainConfig of the loop's plain choices (constant lr, fp32, CPU), ``kw`` on top."""
+    plain: dict[str, object] = dict(
+        patience=None, weight_decay=0.0, device="cpu", bf16=False, seed=0, grad_clip=None,
+        num_threads=1, max_minutes=None, lr_schedule="constant", lr_final=0.01,
+    )  # fmt: skip
+    return TrainConfig(**{**plain, **kw})  # type: ignore[arg-type]
+
+
 def _structures():
     from pymatgen.core import Lattice, Structure
 
@@ -230,7 +239,7 @@ def test_substitution_refuses_a_store_of_another_radius_table(store):
 def _fit_unet(store, resume: Path, epochs: int, **section_kw):
     train, val = load_split(store, "train"), load_split(store, "val")
     section = unet_section(epochs=epochs, **section_kw)
-    config = TrainConfig(epochs=epochs, lr=1e-2, batch_size=3, seed=3, num_threads=1)
+    config = loop_config(epochs=epochs, lr=1e-2, batch_size=3, seed=3, num_threads=1)
     return training.fit_unet(train, val, store.elements(), section, config, resume)
 
 
@@ -253,7 +262,7 @@ def test_resume_reproduces_uninterrupted_run(store, tmp_path):
 
 def test_resume_file_of_other_settings_is_set_aside_not_loaded(store, tmp_path, caplog):
     resume = tmp_path / "unet.pt.resume"
-    _fit_unet(store, resume, epochs=1)  # a killed run of the plain UNet
+    _fit_unet(store, resume, epochs=1, log_input=False)  # a killed run of the plain UNet
     fresh, _, _ = _fit_unet(store, tmp_path / "fresh.resume", epochs=2, log_input=True)
     # the same file, now for a UNet with a log-density channel (other input shape)
     with caplog.at_level("WARNING"):
@@ -361,8 +370,8 @@ def test_stages_end_to_end(store, tmp_path, monkeypatch):
 
 def test_channels_last_auto_follows_bf16():
     """auto: channels-last in fp32, the contiguous layout under bf16; booleans as given."""
-    fp32 = TrainConfig(epochs=1, lr=1e-3, batch_size=1, device="cpu", bf16=False)
-    bf16 = TrainConfig(epochs=1, lr=1e-3, batch_size=1, device="cpu", bf16=True)
+    fp32 = loop_config(epochs=1, lr=1e-3, batch_size=1, device="cpu", bf16=False)
+    bf16 = loop_config(epochs=1, lr=1e-3, batch_size=1, device="cpu", bf16=True)
     assert training.channels_last_of({"channels_last": "auto"}, fp32) is True
     assert training.channels_last_of({"channels_last": "auto"}, bf16) is False
     assert training.channels_last_of({"channels_last": True}, bf16) is True

@@ -159,7 +159,12 @@ def _settings(args: argparse.Namespace) -> dict:
         raise UserError(f"--settings is not valid JSON ({exc}); pass a JSON object.") from exc
     if not isinstance(settings, dict):
         raise UserError("--settings must be a JSON object of config sections.")
-    return settings
+    # checked like a config file, and what a section leaves out takes the schema's default;
+    # only the sections passed are kept (a stage reading another one is a wiring bug)
+    from matdisc.config import validate_config
+
+    passed = set(settings) | {"seed"}
+    return {k: v for k, v in validate_config(settings).items() if k in passed}
 
 
 def resolve(target: str):

@@ -80,6 +80,12 @@ def validate_config(
     return config
 
 
+def default_section(name: str, **overrides: Any) -> dict[str, Any]:
+    """The ``name`` section as the schema fills it, with ``overrides`` (validated): what a
+    stage would get from a config that sets only those keys."""
+    return validate_config({name: copy.deepcopy(overrides)})[name]
+
+
 def load_config(path: Path | str, schema_path: Path | str = DEFAULT_SCHEMA) -> dict[str, Any]:
     """Load and validate a config file; defaults filled in."""
     return validate_config(load_yaml(path), schema_path)

@@ -44,7 +44,7 @@ class StageCall:
 
     @property
     def seed(self) -> int:
-        return int(self.settings.get("seed", 0))
+        return int(self.section("seed"))
 
     def input(self, name: str) -> Path:
         try:

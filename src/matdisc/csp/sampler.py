@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -49,17 +50,29 @@ class Schedule:
     Both change exponentially (geometrically) from start to end; steps >= 1.
     """
 
-    steps: int = 1000
-    beta_start: float = 1.0
-    beta_end: float = 1000.0
-    step_start: float = 0.5
-    step_end: float = 0.0005
+    steps: int
+    beta_start: float
+    beta_end: float
+    step_start: float
+    step_end: float
     #: None = the seed's fixed step schedule. A number in (0, 1): each chain scales the
     #: scheduled step by its own factor s, log s += adapt_rate · (α - target) after every
     #: step (α the step's acceptance probability), so chains whose energy is steeper than
     #: the schedule assumes shrink their steps instead of stalling.
-    target_acceptance: float | None = None
-    adapt_rate: float = 0.3
+    target_acceptance: float | None
+    adapt_rate: ClassVar[float] = 0.3
+
+    @classmethod
+    def from_section(cls, section: dict[str, Any], steps_key: str) -> Schedule:
+        """The schedule of a ``csp`` config section with ``section[steps_key]`` steps."""
+        return cls(
+            steps=int(section[steps_key]),
+            beta_start=float(section["beta_start"]),
+            beta_end=float(section["beta_end"]),
+            step_start=float(section["step_start"]),
+            step_end=float(section["step_end"]),
+            target_acceptance=section["target_acceptance"],
+        )
 
     def at(self, t: int) -> tuple[float, float]:
         frac = t / max(self.steps - 1, 1)

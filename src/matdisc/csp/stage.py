@@ -39,17 +39,6 @@ MODEL_KEYS = (
 MATCHER_ARGS = {"stol": 0.5, "angle_tol": 10, "ltol": 0.3}
 
 
-def schedule_of(section: dict[str, Any], steps_key: str) -> Schedule:
-    return Schedule(
-        steps=int(section[steps_key]),
-        beta_start=float(section["beta_start"]),
-        beta_end=float(section["beta_end"]),
-        step_start=float(section["step_start"]),
-        step_end=float(section["step_end"]),
-        target_acceptance=section["target_acceptance"],
-    )
-
-
 def select_structures(table: pd.DataFrame, section: dict[str, Any]) -> pd.DataFrame:
     """Rows of the structures table the EBM is trained / evaluated on (config filters)."""
     keep = table["nsites"] <= int(section["max_sites"])
@@ -98,18 +87,7 @@ def train_ebm(call: StageCall) -> None:
     train = table[table["split"] == "train"]
     arrays, train = _arrays(train)
     model = ContinuousEnergy(**{k: section[k] for k in MODEL_KEYS})
-    settings = EBMSettings(
-        epochs=int(section["epochs"]),
-        batch_size=int(section["batch_size"]),
-        lr=float(section["lr"]),
-        geometric_p=float(section["geometric_p"]),
-        max_sites=int(section["max_sites"]),
-        energy_l2=float(section["energy_l2"]),
-        schedule=schedule_of(section, "train_steps"),
-        max_minutes=section.get("max_minutes"),
-        persistent=float(section["persistent"]),
-        grad_penalty=float(section["grad_penalty"]),
-    )
+    settings = EBMSettings.from_section(section)
     log.info("training the ContinuouSP EBM on %d crystals: %s", len(train), model.model_args)
     model_path = call.output("model")
     # Not a Snakemake output: a killed job keeps it and the re-run continues from it.
@@ -148,7 +126,7 @@ def evaluate_csp(call: StageCall) -> None:
     model = _load_ebm(call.input("ebm"))
     k = int(section["samples"])
     batch, energy = sample_structures(
-        model, arrays.numbers, k, schedule_of(section, "eval_steps"), seed=call.seed
+        model, arrays.numbers, k, Schedule.from_section(section, "eval_steps"), seed=call.seed
     )
     samples = batch.structures()
     truths = CrystalBatch.from_arrays(arrays.lattices, arrays.frac_coords, arrays.numbers)
@@ -228,7 +206,7 @@ def predict_structures(call: StageCall) -> None:
     rows: list[dict] = []
     if species:
         batch, energy = sample_structures(
-            model, species, k, schedule_of(section, "eval_steps"), seed=call.seed
+            model, species, k, Schedule.from_section(section, "eval_steps"), seed=call.seed
         )
         samples = batch.structures()
         predictor = PropertyPredictor(call.input("cgcnn"), device="cpu")

@@ -19,9 +19,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import reduce
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,25 +58,41 @@ def sample_multiplicities(
 class EBMSettings:
     """Training settings (the ``csp`` config section, see config/schema.yaml)."""
 
-    epochs: int = 5
-    batch_size: int = 16
-    lr: float = 1e-3
-    geometric_p: float = 0.5
-    max_sites: int = 20
-    energy_l2: float = 0.0
-    schedule: Schedule = field(default_factory=Schedule)
-    max_minutes: float | None = None
+    epochs: int
+    batch_size: int
+    lr: float
+    geometric_p: float
+    max_sites: int
+    energy_l2: float
+    schedule: Schedule
+    max_minutes: float | None
     #: Fraction of a batch's negatives continued from the chain its data crystal had in
     #: the previous epoch (persistent contrastive divergence; 0 = the seed's fresh chains).
     #: Continued chains run ``schedule.steps`` more steps at the final β and step size, so
     #: over the epochs they reach the low-energy states a short annealing from random
     #: cells never sees, and the loss pushes those up where they are not data.
-    persistent: float = 0.0
+    persistent: float
     #: γ of γ · mean(|∇N(x_d)|² + |∇N(x_s)|²), the squared gradient of the learned energy
     #: with respect to fractional coordinates and lattice, per crystal (0 = the seed's
     #: loss). MALA's drift is h·β·∇E with h·β fixed at 0.5 by the seed's schedule, so an
     #: energy steeper than O(1) makes every step overshoot; this keeps it samplable.
-    grad_penalty: float = 0.0
+    grad_penalty: float
+
+    @classmethod
+    def from_section(cls, section: dict[str, Any]) -> EBMSettings:
+        """The training settings of a validated ``csp`` config section."""
+        return cls(
+            epochs=int(section["epochs"]),
+            batch_size=int(section["batch_size"]),
+            lr=float(section["lr"]),
+            geometric_p=float(section["geometric_p"]),
+            max_sites=int(section["max_sites"]),
+            energy_l2=float(section["energy_l2"]),
+            schedule=Schedule.from_section(section, "train_steps"),
+            max_minutes=section["max_minutes"],
+            persistent=float(section["persistent"]),
+            grad_penalty=float(section["grad_penalty"]),
+        )
 
     def continued(self) -> Schedule:
         """The schedule of continued chains: ``schedule``'s last β and step, held."""

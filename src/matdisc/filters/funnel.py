@@ -73,14 +73,14 @@ ACTINIDES: tuple[str, ...] = (
 
 @dataclass(frozen=True, kw_only=True)
 class FilterSettings:
-    """The ``filter`` config section (see config/config.yaml)."""
+    """The ``filter`` config section (see config/schema.yaml)."""
 
-    min_distance_angstrom: float = 0.5
-    ef_window: float = 0.2
-    top_k: int = 10
-    exclude_elements: tuple[str, ...] = ACTINIDES
-    structure_matcher: bool = False
-    composition_validity: str = "strict"
+    min_distance_angstrom: float
+    ef_window: float
+    top_k: int
+    exclude_elements: tuple[str, ...]
+    structure_matcher: bool
+    composition_validity: str
 
     @classmethod
     def from_section(cls, section: dict[str, Any]) -> FilterSettings:

@@ -47,9 +47,11 @@ def train_config(section: dict[str, Any], train: dict[str, Any], *, seed: int, t
         lr=section["lr"],
         batch_size=section["batch_size"],
         patience=section["patience"],
+        weight_decay=0.0,
         device=train["device"],
         bf16=train["bf16"],
         seed=seed,
+        grad_clip=None,
         num_threads=threads,
         max_minutes=section["max_minutes"],
         lr_schedule=section["lr_schedule"],
@@ -291,8 +293,8 @@ def finetune_unet(
         batch_size=section["batch_size"],
         patience=patience,
         max_minutes=None,
-        lr_schedule=section.get("lr_schedule", "constant"),
-        lr_final=section.get("lr_final", 0.01),
+        lr_schedule=section["lr_schedule"],
+        lr_final=section["lr_final"],
     )
     result = fit(
         model=tuned,

@@ -1,27 +1,22 @@
-"""Settings of the pw.x input generator: shipped defaults plus the user's overrides.
+"""Settings of the pw.x input generator, built from the validated ``qe`` config section.
 
-The defaults live in ``matdisc/qe/defaults.yaml`` (package data); the ``qe`` section of
-``config/config.yaml`` overrides any of them (a ``null`` there keeps the default). Keys
-of the ``qe`` section that concern running pw.x (``run``, ``pw_command`` …) are not
-input settings and are ignored here.
+Every default and its meaning is in the ``qe`` section of ``config/schema.yaml``; a partial
+section (a test's, a benchmark's) is completed by the schema's defaults before the settings
+are built. Keys that concern running pw.x (``run``, ``pw_command`` …) are not input
+settings and are ignored here.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from importlib import resources
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from matdisc.errors import UserError
 from matdisc.qe.pseudo import FAMILY_NAMES
-
-#: The shipped defaults (one value per field of :class:`QEInputSettings`).
-DEFAULTS_PATH = Path(str(resources.files("matdisc.qe") / "defaults.yaml"))
 
 #: Keys of the ``qe`` config section that belong to running and comparing, not to inputs.
 RUN_KEYS: frozenset[str] = frozenset(
@@ -55,9 +50,9 @@ class SlurmSettings:
     ntasks: int
     time: str
     mem_per_cpu_mb: int
-    partition: str | None = None
-    account: str | None = None
-    launcher: str = "srun"
+    partition: str | None
+    account: str | None
+    launcher: str
 
     def __post_init__(self) -> None:
         _require(self.ntasks >= 1, "qe.slurm.ntasks must be at least 1")
@@ -103,9 +98,7 @@ class QEInputSettings:
     spin: str
     magnetic_elements: frozenset[str] | None
     starting_magnetization: float
-    slurm: SlurmSettings = field(
-        default_factory=lambda: SlurmSettings(ntasks=1, time="01:00:00", mem_per_cpu_mb=2000)
-    )
+    slurm: SlurmSettings
 
     def __post_init__(self) -> None:
         _require(self.functional in FUNCTIONALS, f"qe.functional must be one of {FUNCTIONALS}")
@@ -147,25 +140,24 @@ class QEInputSettings:
         )
 
     @classmethod
-    def from_config(
-        cls, section: Mapping[str, Any] | None = None, *, defaults_path: Path | str = DEFAULTS_PATH
-    ) -> QEInputSettings:
-        """The shipped defaults updated by a ``qe`` config section (``null`` = keep default)."""
-        overrides = {k: v for k, v in (section or {}).items() if k not in RUN_KEYS}
-        return cls.from_mapping(_merge(load_defaults(defaults_path), overrides))
+    def from_config(cls, section: Mapping[str, Any] | None = None) -> QEInputSettings:
+        """From a ``qe`` config section; keys it lacks take the schema's defaults."""
+        from matdisc.config import validate_config
+
+        complete = validate_config({"qe": copy.deepcopy(dict(section or {}))})["qe"]
+        return cls.from_mapping({k: v for k, v in complete.items() if k not in RUN_KEYS})
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> QEInputSettings:
-        """Build from a complete mapping of field values (as in the defaults YAML)."""
+        """Build from a complete mapping of field values (a validated ``qe`` section
+        without its run keys)."""
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - names)
-        missing = sorted(names - set(values) - {"slurm"})
+        missing = sorted(names - set(values))
         _require(not unknown, f"unknown QE input settings {unknown}; allowed: {sorted(names)}")
-        _require(
-            not missing, f"QE input settings {missing} have no value; add them to {DEFAULTS_PATH}"
-        )
+        _require(not missing, f"QE input settings {missing} have no value")
         kwargs = dict(values)
-        slurm = kwargs.pop("slurm", None)
+        slurm = kwargs.pop("slurm")
         family = kwargs["pseudo_family"]
         magnetic = kwargs["magnetic_elements"]
         try:
@@ -191,36 +183,12 @@ class QEInputSettings:
                     "nstep": int(kwargs["nstep"]),
                     "electron_maxstep": int(kwargs["electron_maxstep"]),
                 },
-                **({"slurm": SlurmSettings(**slurm)} if slurm else {}),
+                slurm=SlurmSettings(**slurm),
             )
         except TypeError as exc:  # a wrong key inside slurm, or a value of the wrong type
             raise UserError(
                 f"QE input settings are malformed ({exc}); fix the qe section."
             ) from exc
-
-
-def load_defaults(path: Path | str = DEFAULTS_PATH) -> dict[str, Any]:
-    """The shipped defaults as a mapping."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"the QE defaults file {path} is missing; restore it from the repository.")
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise UserError(f"the QE defaults file {path} must hold a mapping of keys to values.")
-    return data
-
-
-def _merge(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """``defaults`` updated by the non-null ``overrides``; nested mappings merge key by key."""
-    merged = dict(defaults)
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def _require(ok: bool, message: str) -> None:

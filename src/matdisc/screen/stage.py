@@ -29,7 +29,7 @@ def train_cgcnn(call: StageCall) -> None:
         settings=settings,
         model_dir=call.output("models"),
         metrics_dir=metrics_path.parent,
-        device=train.get("device", "auto"),
+        device=train["device"],
         # auto leaves the graph models in fp32: their small scatter sums gain nothing from
         # bf16 and lose precision; only an explicit true turns it on.
         bf16=train["bf16"] is True,
@@ -61,7 +61,7 @@ def screen_candidates(call: StageCall) -> None:
         raise UserError(f"{path} lacks the columns {missing}; re-run the filter_candidates rule.")
     predictor = PropertyPredictor(
         call.input("cgcnn"),
-        device=call.section("train").get("device", "auto"),
+        device=call.section("train")["device"],
         # one intra-op thread: two measured several times slower on shared cores
         # (benchmarks/bench_cgcnn.py --threads 2)
         num_threads=1,
@@ -80,8 +80,8 @@ def screen_candidates(call: StageCall) -> None:
     pred = predictor.predict(
         structures,
         list(PROPERTY_COLUMNS),
-        batch_size=int(section.get("batch_size", 256)),
-        zero_gap_threshold_ev=section.get("zero_gap_threshold_ev", 0.1),
+        batch_size=int(section["batch_size"]),
+        zero_gap_threshold_ev=float(section["zero_gap_threshold_ev"]),
     )
     frame = pd.concat(
         [candidates[["candidate_id", "base", "formula"]].reset_index(drop=True), pred], axis=1

@@ -41,25 +41,25 @@ MANIFEST = "manifest.json"
 class CGCNNSettings:
     """The ``cgcnn`` config section (see config/schema.yaml for the meaning of each key)."""
 
-    cutoff_angstrom: float = 8.0
-    max_neighbors: int = 12
-    tie_tolerance_angstrom: float = 1e-3
-    gaussian_step_angstrom: float = 0.2
-    gaussian_width_angstrom: float = 0.2
-    node_features: int = 64
-    hidden_features: int = 128
-    n_conv: int = 1
-    epochs: int = 60
-    finetune_epochs: int = 40
-    batch_size: int = 64
-    lr: float = 3e-3
-    finetune_lr: float = 1e-3
-    weight_decay: float = 0.0
-    patience: int | None = 10
-    min_labels: int = 50
-    transfer: bool = True
-    max_minutes_per_property: float | None = None
-    properties: list[str] = field(default_factory=lambda: list(SPECS))
+    cutoff_angstrom: float
+    max_neighbors: int
+    tie_tolerance_angstrom: float
+    gaussian_step_angstrom: float
+    gaussian_width_angstrom: float
+    node_features: int
+    hidden_features: int
+    n_conv: int
+    epochs: int
+    finetune_epochs: int
+    batch_size: int
+    lr: float
+    finetune_lr: float
+    weight_decay: float
+    patience: int | None
+    min_labels: int
+    transfer: bool
+    max_minutes_per_property: float | None
+    properties: list[str]
 
     @classmethod
     def from_section(cls, section: dict[str, Any]) -> CGCNNSettings:
@@ -253,6 +253,9 @@ def train_property(
         # and on shared cores two threads measured ~10x slower per step (spin-waiting).
         num_threads=1,
         max_minutes=settings.max_minutes_per_property,
+        grad_clip=None,
+        lr_schedule="constant",
+        lr_final=1.0,
     )
     started = time.perf_counter()
     fitted = fit(

@@ -44,18 +44,18 @@ class TrainConfig:
     epochs: int
     lr: float
     batch_size: int
-    patience: int | None = None  # epochs without val improvement before stopping; None = never
-    weight_decay: float = 0.0
-    device: str = "auto"
-    bf16: bool | str = False  # True, False or "auto" (see matdisc.train.device.resolve_bf16)
-    seed: int = 0
-    grad_clip: float | None = None
-    num_threads: int = 1
-    max_minutes: float | None = None  # wall-time budget, checked at epoch ends
+    patience: int | None  # epochs without val improvement before stopping; None = never
+    weight_decay: float
+    device: str
+    bf16: bool | str  # True, False or "auto" (see matdisc.train.device.resolve_bf16)
+    seed: int
+    grad_clip: float | None
+    num_threads: int
+    max_minutes: float | None  # wall-time budget, checked at epoch ends
     # constant = lr throughout; cosine = lr decayed per step along half a cosine to
     # lr_final x lr at the last step of the last epoch (a max_minutes stop cuts it short)
-    lr_schedule: str = "constant"
-    lr_final: float = 0.01
+    lr_schedule: str
+    lr_final: float
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or not self.lr > 0:
