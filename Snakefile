@@ -9,6 +9,9 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/download.smk"
 include: "workflow/rules/voxelize.smk"
@@ -19,6 +22,7 @@ include: "workflow/rules/stability.smk"
 include: "workflow/rules/screen.smk"
 include: "workflow/rules/qe.smk"
 include: "workflow/rules/csp.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

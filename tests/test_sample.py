@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from pymatgen.core import Lattice, Structure
+from pymatgen.core import Structure
+from tiny_cases import cubic_cells
 
 from matdisc.config import validate_config
 from matdisc.errors import UserError
@@ -30,18 +31,7 @@ SPLITS = ["train", "train", "train", "val", "test"]
 
 
 def cells() -> list[Structure]:
-    rock = [("Na", "Cl", 5.64), ("K", "Cl", 6.29), ("Mg", "O", 4.21)]
-    out = [
-        Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), [x, y], [[0, 0, 0], [0.5] * 3])
-        for x, y, a in rock
-    ]
-    for x, y, a in [("Sr", "Ti", 3.905), ("Ca", "Ti", 3.84)]:
-        out.append(
-            Structure.from_spacegroup(
-                "Pm-3m", Lattice.cubic(a), [x, y, "O"], [[0, 0, 0], [0.5] * 3, [0.5, 0.5, 0]]
-            )
-        )
-    return out
+    return cubic_cells(3)
 
 
 @pytest.fixture(scope="module")

@@ -7,22 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_cases import loop_config
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from matdisc.errors import UserError
-from matdisc.train import TrainConfig, fit, load_model, resolve_device, save_model
+from matdisc.train import fit, load_model, resolve_device, save_model
 from matdisc.train.device import bf16_supported, resolve_bf16
 from matdisc.train.loop import lr_factor
-
-
-def loop_config(**kw: object) -> TrainConfig:
-    """A TrainConfig of the loop's plain choices (constant lr, fp32, CPU), ``kw`` on top."""
-    plain: dict[str, object] = dict(
-        patience=None, weight_decay=0.0, device="cpu", bf16=False, seed=0, grad_clip=None,
-        num_threads=1, max_minutes=None, lr_schedule="constant", lr_final=0.01,
-    )  # fmt: skip
-    return TrainConfig(**{**plain, **kw})  # type: ignore[arg-type]
 
 
 class TinyNet(nn.Module):

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_cases import loop_config
 
 from matdisc.config import validate_config
 from matdisc.errors import UserError
@@ -27,22 +28,13 @@ from matdisc.models.data import (
     substitution_for,
 )
 from matdisc.stage import StageCall
-from matdisc.train import TrainConfig, load_model
+from matdisc.train import load_model
 from matdisc.voxel.radii import DEFAULT_TABLE, table_sha256
 
 GRID = 16
 PADDING = 0.25
 #: The schema's defaults, the base of every config section these tests pass.
 DEFAULTS = validate_config({})
-
-
-def loop_config(**kw: object) -> TrainConfig:
-    """A TrainConfig of the loop's plain choices (constant lr, fp32, CPU), ``kw`` on top."""
-    plain: dict[str, object] = dict(
-        patience=None, weight_decay=0.0, device="cpu", bf16=False, seed=0, grad_clip=None,
-        num_threads=1, max_minutes=None, lr_schedule="constant", lr_final=0.01,
-    )  # fmt: skip
-    return TrainConfig(**{**plain, **kw})  # type: ignore[arg-type]
 
 
 def _structures():

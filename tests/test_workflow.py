@@ -28,7 +28,7 @@ STAGE_RULES = {
     "download_structures", "select_base_compounds", "voxelize_structures", "train_unet",
     "train_vae", "train_cgcnn", "sample_structures", "filter_candidates", "collect_funnel",
     "screen_candidates", "collect_screening", "write_qe_inputs", "collect_qe_manifest",
-    "relax_references", "relax_candidates", "collect_sun",
+    "relax_references", "relax_candidates", "collect_sun", "plot_report",
 }  # fmt: skip
 PER_BASE_RULES = {
     "sample_structures", "filter_candidates", "screen_candidates", "write_qe_inputs",
@@ -145,6 +145,16 @@ def test_tiny_end_to_end_run(tiny_workdir: Path, tiny_table: pd.DataFrame) -> No
         assert (results / table).exists(), table
     assert (tiny_workdir / "logs/download_structures/all.log").read_text().count("wrote") == 1
     check_qe_inputs(results)
+    # The report: every figure drawn, and Snakemake's HTML report gathers them
+    for figure in ("funnel.png", "learning_curves.png", "latent.png", "cells.png",
+                   "hulls/hull_KCl.png", "hulls/hull_CaTiO3.png"):  # fmt: skip
+        assert (results / "report" / figure).read_bytes()[:4] == b"\x89PNG", figure
+    assert (results / "metrics/cgcnn_parity/cgcnn_parity_e_form_ev_per_atom.png").is_file()
+    built = snakemake(tiny_workdir, "--report", "results/report.html")
+    assert built.returncode == 0, built.stderr[-4000:]
+    html = (results / "report.html").read_text()
+    for name in ("funnel.png", "latent.png", "sun.html", "cgcnn_parity_band_gap_ev.png"):
+        assert name in html, name
     # Every job left a log and a benchmark record.
     for rule in STAGE_RULES:
         assert list((tiny_workdir / "logs" / rule).glob("*.log")), rule

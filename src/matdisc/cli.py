@@ -106,6 +106,9 @@ STAGES: dict[str, Stage] = {
     "collect-sun": Stage(
         "matdisc.stability.stage:collect_sun", "stable, unique, novel per base -> sun.parquet"
     ),
+    "plot-report": Stage(
+        "matdisc.report.stage:plot_report", "the results report's figures -> results/report/"
+    ),
     "train-ebm": Stage("matdisc.csp.stage:train_ebm", "train the ContinuouSP energy model"),
     "predict-structures": Stage(
         "matdisc.csp.stage:predict_structures",

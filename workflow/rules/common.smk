@@ -126,6 +126,7 @@ def final_outputs(wildcards):
         "results/screening.parquet",
         *(["results/metrics/sun.parquet"] if config["stability"]["run"] else []),
         "results/qe/manifest.parquet",
+        "results/report/funnel.png",
     ]
     if config["sample"]["mode"] == "random":
         outputs.append("results/metrics/random_sampling.parquet")

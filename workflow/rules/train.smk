@@ -64,6 +64,13 @@ rule train_cgcnn:
     output:
         models=directory("results/models/cgcnn"),
         metrics="results/metrics/cgcnn.parquet",
+        parity=report(
+            directory("results/metrics/cgcnn_parity"),
+            patterns=["cgcnn_parity_{property}.png"],
+            caption="../report/parity.rst",
+            category="3. Property models",
+            labels={"property": "{property}"},
+        ),
     params:
         settings=settings("train", "cgcnn"),
     log:
@@ -80,4 +87,5 @@ rule train_cgcnn:
     shell:
         "python -m matdisc train-cgcnn --settings {params.settings:q} --threads {threads}"
         " --input structures={input.structures}"
-        " --output models={output.models} --output metrics={output.metrics} --log {log}"
+        " --output models={output.models} --output metrics={output.metrics}"
+        " --output parity={output.parity} --log {log}"

@@ -19,7 +19,8 @@ CANDIDATE_COLUMNS = ("candidate_id", "base", "formula", "structure_json")
 
 
 def train_cgcnn(call: StageCall) -> None:
-    """structures.parquet -> one CGCNN per property + results/metrics/cgcnn.parquet."""
+    """structures.parquet -> one CGCNN per property, results/metrics/cgcnn.parquet and the
+    parity plots (output ``parity``, a folder)."""
     settings = CGCNNSettings.from_section(call.section("cgcnn"))
     train = call.section("train")
     table = read_table(call.input("structures"), "structures")
@@ -28,7 +29,7 @@ def train_cgcnn(call: StageCall) -> None:
         table,
         settings=settings,
         model_dir=call.output("models"),
-        metrics_dir=metrics_path.parent,
+        metrics_dir=call.output("parity"),
         device=train["device"],
         # auto leaves the graph models in fp32: their small scatter sums gain nothing from
         # bf16 and lose precision; only an explicit true turns it on.

@@ -389,6 +389,7 @@ def train_all(
     )
     split = rows["split"].to_numpy().astype(str)
     model_dir.mkdir(parents=True, exist_ok=True)
+    metrics_dir.mkdir(parents=True, exist_ok=True)
     resume_dir = Path(str(model_dir) + ".resume")
     resume_dir.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] = {"graph": settings.graph, "properties": {}}

@@ -1,0 +1,1 @@
+"""The results report: figures and tables for ``snakemake --report`` (rule ``plot_report``)."""
