@@ -146,3 +146,65 @@ def per_base_inputs(pattern, name=None):
     that gather all bases."""
     prefix = f"{name}:" if name else ""
     return " ".join(f"--input {prefix}{base}={pattern.format(base=base)}" for base in BASES)
+
+
+# --- the report's figures (workflow/rules/report.smk) ---------------------------------
+def report_inputs(wildcards):
+    """The run's tables the figures are drawn from; the judge's when it runs."""
+    inputs = {
+        "funnel": "results/funnel.parquet",
+        "unet": "results/models/unet.pt",
+        "vae": "results/models/vae.pt",
+        "voxels": "results/voxels/cubic.zarr",
+        "bases": "results/data/base_compounds.parquet",
+    }
+    if config["stability"]["run"]:
+        inputs["sun"] = "results/metrics/sun.parquet"
+        inputs["references"] = "results/stability/references.parquet"
+        for base in BASES:
+            inputs[f"stability_{base}"] = f"results/stability/{base}.parquet"
+    return inputs
+
+
+def report_outputs():
+    """The figures: the judge's three only when it runs."""
+    outputs = {
+        "funnel": report(
+            "results/report/funnel.png", caption="../report/funnel.rst", category="1. Funnel"
+        ),
+        "curves": report(
+            "results/report/learning_curves.png",
+            caption="../report/learning_curves.rst",
+            category="2. Generator",
+        ),
+        "latent": report(
+            "results/report/latent.png", caption="../report/latent.rst", category="2. Generator"
+        ),
+    }
+    if config["stability"]["run"]:
+        outputs["cells"] = report(
+            "results/report/cells.png", caption="../report/cells.rst", category="4. Judge"
+        )
+        outputs["hulls"] = report(
+            directory("results/report/hulls"),
+            patterns=["hull_{base}.png"],
+            caption="../report/hull.rst",
+            category="4. Judge",
+            labels={"base": "{base}"},
+        )
+        outputs["sun"] = report(
+            "results/report/sun.html", caption="../report/sun.rst", category="4. Judge"
+        )
+    return outputs
+
+
+def report_params(wildcards, input):
+    """`--input NAME=PATH` for every input (stability tables as stability:BASE)."""
+    return " ".join(
+        f"--input {name.replace('stability_', 'stability:')}={path}"
+        for name, path in input.items()
+    )
+
+
+def report_output_params(wildcards, output):
+    return " ".join(f"--output {name}={path}" for name, path in output.items())
