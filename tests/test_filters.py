@@ -222,7 +222,7 @@ def test_no_survivor_gives_an_empty_candidates_table(tmp_path):
         settings=SETTINGS,
     )
     assert result.counts["same_stoichiometry"] == 0 and result.counts["dft_eligible"] == 0
-    frame = candidates_frame("CaZrO3", result.candidates, -3.0, tmp_path / "cifs")
+    frame = candidates_frame("CaZrO3", "vae", result.candidates, -3.0, tmp_path / "cifs")
     write_table(frame, tmp_path / "c.parquet", "candidates")
     back = read_table(tmp_path / "c.parquet", "candidates")
     assert len(back) == 0 and "dft_eligible" in back.columns
@@ -290,16 +290,25 @@ def test_charge_validity_gates_the_pool_by_the_chosen_rule():
 
 
 def test_funnel_rows_and_average():
-    a = funnel_rows("A", dict(zip(STAGE_NAMES, [10, 9, 5, 5, 4, 2, 2, 1, 1], strict=True)))
-    b = funnel_rows("B", dict(zip(STAGE_NAMES, [10, 7, 3, 3, 2, 2, 1, 1, 1], strict=True)))
+    a = funnel_rows("A", "vae", dict(zip(STAGE_NAMES, [10, 9, 5, 5, 4, 2, 2, 1, 1], strict=True)))
+    b = funnel_rows("B", "vae", dict(zip(STAGE_NAMES, [10, 7, 3, 3, 2, 2, 1, 1, 1], strict=True)))
     assert a["cumulative_pct"].tolist()[:3] == [100.0, 90.0, 50.0]
     assert a.loc[1, "paper_average_n"] == 890 and a.loc[1, "paper_cumulative_pct"] == 89
     avg = average_rows(pd.concat([a, b], ignore_index=True))
     assert avg["base"].unique().tolist() == ["average"]
     assert avg["count"].tolist() == [10, 8, 4, 4, 3, 2, 1.5, 1, 1]
     assert avg["cumulative_pct"].tolist()[:2] == [100.0, 80.0]
+    # a second generator is averaged on its own
+    c = funnel_rows(
+        "A", "substitution", dict(zip(STAGE_NAMES, [4, 4, 4, 2, 2, 2, 2, 1, 1], strict=True))
+    )
+    both = average_rows(pd.concat([a, b, c], ignore_index=True))
+    assert both[both["generator"] == "vae"]["count"].tolist() == avg["count"].tolist()
+    sub = both[both["generator"] == "substitution"]
+    assert sub["count"].tolist() == [4, 4, 4, 2, 2, 2, 2, 1, 1]
+    assert sub["cumulative_pct"].tolist()[3] == 50.0
     with pytest.raises(AssertionError):
-        funnel_rows("C", dict(zip(STAGE_NAMES, [10, 9, 10, 10, 4, 2, 2, 1, 1], strict=True)))
+        funnel_rows("C", "vae", dict(zip(STAGE_NAMES, [10, 9, 10, 10, 4, 2, 2, 1, 1], strict=True)))
 
 
 # -- the stage, end to end ----------------------------------------------------------
@@ -347,6 +356,18 @@ def test_filter_stage_writes_candidates_cifs_and_funnel(tmp_path, monkeypatch):
     from matdisc.io.schemas import SAMPLES
 
     write_table(samples[SAMPLES.names], tmp_path / "samples.parquet", "samples")
+    # the ion-exchange baseline's structures of the same base: BaHfO3 within the window,
+    # BaZrO3 outside it
+    subs = samples_of([perovskite(3.9, ("Ba", "Hf", "O")), perovskite(3.9, ("Ba", "Zr", "O"))])
+    subs = subs.assign(
+        base="SrTiO3", mode="substitution", decile=-1, t=np.nan, z_distance=np.nan, reason=None,
+        lattice_a_angstrom=3.9, lattice_b_angstrom=3.9, lattice_c_angstrom=3.9,
+        min_distance_angstrom=1.95, formula=["BaHfO3", "BaZrO3"], formula_anonymous="ABC3",
+        probability=[0.3, 0.2], substitutions_json='{"Sr": "Ba"}',
+    )  # fmt: skip
+    from matdisc.io.schemas import SUBSTITUTIONS
+
+    write_table(subs[SUBSTITUTIONS.names], tmp_path / "subs.parquet", "substitutions")
     bases = pd.DataFrame(
         {"base": ["SrTiO3"], "material_id": ["mp-5229"], "formula": ["SrTiO3"],
          "formula_anonymous": ["ABC3"], "structure_class": ["perovskite_ABX3"],
@@ -371,7 +392,8 @@ def test_filter_stage_writes_candidates_cifs_and_funnel(tmp_path, monkeypatch):
         settings={"seed": 1, "filter": section, "train": {"device": "cpu"},
                   "dask": {"scheduler_address": None}},
         inputs={"samples": tmp_path / "samples.parquet", "bases": tmp_path / "bases.parquet",
-                "voxels": tmp_path / "v.zarr", "cgcnn": tmp_path},
+                "voxels": tmp_path / "v.zarr", "cgcnn": tmp_path,
+                "substitution": tmp_path / "subs.parquet"},
         outputs={"candidates": out / "cands.parquet", "cifs": out / "SrTiO3",
                  "funnel": out / "funnel" / "SrTiO3.parquet", "pool": out / "pool.parquet"},
         threads=2, wildcards={"base": "SrTiO3"},
@@ -379,18 +401,22 @@ def test_filter_stage_writes_candidates_cifs_and_funnel(tmp_path, monkeypatch):
     filter_candidates(call)
     cands = read_table(out / "cands.parquet", "candidates")
     # SrTiO3 is a training composition; BaZrO3 (-2.0) is outside 20% of the known -3.4
-    assert cands["formula"].tolist() == ["CaZrO3", "BaHfO3"]
-    assert cands["candidate_id"].tolist() == ["SrTiO3-s00003", "SrTiO3-s00004"]
+    assert cands["formula"].tolist() == ["CaZrO3", "BaHfO3", "BaHfO3"]
+    assert cands["candidate_id"].tolist() == ["SrTiO3-s00003", "SrTiO3-s00004", "SrTiO3-x00000"]
+    assert cands["generator"].tolist() == ["vae", "vae", "substitution"]
     assert (cands["base_e_form_ev_per_atom"] == -3.4).all()
     assert cands["dft_eligible"].all() and (cands["excluded_elements"] == "").all()
     cifs = sorted(p.name for p in (out / "SrTiO3").iterdir())
-    assert cifs == ["SrTiO3-s00003.cif", "SrTiO3-s00004.cif"]
+    assert cifs == ["SrTiO3-s00003.cif", "SrTiO3-s00004.cif", "SrTiO3-x00000.cif"]
     parsed = Structure.from_file(out / "SrTiO3" / cifs[0])
     assert parsed.composition.reduced_formula == "CaZrO3"
     funnel = read_table(out / "funnel" / "SrTiO3.parquet", "funnel")
-    assert funnel["count"].tolist() == [6, 5, 4, 4, 3, 2, 2, 2, 2]
+    assert funnel[funnel["generator"] == "vae"]["count"].tolist() == [6, 5, 4, 4, 3, 2, 2, 2, 2]
+    sub = funnel[funnel["generator"] == "substitution"]
+    assert sub["count"].tolist() == [2, 2, 2, 2, 2, 1, 1, 1, 1]
     # the judge's pool: every charge-neutral ABC3 draw, whatever its Ef, the candidates named
     pool = read_table(out / "pool.parquet", "pool")
+    pool = pool[pool["generator"] == "vae"]
     assert pool["formula"].tolist() == ["SrTiO3", "CaZrO3", "BaHfO3", "BaZrO3"]
     assert pool["in_training"].tolist() == [True, False, False, False]
     assert pool["candidate_id"].fillna("").tolist() == ["", "SrTiO3-s00003", "SrTiO3-s00004", ""]
@@ -403,23 +429,25 @@ def test_filter_stage_writes_candidates_cifs_and_funnel(tmp_path, monkeypatch):
     )  # fmt: skip
     collect_funnel(collect)
     table = read_table(out / "funnel.parquet", "funnel")
-    assert len(table) == 27 and (table["base"] == "average").sum() == 9
-    counts = table[table["base"] == "average"]["count"].to_numpy()
+    assert len(table) == 54 and (table["base"] == "average").sum() == 18
+    average = table[table["base"] == "average"]
+    counts = average[average["generator"] == "vae"]["count"].to_numpy()
     assert np.all(np.diff(counts) <= 0)
 
     # with the judge's S.U.N. table, its rows follow the seed's for every base
     sun = pd.DataFrame(
-        [{"base": b, "generator": "vae", "draws": 6, "valid": 4, "judged": 4, "relaxed": 3,
+        [{"base": b, "generator": g, "draws": 6, "valid": 4, "judged": 4, "relaxed": 2,
           "stable": 2, "stable_below_hull": 1, "unique": 2, "novel": 1, "sun_rate": 1 / 6,
           "sun_rate_low": 0.03, "sun_rate_high": 0.56, "lower_bound": True}
-         for b in ("SrTiO3", "KCl")]
+         for b in ("SrTiO3", "KCl") for g in ("vae", "substitution")]
     )  # fmt: skip
     write_table(sun, out / "sun.parquet", "sun")
     collect_funnel(
         dataclasses.replace(collect, inputs={**collect.inputs, "sun": out / "sun.parquet"})
     )
     table = read_table(out / "funnel.parquet", "funnel")
-    srtio3 = table[table["base"] == "SrTiO3"]
+    srtio3 = table[(table["base"] == "SrTiO3") & (table["generator"] == "vae")]
     assert srtio3["stage"].tolist()[-5:] == ["dft_eligible", "relaxed", "stable", "unique", "novel"]
-    assert srtio3["count"].tolist()[-4:] == [3, 2, 2, 1] and srtio3["step"].tolist()[-1] == 12
-    assert table[table["base"] == "average"]["count"].tolist()[-4:] == [3, 2, 2, 1]
+    assert srtio3["count"].tolist()[-4:] == [2, 2, 2, 1] and srtio3["step"].tolist()[-1] == 12
+    average = table[(table["base"] == "average") & (table["generator"] == "substitution")]
+    assert average["count"].tolist()[-4:] == [2, 2, 2, 1]

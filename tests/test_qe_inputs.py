@@ -755,7 +755,8 @@ def stability_table(rows: list[dict]) -> pd.DataFrame:
     from matdisc.io.schemas import STABILITY
 
     defaults = {
-        "base": "NiO", "sample_index": 0, "n_draws": 1, "formula": "NiO", "nsites": 8,
+        "base": "NiO", "generator": "vae", "sample_index": 0, "n_draws": 1, "formula": "NiO",
+        "nsites": 8, "composition_known": False,
         "spacegroup_number": 225, "valid_strict": True, "valid_cdvae": True, "relaxed": True,
         "n_reference_phases": 3, "thin_hull": False, "stable": True, "novel": True,
         "structure_json": "{}",

@@ -201,9 +201,13 @@ def test_zero_gap_sets_refractive_index_and_dielectric_to_nan(tmp_path, gap, met
 
 def test_prediction_api_matches_stage_and_keeps_order(trained, tmp_path):
     root, table, _ = trained
-    cands = table.head(7).assign(candidate_id=[f"c{i}" for i in range(7)], base="NaCl")
+    cands = table.head(7).assign(
+        candidate_id=[f"c{i}" for i in range(7)], base="NaCl", generator="vae"
+    )
     cands.loc[3, "structure_json"] = "{not json"
-    cands[["candidate_id", "base", "formula", "structure_json"]].to_parquet(tmp_path / "c.parquet")
+    cands[["candidate_id", "base", "generator", "formula", "structure_json"]].to_parquet(
+        tmp_path / "c.parquet"
+    )
     settings = json.dumps(
         {
             "seed": 1,
@@ -250,7 +254,7 @@ def test_prediction_api_matches_stage_and_keeps_order(trained, tmp_path):
 def test_screen_stage_with_no_candidates(trained, tmp_path):
     root, _, _ = trained
     empty = pd.DataFrame({c: pd.Series(dtype=str) for c in
-                          ("candidate_id", "base", "formula", "structure_json")})  # fmt: skip
+                          ("candidate_id", "base", "generator", "formula", "structure_json")})  # fmt: skip
     empty.to_parquet(tmp_path / "c.parquet")
     settings = json.dumps({"seed": 1, "screen": {}, "train": {"device": "cpu"}})
     code = main(["screen-candidates", "--settings", settings, "--wildcard", "base=NaCl",
@@ -259,7 +263,7 @@ def test_screen_stage_with_no_candidates(trained, tmp_path):
                  "--output", f"screening={tmp_path / 'NaCl.parquet'}"])  # fmt: skip
     assert code == 0
     out = read_table(tmp_path / "NaCl.parquet", "screening")
-    assert len(out) == 0 and list(out.columns)[3:] == list(PROPERTY_COLUMNS)
+    assert len(out) == 0 and list(out.columns)[4:] == list(PROPERTY_COLUMNS)
 
 
 def test_screen_stage_takes_the_judges_relaxed_structures(trained, tmp_path):
@@ -271,12 +275,15 @@ def test_screen_stage_takes_the_judges_relaxed_structures(trained, tmp_path):
     from matdisc.io.schemas import STABILITY
 
     root, table, _ = trained
-    cands = table.head(2).assign(candidate_id=["c0", "c1"], base="NaCl")
-    cands[["candidate_id", "base", "formula", "structure_json"]].to_parquet(tmp_path / "c.parquet")
+    cands = table.head(2).assign(candidate_id=["c0", "c1"], base="NaCl", generator="vae")
+    cands[["candidate_id", "base", "generator", "formula", "structure_json"]].to_parquet(
+        tmp_path / "c.parquet"
+    )
     relaxed = Structure.from_dict(json.loads(cands["structure_json"].iloc[0]))
     relaxed.scale_lattice(relaxed.volume * 1.3)
     judged = pd.DataFrame(
-        [{"base": "NaCl", "structure_id": "NaCl-s0", "sample_index": 0, "n_draws": 1,
+        [{"base": "NaCl", "generator": "vae", "structure_id": "NaCl-s0", "sample_index": 0,
+          "n_draws": 1, "composition_known": True,
           "formula": cands["formula"].iloc[0], "nsites": len(relaxed), "spacegroup_number": 1,
           "valid_strict": True, "valid_cdvae": True, "candidate_id": "c0", "relaxed": True,
           "n_reference_phases": 1, "thin_hull": False, "stable": True, "novel": True,

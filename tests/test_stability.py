@@ -79,6 +79,17 @@ def test_energy_above_hull_and_coverage():
     hulls = Hulls(references([("Na", -1.3), ("Cl", -1.8), ("O", -4.9), ("NaCl", -3.6)]), missing={})
     ternary = hulls.judge("NaClO3", -3.0)
     assert set(ternary.empty_subsystems) == {"Cl-O", "Na-O", "Cl-Na-O"}
+    assert ternary.thin and not on.thin
+    # a binary system with no compound of its own: the hull is the elements' line, thin
+    lone = Hulls(references([("Cs", -0.9), ("F", -2.0)]), missing={}).judge("CsF", -4.2)
+    assert lone.empty_subsystems == ("Cs-F",) and lone.thin
+    # a ternary whose binaries all have phases is not thin, though no ternary is known
+    full = Hulls(
+        references([("Na", -1.3), ("Cl", -1.8), ("O", -4.9), ("NaCl", -3.6), ("Na2O", -4.0),
+                    ("ClO2", -3.0)]),
+        missing={},
+    ).judge("NaClO3", -3.0)  # fmt: skip
+    assert full.empty_subsystems == ("Cl-Na-O",) and not full.thin
 
 
 def test_missing_elemental_reference_gives_nan_and_the_reason():
@@ -192,6 +203,48 @@ def test_reference_cache_is_reused(tmp_path, potential, monkeypatch):
         )
 
 
+def test_killed_reference_relaxation_keeps_the_phases_it_finished(tmp_path, potential, monkeypatch):
+    """The cache is saved while phases are relaxed: a job killed at the second phase keeps
+    the first, and the re-run relaxes only the rest."""
+    import matdisc.stability.references as references
+
+    phases = pd.DataFrame(
+        {
+            "reference_id": ["ase:Cu", "ase:Al"],
+            "formula": ["Cu", "Al"],
+            "source": ["ase", "ase"],
+            "structure_json": [
+                json.dumps(elemental_reference(e)[0].as_dict()) for e in ("Cu", "Al")
+            ],
+            "reason": [None, None],
+        }
+    )
+    monkeypatch.setattr(references, "CACHE_SAVE_SECONDS", 0.0)
+    real = potential.relax
+    calls: list[str] = []
+
+    def killed_at_al(structure, **kwargs):
+        calls.append(structure.composition.reduced_formula)
+        if structure.composition.reduced_formula == "Al":
+            raise KeyboardInterrupt
+        return real(structure, **kwargs)
+
+    monkeypatch.setattr(potential, "relax", killed_at_al)
+    cache = tmp_path / "references.parquet"
+    with pytest.raises(KeyboardInterrupt):
+        relax_references(phases, potential=potential, settings=RELAX, cache_path=cache)
+    from matdisc.io import read_table
+
+    assert read_table(cache, "references")["reference_id"].tolist() == ["ase:Cu"]
+    monkeypatch.setattr(potential, "relax", real)
+    calls.clear()
+    monkeypatch.setattr(
+        potential, "relax", lambda s, **kw: calls.append(s.formula) or real(s, **kw)
+    )
+    done = relax_references(phases, potential=potential, settings=RELAX, cache_path=cache)
+    assert calls == ["Al1"] and done["reference_id"].tolist() == ["ase:Cu", "ase:Al"]
+
+
 @pytest.mark.slow
 def test_known_binary_lies_on_the_hull_and_strained_above(tmp_path, potential, snapshot_table):
     """NaCl of the snapshot, relaxed by CHGNet, lies on the hull of the snapshot's Na-Cl
@@ -237,7 +290,8 @@ def test_judge_stages_end_to_end(tmp_path, snapshot_table, monkeypatch):
     pool = pd.DataFrame(
         {
             "base": "NaCl",
-            "sample_index": [0, 1, 2],
+            "generator": ["vae", "vae", "substitution"],  # KCl: the ion-exchange baseline's
+            "sample_index": [0, 1, 0],
             "formula": ["NaCl", "NaCl", "KCl"],
             "formula_anonymous": "AB",
             "nsites": 8,
@@ -314,21 +368,83 @@ def test_judge_stages_end_to_end(tmp_path, snapshot_table, monkeypatch):
     assert not nacl["novel"] and nacl["matched_material_id"].startswith("mp-")
     assert Structure.from_file(nacl["cif_path"]).composition.reduced_formula == "NaCl"
     assert judged.loc["KCl", "n_reference_phases"] >= 3  # K from ASE, Cl2 and KCl from data
+    # each generator's structures judged on their own; both compositions are in the data
+    assert judged.loc["KCl", "generator"] == "substitution"
+    assert judged.loc["KCl", "structure_id"] == "NaCl-x00000"
+    assert judged["composition_known"].all()
     relaxed = judged[judged["relaxed"]]
     assert np.allclose(
         relaxed["e_above_hull_mp_ev_per_atom"], relaxed["e_above_hull_ev_per_atom"], atol=1e-9
     )
     assert (relaxed["n_mp_phases"] == relaxed["n_reference_phases"]).all()
-    samples = pd.DataFrame({"sample_index": range(10)})
-    samples.to_parquet(tmp_path / "samples.parquet")
+    pd.DataFrame({"sample_index": range(10)}).to_parquet(tmp_path / "samples.parquet")
+    pd.DataFrame({"sample_index": range(4)}).to_parquet(tmp_path / "substitution.parquet")
     collect_sun(
         StageCall(
             settings=settings,
-            inputs={"stability:NaCl": results / "NaCl.parquet", "samples:NaCl": tmp_path / "samples.parquet"},
+            inputs={"stability:NaCl": results / "NaCl.parquet", "samples:NaCl": tmp_path / "samples.parquet",
+                    "substitution:NaCl": tmp_path / "substitution.parquet"},
             outputs={"sun": tmp_path / "sun.parquet"},
         )
     )  # fmt: skip
-    sun = read_table(tmp_path / "sun.parquet", "sun").set_index("base")
-    assert sun.loc["NaCl", "draws"] == 10 and sun.loc["NaCl", "valid"] == 3
-    assert sun.loc["NaCl", "stable"] >= 1 and sun.loc["NaCl", "novel"] == 0
-    assert sun.loc["all", "sun_rate"] == 0.0
+    sun = read_table(tmp_path / "sun.parquet", "sun").set_index(["base", "generator"])
+    assert sun.loc[("NaCl", "vae"), "draws"] == 10 and sun.loc[("NaCl", "vae"), "valid"] == 2
+    assert sun.loc[("NaCl", "vae"), "stable"] == 1 and sun.loc[("NaCl", "vae"), "novel"] == 0
+    assert sun.loc[("NaCl", "substitution"), "draws"] == 4
+    assert sun.loc[("NaCl", "substitution"), "valid"] == 1
+    assert sun.loc[("all", "vae"), "sun_rate"] == 0.0
+    assert sun.loc[("all", "substitution"), "sun_rate"] == 0.0
+
+
+def test_generators_table_from_sun_and_benchmark_records(tmp_path):
+    """Cost per generator from the rules' benchmark records, S.U.N. per CPU-hour, and the
+    S.U.N. structures split into known and new compositions."""
+    from matdisc.io import read_table, write_table
+    from matdisc.io.schemas import STABILITY
+    from matdisc.stability.stage import collect_generators
+    from matdisc.stage import StageCall
+
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    costs = {"vae:train_unet": 3000.0, "vae:sample_structures:A": 600.0,
+             "substitution:substitute_structures:A": 2.0}  # fmt: skip
+    inputs = {}
+    for name, cpu in costs.items():
+        path = tmp_path / f"{name.replace(':', '_')}.tsv"
+        path.write_text(header + f"1.0\t0:00:01\t1\t1\t1\t1\t0\t0\t50\t{cpu}\n")
+        inputs[f"cost:{name}"] = path
+    sun = pd.DataFrame(
+        [{"base": "all", "generator": g, "draws": d, "valid": 5, "judged": 5, "relaxed": 5,
+          "stable": s, "stable_below_hull": 0, "unique": n, "novel": n, "sun_rate": n / d,
+          "sun_rate_low": 0.0, "sun_rate_high": 1.0, "lower_bound": False}
+         for g, d, s, n in (("vae", 1000, 3, 2), ("substitution", 40, 4, 3))]
+    )  # fmt: skip
+    write_table(sun, tmp_path / "sun.parquet", "sun")
+    pairs = [("Na", "Cl"), ("K", "Cl"), ("Li", "F"), ("Na", "F"), ("K", "F")]
+    cells = [json.dumps(rocksalt(5.0, a, b).as_dict()) for a, b in pairs]
+    judged = pd.DataFrame(
+        {"base": "A", "generator": ["vae", "vae", "substitution", "substitution", "substitution"],
+         "structure_id": [f"A-{i}" for i in range(5)], "sample_index": range(5), "n_draws": 1,
+         "formula": [a + b for a, b in pairs], "nsites": 8, "spacegroup_number": 225,
+         "valid_strict": True, "valid_cdvae": True, "relaxed": True, "n_reference_phases": 2,
+         "thin_hull": False, "stable": True, "novel": True,
+         "composition_known": [False, True, True, True, True], "structure_json": cells,
+         "relaxed_structure_json": cells}
+    ).reindex(columns=STABILITY.names)  # fmt: skip
+    write_table(judged, tmp_path / "A.parquet", "stability")
+    collect_generators(
+        StageCall(
+            settings={"seed": 1},
+            inputs={"sun": tmp_path / "sun.parquet", "stability:A": tmp_path / "A.parquet", **inputs},
+            outputs={"generators": tmp_path / "generators.parquet"},
+        )
+    )  # fmt: skip
+    table = read_table(tmp_path / "generators.parquet", "generators").set_index("generator")
+    assert table.loc["vae", "cpu_seconds"] == 3600.0 and table.loc["vae", "sun"] == 2
+    assert table.loc["vae", "sun_per_cpu_hour"] == 2.0
+    assert table.loc["substitution", "sun_per_cpu_hour"] == pytest.approx(3 / (2 / 3600))
+    assert json.loads(table.loc["vae", "cpu_seconds_json"])["train_unet"] == 3000.0
+    assert (table.loc["vae", "sun_known_composition"], table.loc["vae", "sun_new_composition"]) == (
+        1,
+        1,
+    )
+    assert table.loc["substitution", "sun_known_composition"] == 3

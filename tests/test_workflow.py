@@ -29,10 +29,11 @@ STAGE_RULES = {
     "train_vae", "train_cgcnn", "sample_structures", "filter_candidates", "collect_funnel",
     "screen_candidates", "collect_screening", "write_qe_inputs", "collect_qe_manifest",
     "relax_references", "relax_candidates", "collect_sun", "plot_report",
+    "substitute_structures", "collect_generators",
 }  # fmt: skip
 PER_BASE_RULES = {
     "sample_structures", "filter_candidates", "screen_candidates", "write_qe_inputs",
-    "relax_candidates",
+    "relax_candidates", "substitute_structures",
 }  # fmt: skip
 JUDGE_NAMES = [name for name, _ in JUDGE_STAGES]
 #: Optional stages, in `all` only when the config says so (section, key, value).
@@ -132,17 +133,36 @@ def test_tiny_end_to_end_run(tiny_workdir: Path, tiny_table: pd.DataFrame) -> No
         assert (results / f"candidates/{base}").is_dir()
         assert (results / f"qe/{base}").is_dir()
     funnel = pd.read_parquet(results / "funnel.parquet")
-    for _, steps in funnel.groupby("base", sort=False):
-        # the seed's chain, and the judge's (structures of the pool), each never increase
+    assert set(funnel["generator"]) == {"vae", "substitution"}
+    for (base, generator), steps in funnel.groupby(["base", "generator"], sort=False):
+        # the seed's chain, and the judge's (structures of the pool), each never increase;
+        # it starts from every draw (VAE) or every substituted structure
         seed = steps[steps["step"] < len(STAGES)]["count"].tolist()
         judge = steps[steps["stage"].isin(["composition_valid", *JUDGE_NAMES])]["count"].tolist()
-        assert seed[0] == 20 and all(a >= b for a, b in itertools.pairwise(seed))
+        if base != "average":
+            made = (
+                results / ("samples" if generator == "vae" else "substitution") / f"{base}.parquet"
+            )
+            assert seed[0] == len(pd.read_parquet(made)) > 0, (base, generator)
+        assert all(a >= b for a, b in itertools.pairwise(seed))
         assert len(judge) == 5 and all(a >= b for a, b in itertools.pairwise(judge))
     assert set(funnel["base"]) == {"KCl", "CaTiO3", "average"}
     for table in ("metrics/unet.parquet", "metrics/vae.parquet", "metrics/cgcnn.parquet",
                   "screening.parquet", "qe/manifest.parquet", "metrics/sun.parquet",
-                  "stability/references.parquet"):  # fmt: skip
+                  "stability/references.parquet", "metrics/generators.parquet"):  # fmt: skip
         assert (results / table).exists(), table
+    # the ion-exchange baseline beside the VAE, in every table that holds candidates
+    generators = read_table(results / "metrics/generators.parquet", "generators")
+    assert sorted(generators["generator"]) == ["substitution", "vae"]
+    assert (generators["cpu_seconds"] > 0).all()
+    sun = read_table(results / "metrics/sun.parquet", "sun")
+    assert set(zip(sun["base"], sun["generator"], strict=True)) >= {
+        ("KCl", "substitution"),
+        ("all", "vae"),
+    }
+    for table in ("candidates/KCl.parquet", "pool/KCl.parquet", "stability/KCl.parquet",
+                  "screening.parquet", "funnel.parquet"):  # fmt: skip
+        assert "generator" in pd.read_parquet(results / table).columns, table
     assert (tiny_workdir / "logs/download_structures/all.log").read_text().count("wrote") == 1
     check_qe_inputs(results)
     # The report: every figure drawn, and Snakemake's HTML report gathers them

@@ -64,6 +64,10 @@ STAGES: dict[str, Stage] = {
     "sample-structures": Stage(
         "matdisc.sample.stage:sample_structures", "latent sampling around a base compound"
     ),
+    "substitute-structures": Stage(
+        "matdisc.sample.stage:substitute_structures",
+        "the ion-exchange baseline's structures around a base compound",
+    ),
     "random-sampling-stats": Stage(
         "matdisc.sample.stage:random_sampling_stats",
         "random-sampling statistics -> random_sampling.parquet",
@@ -105,6 +109,10 @@ STAGES: dict[str, Stage] = {
     ),
     "collect-sun": Stage(
         "matdisc.stability.stage:collect_sun", "stable, unique, novel per base -> sun.parquet"
+    ),
+    "collect-generators": Stage(
+        "matdisc.stability.stage:collect_generators",
+        "cost and S.U.N. per generator -> generators.parquet",
     ),
     "plot-report": Stage(
         "matdisc.report.stage:plot_report", "the results report's figures -> results/report/"

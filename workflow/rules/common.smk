@@ -54,6 +54,50 @@ def settings(*names, drop=()):
     return params
 
 
+#: Keys of the sample section that only the substitution baseline reads (left out of the
+#: VAE sampling's params, so turning them does not re-sample).
+SUBSTITUTION_KEYS = (
+    "sample.generators", "sample.substitution_threshold", "sample.substitution_max_shift"
+)
+#: And those only the VAE's sampling reads.
+VAE_SAMPLE_KEYS = tuple(
+    f"sample.{key}"
+    for key in ("mode", "variance", "batch_size", "interpolate_to", "top_structure_types")
+)
+SUBSTITUTION = "substitution" in config["sample"]["generators"]
+
+
+def substitution_input(wildcards):
+    """The substitution baseline's structures of a base, when it is a generator."""
+    if SUBSTITUTION:
+        return {"substitution": f"results/substitution/{wildcards.base}.parquet"}
+    return {}
+
+
+def substitution_param(wildcards):
+    """`--input substitution=PATH` when the substitution baseline is a generator."""
+    if SUBSTITUTION:
+        return f"--input substitution=results/substitution/{wildcards.base}.parquet"
+    return ""
+
+
+def generator_costs():
+    """Benchmark records of the rules each generator runs: `--input cost:GEN:JOB=PATH`
+    pairs (the VAE's voxel store and training count in full: they serve every base)."""
+    costs = {
+        "vae:voxelize_structures": "benchmarks/voxelize_structures/all.tsv",
+        "vae:train_unet": "benchmarks/train_unet/all.tsv",
+        "vae:train_vae": "benchmarks/train_vae/all.tsv",
+        **{f"vae:sample_structures:{b}": f"benchmarks/sample_structures/{b}.tsv" for b in BASES},
+    }
+    if SUBSTITUTION:
+        costs |= {
+            f"substitution:substitute_structures:{b}": f"benchmarks/substitute_structures/{b}.tsv"
+            for b in BASES
+        }
+    return costs
+
+
 def funnel_inputs(wildcards):
     """The per-base funnels, and the S.U.N. table when the judge runs (its rows follow)."""
     inputs = {"funnels": expand("results/funnel/{base}.parquet", base=BASES)}
@@ -124,7 +168,11 @@ def final_outputs(wildcards):
         *expand("results/candidates/{base}.parquet", base=BASES),
         "results/funnel.parquet",
         "results/screening.parquet",
-        *(["results/metrics/sun.parquet"] if config["stability"]["run"] else []),
+        *(
+            ["results/metrics/sun.parquet", "results/metrics/generators.parquet"]
+            if config["stability"]["run"]
+            else []
+        ),
         "results/qe/manifest.parquet",
         "results/report/funnel.png",
     ]
@@ -160,6 +208,7 @@ def report_inputs(wildcards):
     }
     if config["stability"]["run"]:
         inputs["sun"] = "results/metrics/sun.parquet"
+        inputs["generators"] = "results/metrics/generators.parquet"
         inputs["references"] = "results/stability/references.parquet"
         for base in BASES:
             inputs[f"stability_{base}"] = f"results/stability/{base}.parquet"

@@ -1,5 +1,6 @@
 rule filter_candidates:
     input:
+        unpack(substitution_input),
         samples="results/samples/{base}.parquet",
         bases="results/data/base_compounds.parquet",
         structures="results/data/structures.parquet",
@@ -12,6 +13,7 @@ rule filter_candidates:
         pool="results/pool/{base}.parquet",
     params:
         settings=settings("filter", "train", "dask"),
+        substitution=substitution_param,
     log:
         "logs/filter_candidates/{base}.log",
     benchmark:
@@ -26,7 +28,7 @@ rule filter_candidates:
         "python -m matdisc filter-candidates --settings {params.settings:q} --threads {threads} --wildcard base={wildcards.base}"
         " --input samples={input.samples} --input bases={input.bases}"
         " --input structures={input.structures} --input voxels={input.voxels}"
-        " --input cgcnn={input.cgcnn}"
+        " --input cgcnn={input.cgcnn} {params.substitution}"
         " --output candidates={output.candidates} --output cifs={output.cifs}"
         " --output funnel={output.funnel} --output pool={output.pool} --log {log}"
 

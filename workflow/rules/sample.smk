@@ -7,7 +7,7 @@ rule sample_structures:
     output:
         samples="results/samples/{base}.parquet",
     params:
-        settings=settings("voxel", "train", "sample"),
+        settings=settings("voxel", "train", "sample", drop=SUBSTITUTION_KEYS),
     log:
         "logs/sample_structures/{base}.log",
     benchmark:
@@ -26,6 +26,29 @@ rule sample_structures:
         " --output samples={output.samples} --log {log}"
 
 
+# The ion-exchange baseline (sample.generators: substitution): data-mined substitutions into
+# the base's own structure, judged beside the VAE's draws.
+rule substitute_structures:
+    input:
+        bases="results/data/base_compounds.parquet",
+    output:
+        substitution="results/substitution/{base}.parquet",
+    params:
+        settings=settings("sample", drop=VAE_SAMPLE_KEYS),
+    log:
+        "logs/substitute_structures/{base}.log",
+    benchmark:
+        "benchmarks/substitute_structures/{base}.tsv"
+    conda:
+        "../../envs/matdisc.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "python -m matdisc substitute-structures --settings {params.settings:q} --wildcard base={wildcards.base}"
+        " --input bases={input.bases} --output substitution={output.substitution} --log {log}"
+
+
 # sample.mode: random only: the seed's random-sampling figures over the draws of all bases.
 rule random_sampling_stats:
     input:
@@ -34,7 +57,7 @@ rule random_sampling_stats:
     output:
         metrics="results/metrics/random_sampling.parquet",
     params:
-        settings=settings("sample", "filter", "train"),
+        settings=settings("sample", "filter", "train", drop=SUBSTITUTION_KEYS),
         inputs=per_base_inputs("results/samples/{base}.parquet"),
     log:
         "logs/random_sampling_stats/all.log",

@@ -84,12 +84,18 @@ rule collect_sun:
     input:
         stability=expand("results/stability/{base}.parquet", base=BASES),
         samples=expand("results/samples/{base}.parquet", base=BASES),
+        substitution=expand("results/substitution/{base}.parquet", base=BASES) if SUBSTITUTION else [],
     output:
         sun="results/metrics/sun.parquet",
     params:
         settings=settings("stability"),
         stability=per_base_inputs("results/stability/{base}.parquet", name="stability"),
         samples=per_base_inputs("results/samples/{base}.parquet", name="samples"),
+        substitution=(
+            per_base_inputs("results/substitution/{base}.parquet", name="substitution")
+            if SUBSTITUTION
+            else ""
+        ),
     log:
         "logs/collect_sun/all.log",
     benchmark:
@@ -98,4 +104,28 @@ rule collect_sun:
         "../../envs/matdisc.yaml"
     shell:
         "python -m matdisc collect-sun --settings {params.settings:q}"
-        " {params.stability} {params.samples} --output sun={output.sun} --log {log}"
+        " {params.stability} {params.samples} {params.substitution} --output sun={output.sun} --log {log}"
+
+
+# What each generator cost (CPU time of its rules' benchmark records) and found (S.U.N.).
+rule collect_generators:
+    input:
+        sun="results/metrics/sun.parquet",
+        stability=expand("results/stability/{base}.parquet", base=BASES),
+        costs=list(generator_costs().values()),
+    output:
+        generators="results/metrics/generators.parquet",
+    params:
+        settings=settings("sample"),
+        stability=per_base_inputs("results/stability/{base}.parquet", name="stability"),
+        costs=" ".join(f"--input cost:{k}={v}" for k, v in generator_costs().items()),
+    log:
+        "logs/collect_generators/all.log",
+    benchmark:
+        "benchmarks/collect_generators/all.tsv"
+    conda:
+        "../../envs/matdisc.yaml"
+    shell:
+        "python -m matdisc collect-generators --settings {params.settings:q}"
+        " --input sun={input.sun} {params.stability} {params.costs}"
+        " --output generators={output.generators} --log {log}"

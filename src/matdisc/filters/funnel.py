@@ -71,6 +71,15 @@ ACTINIDES: tuple[str, ...] = (
 )  # fmt: skip
 
 
+#: Letter of each generator in candidate and structure ids ({base}-s00012, {base}-x00012).
+ID_LETTER = {"vae": "s", "substitution": "x"}
+
+
+def item_id(base: str, generator: str, sample_index: int) -> str:
+    """The id of draw ``sample_index`` of ``generator`` around ``base``."""
+    return f"{base}-{ID_LETTER[generator]}{int(sample_index):05d}"
+
+
 @dataclass(frozen=True, kw_only=True)
 class FilterSettings:
     """The ``filter`` config section (see config/schema.yaml)."""
@@ -299,8 +308,9 @@ def run_filter(
     return FilterResult(candidates=candidates, counts=counts, stage_reached=reached, pool=pool)
 
 
-def funnel_rows(base: str, counts: dict[str, int]) -> pd.DataFrame:
-    """The funnel of one base: one row per stage with count and cumulative percentage."""
+def funnel_rows(base: str, generator: str, counts: dict[str, int]) -> pd.DataFrame:
+    """The funnel of one base and generator: one row per stage with count and cumulative
+    percentage."""
     initial = counts["initial"]
     rows = []
     previous = None
@@ -312,6 +322,7 @@ def funnel_rows(base: str, counts: dict[str, int]) -> pd.DataFrame:
         rows.append(
             {
                 "base": base,
+                "generator": generator,
                 "step": step,
                 "stage": name,
                 "description": description,
@@ -337,11 +348,12 @@ JUDGE_STAGES: tuple[tuple[str, str], ...] = (
 
 
 def judge_rows(funnels: pd.DataFrame, sun: pd.DataFrame) -> pd.DataFrame:
-    """Funnel rows of the judge for every base of ``funnels`` from the S.U.N. table."""
+    """Funnel rows of the judge for every base and generator of ``funnels`` from the S.U.N.
+    table."""
     rows = []
-    for base, steps in funnels.groupby("base", sort=False):
+    for (base, generator), steps in funnels.groupby(["base", "generator"], sort=False):
         initial = float(steps.loc[steps["stage"] == "initial", "count"].iloc[0])
-        counts = sun[sun["base"] == base].iloc[0]
+        counts = sun[(sun["base"] == base) & (sun["generator"] == generator)].iloc[0]
         previous = float(steps.loc[steps["stage"] == "composition_valid", "count"].iloc[0])
         for offset, (name, description) in enumerate(JUDGE_STAGES):
             count = float(counts[name])
@@ -352,6 +364,7 @@ def judge_rows(funnels: pd.DataFrame, sun: pd.DataFrame) -> pd.DataFrame:
             rows.append(
                 {
                     "base": base,
+                    "generator": generator,
                     "step": len(STAGES) + offset,
                     "stage": name,
                     "description": description,
@@ -366,13 +379,13 @@ def judge_rows(funnels: pd.DataFrame, sun: pd.DataFrame) -> pd.DataFrame:
 
 
 def average_rows(funnels: pd.DataFrame) -> pd.DataFrame:
-    """Rows with ``base = "average"``: mean count per stage over the bases, and the
-    cumulative percentage of those means (the seed's Table 2 form)."""
+    """Rows with ``base = "average"``: mean count per stage over the bases, per generator,
+    and the cumulative percentage of those means (the seed's Table 2 form)."""
     per_base = funnels[funnels["base"] != "average"]
-    mean = per_base.groupby(["step", "stage", "description"], sort=True)["count"].mean()
-    out = mean.reset_index()
-    initial = float(out.loc[out["stage"] == "initial", "count"].iloc[0]) if len(out) else 0.0
-    out["cumulative_pct"] = 100.0 * out["count"] / initial if initial else float("nan")
+    keys = ["generator", "step", "stage", "description"]
+    out = per_base.groupby(keys, sort=True)["count"].mean().reset_index()
+    initial = out[out["stage"] == "initial"].set_index("generator")["count"]
+    out["cumulative_pct"] = 100.0 * out["count"] / out["generator"].map(initial).replace(0, np.nan)
     out.insert(0, "base", "average")
     paper = out["stage"].map(PAPER_AVERAGE_N).astype(float)
     out["paper_average_n"] = paper

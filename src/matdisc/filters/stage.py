@@ -1,7 +1,10 @@
 """Stage entry points: ``filter-candidates`` (one base compound) and ``collect-funnel``.
 
-``filter-candidates`` (rule ``filter_candidates``) reads ``results/samples/{base}.parquet`` and
-writes the candidates (``results/candidates/{base}.parquet``, schema ``candidates``),
+``filter-candidates`` (rule ``filter_candidates``) reads ``results/samples/{base}.parquet``
+(the VAE's draws) and, with ``substitution`` in ``sample.generators``,
+``results/substitution/{base}.parquet`` (the ion-exchange baseline's structures). Each
+generator's structures go through the same stages separately and the outputs carry a
+``generator`` column. It writes the candidates (``results/candidates/{base}.parquet``, schema ``candidates``),
 one CIF per candidate (``results/candidates/{base}/{candidate_id}.cif``), the base's
 funnel (``results/funnel/{base}.parquet``) and the judge's pool of draws that passed the
 composition-validity stage (``results/pool/{base}.parquet``). ``collect-funnel`` joins the funnels of all
@@ -28,6 +31,7 @@ from matdisc.filters.funnel import (
     FilterSettings,
     average_rows,
     funnel_rows,
+    item_id,
     judge_rows,
     run_filter,
 )
@@ -35,6 +39,12 @@ from matdisc.io import read_table, write_table
 from matdisc.stage import StageCall
 
 log = logging.getLogger(__name__)
+
+#: The columns of a generator's table the filter reads (its own are recomputed).
+SAMPLE_INPUT_COLUMNS = (
+    "base", "sample_index", "mode", "decile", "t", "z_distance", "reason", "n_sites",
+    "lattice_a_angstrom", "lattice_b_angstrom", "lattice_c_angstrom", "structure_json",
+)  # fmt: skip
 
 
 def training_set(store: Any, with_structures: bool) -> tuple[set[str], dict[str, list[str]]]:
@@ -82,7 +92,9 @@ def write_cifs(candidates: pd.DataFrame, directory: Path) -> None:
     tmp.rename(directory)
 
 
-def pool_frame(base: str, pool: pd.DataFrame, candidates: pd.DataFrame) -> pd.DataFrame:
+def pool_frame(
+    base: str, generator: str, pool: pd.DataFrame, candidates: pd.DataFrame
+) -> pd.DataFrame:
     """The judge's pool (schema ``pool``): the draws that passed composition validity, each
     with its candidate id where the seed's filter selected it."""
     from matdisc.io.schemas import POOL
@@ -90,6 +102,7 @@ def pool_frame(base: str, pool: pd.DataFrame, candidates: pd.DataFrame) -> pd.Da
     ids = dict(zip(candidates["sample_index"], candidates["candidate_id"], strict=True))
     frame = pool.assign(
         base=base,
+        generator=generator,
         nsites=pool["n_sites"].astype(np.int32),
         candidate_id=[ids.get(i) for i in pool["sample_index"]],
     )
@@ -97,12 +110,13 @@ def pool_frame(base: str, pool: pd.DataFrame, candidates: pd.DataFrame) -> pd.Da
 
 
 def candidates_frame(
-    base: str, selected: pd.DataFrame, base_ef: float, cif_dir: Path
+    base: str, generator: str, selected: pd.DataFrame, base_ef: float, cif_dir: Path
 ) -> pd.DataFrame:
     """The candidates table (schema ``candidates``) from the filter's selected rows."""
     frame = selected.copy()
-    frame["candidate_id"] = [f"{base}-s{int(i):05d}" for i in frame["sample_index"]]
+    frame["candidate_id"] = [item_id(base, generator, i) for i in frame["sample_index"]]
     frame["base"] = base
+    frame["generator"] = generator
     frame["nsites"] = frame["n_sites"].astype(np.int32)
     frame["base_e_form_ev_per_atom"] = base_ef
     frame["cif_path"] = [str(cif_dir / f"{cid}.cif") for cid in frame["candidate_id"]]
@@ -137,30 +151,41 @@ def filter_candidates(call: StageCall) -> None:
 
     base_ef = base_formation_energy(section, row, predict_ef)
     log.info(
-        "%s: %d samples; base %s (%s), Ef %.3f eV/atom; %d training compositions",
-        base, len(samples), row["formula"], row["formula_anonymous"], base_ef, len(formulas),
+        "%s: base %s (%s), Ef %.3f eV/atom; %d training compositions",
+        base, row["formula"], row["formula_anonymous"], base_ef, len(formulas),
     )  # fmt: skip
-    result = run_filter(
-        samples.drop(columns=["min_distance_angstrom", "formula", "formula_anonymous"]),
-        base_formula_anonymous=str(row["formula_anonymous"]),
-        base_ef=base_ef,
-        training_formulas=formulas,
-        predict_ef=predict_ef,
-        settings=settings,
-        training_structures=structures,
-        threads=call.threads,
-        address=call.section("dask")["scheduler_address"],
-    )
-    log.info("%s: funnel %s", base, result.counts)
+    tables = {"vae": samples}
+    if "substitution" in call.inputs:
+        tables["substitution"] = read_table(call.input("substitution"), "substitutions")
     cif_dir = call.output("cifs")
-    candidates = candidates_frame(base, result.candidates, base_ef, cif_dir)
-    write_cifs(candidates, cif_dir)
-    meta = {"base_e_form_ev_per_atom": base_ef, "filter": section, "counts": result.counts}
-    write_table(candidates, call.output("candidates"), "candidates", metadata=meta)
-    write_table(funnel_rows(base, result.counts), call.output("funnel"), "funnel", metadata=meta)
+    candidates, funnels, pools, counts = [], [], [], {}
+    for generator, table in tables.items():
+        log.info("%s, %s: %d structures", base, generator, len(table))
+        result = run_filter(
+            table[list(SAMPLE_INPUT_COLUMNS)],
+            base_formula_anonymous=str(row["formula_anonymous"]),
+            base_ef=base_ef,
+            training_formulas=formulas,
+            predict_ef=predict_ef,
+            settings=settings,
+            training_structures=structures,
+            threads=call.threads,
+            address=call.section("dask")["scheduler_address"],
+        )
+        log.info("%s, %s: funnel %s", base, generator, result.counts)
+        chosen = candidates_frame(base, generator, result.candidates, base_ef, cif_dir)
+        candidates.append(chosen)
+        funnels.append(funnel_rows(base, generator, result.counts))
+        pools.append(pool_frame(base, generator, result.pool, chosen))
+        counts[generator] = result.counts
+    frame = pd.concat(candidates, ignore_index=True)
+    write_cifs(frame, cif_dir)
+    meta = {"base_e_form_ev_per_atom": base_ef, "filter": section, "counts": counts}
+    write_table(frame, call.output("candidates"), "candidates", metadata=meta)
     write_table(
-        pool_frame(base, result.pool, candidates), call.output("pool"), "pool", metadata=meta
+        pd.concat(funnels, ignore_index=True), call.output("funnel"), "funnel", metadata=meta
     )
+    write_table(pd.concat(pools, ignore_index=True), call.output("pool"), "pool", metadata=meta)
 
 
 def collect_funnel(call: StageCall) -> None:

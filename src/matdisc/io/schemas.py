@@ -70,6 +70,7 @@ QE_MANIFEST = pa.schema(
         pa.field("base", pa.string(), nullable=False),
         pa.field("candidate_id", pa.string(), nullable=False),  # hull:<reference_id> for a phase
         pa.field("kind", pa.string(), nullable=False),  # candidate / hull_phase (qe.hull_phases)
+        pa.field("generator", pa.string()),  # of a candidate (null for a hull phase)
         pa.field("formula", pa.string(), nullable=False),
         pa.field("nsites", pa.int32()),
         pa.field("input_path", pa.string()),  # pw.in; null when no input could be written
@@ -164,6 +165,7 @@ SCREENING = pa.schema(
     [
         pa.field("candidate_id", pa.string(), nullable=False),
         pa.field("base", pa.string(), nullable=False),
+        pa.field("generator", pa.string(), nullable=False),  # vae / substitution
         pa.field("formula", pa.string(), nullable=False),
         # predicted; NaN where the model is not trained, and refractive_index and
         # dielectric_total NaN where the predicted band gap is zero (screen.zero_gap_threshold_ev)
@@ -210,12 +212,40 @@ SAMPLES = pa.schema(
     ]
 )
 
+#: results/substitution/{base}.parquet: the ion-exchange baseline's structures of one base
+#: (matdisc.sample.substitution), the samples table's columns and two more.
+SUBSTITUTIONS = pa.schema(
+    [
+        *SAMPLES,
+        pa.field("probability", pa.float64()),  # the substitution predictor's; NaN = similarity
+        pa.field("substitutions_json", pa.string(), nullable=False),  # {old element: new}
+    ]
+)
+
+#: results/metrics/generators.parquet: what each generator cost and found.
+GENERATORS = pa.schema(
+    [
+        pa.field("generator", pa.string(), nullable=False),
+        pa.field("draws", pa.int64(), nullable=False),  # structures proposed, all bases
+        pa.field("sun", pa.int64(), nullable=False),  # stable, unique, novel
+        pa.field("stable", pa.int64(), nullable=False),
+        pa.field("cpu_seconds", pa.float64(), nullable=False),  # generation, training included
+        pa.field("cpu_seconds_json", pa.string(), nullable=False),  # rule -> CPU seconds
+        pa.field("sun_per_cpu_hour", pa.float64()),
+        # of the S.U.N. structures: composition in the run's data (a new polymorph) or not
+        pa.field("sun_known_composition", pa.int64(), nullable=False),
+        pa.field("sun_new_composition", pa.int64(), nullable=False),
+    ]
+)
+
 #: results/candidates/{base}.parquet: the filtered candidates of one base, closest to the
 #: base's formation energy first (matdisc.filters.funnel).
 CANDIDATES = pa.schema(
     [
-        pa.field("candidate_id", pa.string(), nullable=False),  # {base}-s{sample_index:05d}
+        # {base}-s{sample_index:05d} (vae) or {base}-x{sample_index:05d} (substitution)
+        pa.field("candidate_id", pa.string(), nullable=False),
         pa.field("base", pa.string(), nullable=False),
+        pa.field("generator", pa.string(), nullable=False),  # vae / substitution
         pa.field("rank", pa.int32(), nullable=False),  # 1 = closest to the base's Ef
         pa.field("sample_index", pa.int32(), nullable=False),
         pa.field("formula", pa.string(), nullable=False),
@@ -242,6 +272,7 @@ CANDIDATES = pa.schema(
 FUNNEL = pa.schema(
     [
         pa.field("base", pa.string(), nullable=False),
+        pa.field("generator", pa.string(), nullable=False),  # vae / substitution
         pa.field("step", pa.int8(), nullable=False),  # 0 = initial samples
         pa.field("stage", pa.string(), nullable=False),
         pa.field("description", pa.string(), nullable=False),
@@ -317,6 +348,7 @@ CSP_PREDICTIONS = pa.schema(
 POOL = pa.schema(
     [
         pa.field("base", pa.string(), nullable=False),
+        pa.field("generator", pa.string(), nullable=False),  # vae / substitution
         pa.field("sample_index", pa.int32(), nullable=False),
         pa.field("formula", pa.string(), nullable=False),
         pa.field("formula_anonymous", pa.string(), nullable=False),
@@ -363,6 +395,7 @@ MP_PHASES = pa.schema(
 STABILITY = pa.schema(
     [
         pa.field("base", pa.string(), nullable=False),
+        pa.field("generator", pa.string(), nullable=False),  # vae / substitution
         pa.field("structure_id", pa.string(), nullable=False),  # {base}-s{sample_index}
         pa.field("sample_index", pa.int32(), nullable=False),  # the draw kept
         pa.field("n_draws", pa.int32(), nullable=False),  # draws of this structure
@@ -395,6 +428,8 @@ STABILITY = pa.schema(
         pa.field("mp_hull_reason", pa.string()),
         pa.field("stable", pa.bool_(), nullable=False),  # e_above_hull <= threshold
         pa.field("novel", pa.bool_(), nullable=False),  # no match in the run's data
+        # its composition is in the run's data (novel and known: a new polymorph)
+        pa.field("composition_known", pa.bool_(), nullable=False),
         pa.field("matched_material_id", pa.string()),  # the data structure it matches
         pa.field("rank", pa.int32()),  # by e_above_hull, then |ΔEf| (relaxed rows)
         pa.field("cif_path", pa.string()),  # symmetrised CIF of the relaxed structure
@@ -427,6 +462,8 @@ SCHEMAS: dict[str, pa.Schema] = {
     "pool": POOL,
     "references": REFERENCES,
     "mp_phases": MP_PHASES,
+    "substitutions": SUBSTITUTIONS,
+    "generators": GENERATORS,
     "stability": STABILITY,
     "sun": SUN,
     "structures": STRUCTURES,

@@ -142,6 +142,7 @@ def generate_inputs(
             "base": base,
             "candidate_id": cid,
             "kind": "candidate",
+            "generator": record.get("generator"),
             "formula": str(record["formula"]),
             "nsites": None,
             "input_path": None,

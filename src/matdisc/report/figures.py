@@ -43,26 +43,33 @@ def _save(fig, path: Path) -> None:
 
 
 def funnel_figure(funnel: pd.DataFrame, path: Path) -> None:
-    """Share of the draws left after each filter stage, per base, with the paper's Table 2
-    averages as black bars (stages the paper did not have are left without one)."""
+    """Share of the draws left after each filter stage, per base, one panel per generator,
+    with the paper's Table 2 averages as black bars (stages the paper did not have are
+    left without one)."""
     plt = _pyplot()
+    generators = list(dict.fromkeys(funnel["generator"]))
     stages = funnel.drop_duplicates("stage").sort_values("step")
     labels = stages["description"].tolist()
     bases = list(dict.fromkeys(funnel["base"]))
     width = 0.8 / (len(bases) + 1)
     x = np.arange(len(stages))
-    fig, ax = plt.subplots(figsize=(max(8.0, 0.75 * len(stages)), 4.8))
-    for i, base in enumerate(bases):
-        rows = funnel[funnel["base"] == base].set_index("stage").reindex(stages["stage"])
-        ax.bar(x + i * width, rows["cumulative_pct"].to_numpy(float), width, label=base)
-    paper = stages["paper_cumulative_pct"].to_numpy(float)
-    ax.bar(x + len(bases) * width, paper, width, color="black", label="paper (Table 2 average)")
-    ax.set_yscale("symlog", linthresh=0.1)
-    ax.set_ylim(0, 150)
-    ax.set_ylabel("draws left (% of the draws, symlog)")
-    ax.set_xticks(x + 0.4 - width / 2, labels, rotation=35, ha="right", fontsize=8)
-    ax.legend(fontsize=8, ncols=2)
-    ax.set_title("Candidate funnel per base compound")
+    fig, axes = plt.subplots(
+        len(generators), 1, figsize=(max(8.0, 0.75 * len(stages)), 4.2 * len(generators)),
+        sharex=True, squeeze=False,
+    )  # fmt: skip
+    for ax, generator in zip(axes[:, 0], generators, strict=True):
+        mine = funnel[funnel["generator"] == generator]
+        for i, base in enumerate(bases):
+            rows = mine[mine["base"] == base].set_index("stage").reindex(stages["stage"])
+            ax.bar(x + i * width, rows["cumulative_pct"].to_numpy(float), width, label=base)
+        paper = stages["paper_cumulative_pct"].to_numpy(float)
+        ax.bar(x + len(bases) * width, paper, width, color="black", label="paper (Table 2 average)")
+        ax.set_yscale("symlog", linthresh=0.1)
+        ax.set_ylim(0, 150)
+        ax.set_ylabel("left (% of the structures, symlog)", fontsize=9)
+        ax.set_title(f"Candidate funnel per base compound: generator {generator}", fontsize=10)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0))
+    axes[-1, 0].set_xticks(x + 0.4 - width / 2, labels, rotation=35, ha="right", fontsize=8)
     _save(fig, path)
 
 
@@ -128,7 +135,8 @@ def cells_figure(best: pd.DataFrame, path: Path) -> None:
         ax.legend(handles=handles, fontsize=7, loc="lower right", frameon=False)
         flags = ", ".join(f for f, on in (("stable", row.stable), ("novel", row.novel)) if bool(on))
         ax.set_title(
-            f"{row.base}: {row.formula} (space group {int(row.spacegroup_relaxed)})\n"
+            f"{row.base} ({row.generator}): {row.formula} (space group "
+            f"{int(row.spacegroup_relaxed)})\n"
             f"E_hull {row.e_above_hull_ev_per_atom:.3f} eV/atom{', ' + flags if flags else ''}",
             fontsize=8,
         )
@@ -193,8 +201,9 @@ def hull_figure(
     return {"base": base, "note": note}
 
 
-def sun_html(sun: pd.DataFrame, path: Path) -> None:
-    """The S.U.N. table as a small HTML page (rates in %, 95 % interval)."""
+def sun_html(sun: pd.DataFrame, generators: pd.DataFrame | None, path: Path) -> None:
+    """The S.U.N. table, and what each generator cost and found, as a small HTML page
+    (rates in %, 95 % interval)."""
     table = sun.copy()
     for column in ("sun_rate", "sun_rate_low", "sun_rate_high"):
         table[column] = (100 * table[column]).map(lambda v: f"{v:.2f}")
@@ -202,6 +211,9 @@ def sun_html(sun: pd.DataFrame, path: Path) -> None:
         columns={"sun_rate": "S.U.N. %", "sun_rate_low": "95 % low", "sun_rate_high": "95 % high"}
     )
     body = table.to_html(index=False, border=0, classes="sun")
+    if generators is not None:
+        cost = generators.drop(columns="cpu_seconds_json").round(2)
+        body += "<h3>Per generator</h3>" + cost.to_html(index=False, border=0, classes="sun")
     style = (
         "<style>body{font-family:sans-serif;font-size:13px}"
         "table.sun{border-collapse:collapse}"

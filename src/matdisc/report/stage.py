@@ -74,4 +74,7 @@ def plot_report(call: StageCall) -> None:
         top = best[best["base"] == base].head(1) if not best.empty else pd.DataFrame()
         row = top.iloc[0] if len(top) else None
         hull_figure(row, references, hulls / f"hull_{base}.png", base=base)
-    sun_html(read_table(call.input("sun"), "sun"), call.output("sun"))
+    generators = (
+        read_table(call.input("generators"), "generators") if "generators" in call.inputs else None
+    )
+    sun_html(read_table(call.input("sun"), "sun"), generators, call.output("sun"))

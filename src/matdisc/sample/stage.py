@@ -291,3 +291,34 @@ def random_sampling_stats(call: StageCall) -> None:
     )
     log.info("random sampling: %s", stats.head(3).to_dict("records"))
     write_table(stats, call.output("metrics"), "random_sampling", metadata={"seed": call.seed})
+
+
+def substitute_structures(call: StageCall) -> None:
+    """The ion-exchange baseline around one base compound ->
+    ``results/substitution/{base}.parquet`` (schema ``substitutions``)."""
+    import time
+
+    from pymatgen.core import Structure
+
+    from matdisc.data.bases import base_row
+    from matdisc.sample.substitution import substitution_samples
+
+    section = call.section("sample")
+    base = call.wildcard("base")
+    row = base_row(read_table(call.input("bases"), "base_compounds"), base)
+    started = time.perf_counter()
+    frame, method = substitution_samples(
+        base,
+        Structure.from_dict(json.loads(row["structure_json"])),
+        n_max=int(section["n_samples"]),
+        threshold=float(section["substitution_threshold"]),
+        max_shift=int(section["substitution_max_shift"]),
+    )
+    seconds = time.perf_counter() - started
+    log.info("%s: %d substituted structures (%s) in %.1f s", base, len(frame), method, seconds)
+    write_table(
+        frame,
+        call.output("substitution"),
+        "substitutions",
+        metadata={"method": method, "seconds": seconds, "sample": section, "seed": call.seed},
+    )

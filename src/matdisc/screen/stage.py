@@ -15,7 +15,7 @@ from matdisc.stage import StageCall
 
 log = logging.getLogger(__name__)
 
-CANDIDATE_COLUMNS = ("candidate_id", "base", "formula", "structure_json")
+CANDIDATE_COLUMNS = ("candidate_id", "base", "generator", "formula", "structure_json")
 
 
 def train_cgcnn(call: StageCall) -> None:
@@ -85,7 +85,8 @@ def screen_candidates(call: StageCall) -> None:
         zero_gap_threshold_ev=float(section["zero_gap_threshold_ev"]),
     )
     frame = pd.concat(
-        [candidates[["candidate_id", "base", "formula"]].reset_index(drop=True), pred], axis=1
+        [candidates[["candidate_id", "base", "generator", "formula"]].reset_index(drop=True), pred],
+        axis=1,
     )
     write_table(
         frame,

@@ -34,6 +34,12 @@ class HullResult:
     empty_subsystems: tuple[str, ...]
     reason: str | None
 
+    @property
+    def thin(self) -> bool:
+        """A binary sub-system (for a binary, its own system) has no phase: the hull there
+        is the straight line between two phases, and flatters whatever lies below it."""
+        return any(sub.count("-") == 1 for sub in self.empty_subsystems)
+
 
 class Hulls:
     """Phase diagrams of the reference phases, one per chemical system, built on demand."""

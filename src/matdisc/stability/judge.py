@@ -24,9 +24,10 @@ from pymatgen.core import Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 from tqdm import tqdm
 
+from matdisc.filters.funnel import item_id
 from matdisc.stability.hull import Hulls
 from matdisc.stability.potential import Potential
-from matdisc.stability.references import RelaxSettings, chemical_system
+from matdisc.stability.references import RelaxSettings
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +66,15 @@ def spacegroup(structure: Structure, symprec: float) -> int:
 
 
 def group_draws(pool: pd.DataFrame, settings: JudgeSettings, seed: int) -> pd.DataFrame:
-    """The pool with ``spacegroup_number`` and ``group`` (one per formula and space group)
+    """The pool with ``spacegroup_number`` and ``group`` (one per generator, formula and
+    space group)
     and ``scored`` (the draws of each group that get a single point: its seed candidate if
     any, then seeded random ones up to ``draws_per_structure``)."""
     frame = pool.reset_index(drop=True).copy()
     structures = [Structure.from_dict(json.loads(s)) for s in frame["structure_json"]]
     frame["spacegroup_number"] = [spacegroup(s, settings.symprec_angstrom) for s in structures]
-    frame["group"] = frame.groupby(["formula", "spacegroup_number"], sort=True).ngroup()
+    keys = ["generator", "formula", "spacegroup_number"]
+    frame["group"] = frame.groupby(keys, sort=True).ngroup()
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(frame))
     frame["_order"] = np.argsort(order)
@@ -147,7 +150,8 @@ def judge_pool(
         rows.append(
             {
                 "base": base,
-                "structure_id": f"{base}-s{int(record['sample_index']):05d}",
+                "generator": record["generator"],
+                "structure_id": item_id(base, record["generator"], record["sample_index"]),
                 "sample_index": int(record["sample_index"]),
                 "n_draws": int(counts[record["group"]]),
                 "formula": record["formula"],
@@ -165,15 +169,18 @@ def judge_pool(
                 "structure_json": record["structure_json"],
             }
         )
-    # relax the max_relax lowest above the hull by single point, and every seed candidate
-    order = sorted(
-        range(len(rows)),
-        key=lambda i: (
-            _nan_last(rows[i]["e_above_hull_single_ev_per_atom"]),
-            rows[i]["sample_index"],
-        ),
-    )
-    chosen = set(order[: settings.max_relax])
+    # relax the max_relax lowest above the hull by single point of each generator, and
+    # every seed candidate
+    chosen: set[int] = set()
+    for generator in sorted({row["generator"] for row in rows}):
+        order = sorted(
+            (i for i, row in enumerate(rows) if row["generator"] == generator),
+            key=lambda i: (
+                _nan_last(rows[i]["e_above_hull_single_ev_per_atom"]),
+                rows[i]["sample_index"],
+            ),
+        )
+        chosen |= set(order[: settings.max_relax])
     chosen |= {i for i, row in enumerate(rows) if row["candidate_id"] is not None}
     for i in tqdm(sorted(chosen), desc=f"CHGNet relax {base}", unit="structure", leave=False):
         row = rows[i]
@@ -200,11 +207,10 @@ def judge_pool(
     for row in rows:
         energy = row["energy_ev_per_atom"] if row["relaxed"] else row["single_point_ev_per_atom"]
         hull = hulls.judge(row["formula"], energy)
-        elements = chemical_system(row["formula"])
         row.update(
             n_reference_phases=hull.n_reference_phases,
             empty_subsystems=",".join(hull.empty_subsystems),
-            thin_hull=any(len(sub.split("-")) < len(elements) for sub in hull.empty_subsystems),
+            thin_hull=hull.thin,
             hull_reason=hull.reason,
         )
         if row["relaxed"]:
@@ -235,6 +241,7 @@ def judge_pool(
         matched.append(hit)
     table["novel"] = novel
     table["matched_material_id"] = matched
+    table["composition_known"] = [formula in known for formula in table["formula"]]
     order = table[table["relaxed"]].sort_values(
         ["e_above_hull_ev_per_atom", "n_draws", "sample_index"], ascending=[True, False, True]
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +33,9 @@ from matdisc.io import read_table, write_table
 from matdisc.stability.potential import Potential
 
 log = logging.getLogger(__name__)
+
+#: Seconds between saves of the reference cache while phases are being relaxed.
+CACHE_SAVE_SECONDS = 60.0
 
 #: Elements whose standard state is a diatomic gas: a molecule in a box (bond length, Å).
 DIATOMIC_BOX_ANGSTROM = 10.0
@@ -132,7 +136,17 @@ def relax_references(
     key = settings.key(potential.info.checkpoint)
     cache = read_table(cache_path, "references") if cache_path.is_file() else None
     done = cache[cache["settings"] == key].set_index("reference_id") if cache is not None else None
-    rows, fresh = [], 0
+    rows: list[dict[str, Any]] = []
+    fresh = 0
+    saved_at = time.monotonic()
+
+    def save() -> None:  # the cache so far: a killed job keeps what it relaxed
+        merged = (
+            _frame(rows) if cache is None else pd.concat([cache, _frame(rows)], ignore_index=True)
+        )
+        merged = merged.drop_duplicates(["reference_id", "settings"], keep="last")
+        write_table(merged, cache_path, "references", metadata={"model": asdict(potential.info)})
+
     todo = phases[phases["source"] != "none"]
     for record in tqdm(todo.to_dict("records"), desc="reference phases", unit="phase", leave=False):
         rid = record["reference_id"]
@@ -160,11 +174,12 @@ def relax_references(
                 "structure_json": json.dumps(relaxed.structure.as_dict()),
             }
         )
+        if time.monotonic() - saved_at > CACHE_SAVE_SECONDS:
+            save()
+            saved_at = time.monotonic()
     frame = _frame(rows)
     if fresh:
-        merged = frame if cache is None else pd.concat([cache, frame], ignore_index=True)
-        merged = merged.drop_duplicates(["reference_id", "settings"], keep="last")
-        write_table(merged, cache_path, "references", metadata={"model": asdict(potential.info)})
+        save()
     log.info(
         "reference phases: %d (%d relaxed now, %d from the cache); %d elements without one",
         len(frame), fresh, len(frame) - fresh, int((phases["source"] == "none").sum()),

@@ -35,7 +35,7 @@ from matdisc.stability.references import (
 from matdisc.stability.references import (
     relax_references as relax_phases,
 )
-from matdisc.stability.sun import sun_table
+from matdisc.stability.sun import sun_structures, sun_table
 from matdisc.stage import StageCall
 from matdisc.train.device import resolve_device
 
@@ -189,19 +189,60 @@ def relax_candidates(call: StageCall) -> None:
 
 
 def collect_sun(call: StageCall) -> None:
-    """The S.U.N. table: per base and over all bases."""
+    """The S.U.N. table: per base and over all bases, per generator."""
     judged = _per_base(call, "stability")
-    samples = _per_base(call, "samples")
     bases = list(judged)
     tables = [read_table(judged[b], "stability") for b in bases]
-    # every draw made counts, failed ones included: the rows of the samples table
-    draws = [pq.ParquetFile(samples[b]).metadata.num_rows for b in bases]
-    table = sun_table(tables, draws, bases, generator="vae")
+    # every draw made counts, failed ones included: the rows of each generator's table
+    sources = {"vae": _per_base(call, "samples")}
+    if any(name.startswith("substitution:") for name in call.inputs):
+        sources["substitution"] = _per_base(call, "substitution")
+    frames = []
+    for generator, paths in sources.items():
+        draws = [pq.ParquetFile(paths[b]).metadata.num_rows for b in bases]
+        mine = [t[t["generator"] == generator] for t in tables]
+        frames.append(sun_table(mine, draws, bases, generator=generator))
+    table = pd.concat(frames, ignore_index=True)
     log.info("S.U.N.:\n%s", table.to_string(index=False))
     write_table(table, call.output("sun"), "sun", metadata={"stability": call.section("stability")})
 
 
-def sun_funnel_counts(sun: pd.DataFrame, base: str) -> dict[str, int]:
-    """The judge's funnel rows of one base: relaxed, stable, unique, novel (S.U.N.)."""
-    row = sun[sun["base"] == base].iloc[0]
-    return {name: int(row[name]) for name in ("relaxed", "stable", "unique", "novel")}
+def collect_generators(call: StageCall) -> None:
+    """What each generator cost (CPU seconds of its rules, from Snakemake's benchmark
+    records: the VAE's training and sampling, the substitution's enumeration) and found
+    (S.U.N.) -> results/metrics/generators.parquet."""
+    sun = read_table(call.input("sun"), "sun")
+    tables = [read_table(path, "stability") for path in _per_base(call, "stability").values()]
+    costs: dict[str, dict[str, float]] = {}
+    for name, path in call.inputs.items():
+        if name.startswith("cost:"):  # cost:GENERATOR:RULE[:BASE]
+            _, generator, job = name.split(":", 2)
+            record = pd.read_csv(path, sep="\t")
+            costs.setdefault(generator, {})[job] = float(record["cpu_time"].iloc[-1])
+    rows = []
+    for generator, detail in costs.items():
+        overall = sun[(sun["base"] == "all") & (sun["generator"] == generator)]
+        if overall.empty:
+            raise UserError(
+                f"the S.U.N. table has no row of generator {generator}; re-run collect_sun."
+            )
+        found = overall.iloc[0]
+        # the S.U.N. structures of each base, as the S.U.N. table counts them
+        mine = pd.concat([sun_structures(t[t["generator"] == generator]) for t in tables])
+        cpu = sum(detail.values())
+        rows.append(
+            {
+                "generator": generator,
+                "draws": int(found["draws"]),
+                "sun": int(found["novel"]),
+                "stable": int(found["stable"]),
+                "cpu_seconds": cpu,
+                "cpu_seconds_json": json.dumps(detail, sort_keys=True),
+                "sun_per_cpu_hour": int(found["novel"]) / (cpu / 3600) if cpu > 0 else float("nan"),
+                "sun_known_composition": int(mine["composition_known"].sum()),
+                "sun_new_composition": int((~mine["composition_known"].astype(bool)).sum()),
+            }
+        )
+    table = pd.DataFrame(rows)
+    log.info("generators:\n%s", table.drop(columns="cpu_seconds_json").to_string(index=False))
+    write_table(table, call.output("generators"), "generators")

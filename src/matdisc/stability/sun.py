@@ -53,6 +53,13 @@ def unique_mask(frame: pd.DataFrame) -> np.ndarray:
     return np.asarray(keep, dtype=bool)
 
 
+def sun_structures(judged: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``judged`` that are stable, unique and novel."""
+    stable = judged[judged["stable"].astype(bool)]
+    unique = stable[unique_mask(stable)] if len(stable) else stable
+    return unique[unique["novel"].astype(bool)]
+
+
 def sun_row(base: str, generator: str, judged: pd.DataFrame, draws: int) -> dict[str, object]:
     """One row of schema ``sun`` from one base's (or all bases') judged structures."""
     stable = judged[judged["stable"].astype(bool)]
