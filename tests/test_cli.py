@@ -41,3 +41,23 @@ def test_every_sub_command_resolves(command: str) -> None:
     assert callable(resolve(STAGES[command].target))
     args = build_parser().parse_args([command, "--settings", "{}"])
     assert args.stage == command
+
+
+def test_library_noise_is_dropped_and_other_warnings_reach_the_log(tmp_path) -> None:
+    import logging
+    import warnings
+
+    from matdisc.logs import setup_logging
+
+    log_file = tmp_path / "rule.log"
+    with warnings.catch_warnings():
+        setup_logging(log_file)
+        warnings.warn(
+            "No Pauling electronegativity for Ne. Setting to NaN.", UserWarning, stacklevel=1
+        )
+        warnings.warn("a warning that matters", UserWarning, stacklevel=1)
+    logging.captureWarnings(False)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    text = log_file.read_text()
+    assert "a warning that matters" in text and "Pauling" not in text

@@ -186,3 +186,12 @@ def test_no_code_reads_a_config_key_with_its_own_default() -> None:
             ):
                 offenders.append(f"{path.relative_to(REPO)}:{node.lineno} {node.args[0].value}")
     assert not offenders, offenders
+
+
+def test_empty_base_list_and_splits_not_summing_to_one_stop_before_any_work() -> None:
+    with pytest.raises(UserError, match="base_compounds"):
+        validate_config({"base_compounds": []})
+    with pytest.raises(
+        UserError, match=r"data.split fractions \(train 0.8, val 0.2, test 0.1\) sum to 1.1"
+    ):
+        validate_config({"data": {"split": {"train": 0.8, "val": 0.2, "test": 0.1}}})

@@ -173,6 +173,22 @@ def test_local_table_with_properties(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("value", "shown"), [("-1.2 eV", "'-1.2 eV'"), ("inf", "'inf'"), (float("-inf"), "'-inf'")]
+)
+def test_local_table_with_a_value_that_is_not_a_number(tmp_path: Path, value, shown) -> None:
+    table = pd.DataFrame(
+        {
+            "material_id": ["a", "b"],
+            "structure_json": [rocksalt().to_json(), silicon().to_json()],
+            "e_form_ev_per_atom": [-2.0, value],
+        }
+    )
+    table.to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(UserError, match=rf"column e_form_ev_per_atom holds {shown} in row 2"):
+        load_local({"path": str(tmp_path / "t.csv")})
+
+
+@pytest.mark.parametrize(
     ("settings", "message"),
     [({"path": None}, "not set"), ({"path": "/nonexistent/x"}, "does not exist")],
 )

@@ -385,6 +385,7 @@ def test_filter_stage_writes_candidates_cifs_and_funnel(tmp_path, monkeypatch):
     create_store(tmp_path / "v.zarr", entries, 8, {"grid_size": 8, "padding": 0.25,
                  "decile_edges": list(range(9)), "elements_train": [8]})  # fmt: skip
     section = {"min_distance_angstrom": 0.5, "structure_matcher": False, "ef_window": 0.2,
+               "cif_symprec_angstrom": 0.1,
                "ef_reference": "known", "top_k": 10, "exclude_elements": ["U"],
                "composition_validity": "strict"}  # fmt: skip
     out = tmp_path / "out"
@@ -410,6 +411,8 @@ def test_filter_stage_writes_candidates_cifs_and_funnel(tmp_path, monkeypatch):
     assert cifs == ["SrTiO3-s00003.cif", "SrTiO3-s00004.cif", "SrTiO3-x00000.cif"]
     parsed = Structure.from_file(out / "SrTiO3" / cifs[0])
     assert parsed.composition.reduced_formula == "CaZrO3"
+    # written in its space group, not as P1
+    assert "_symmetry_space_group_name_H-M   Pm-3m" in (out / "SrTiO3" / cifs[0]).read_text()
     funnel = read_table(out / "funnel" / "SrTiO3.parquet", "funnel")
     assert funnel[funnel["generator"] == "vae"]["count"].tolist() == [6, 5, 4, 4, 3, 2, 2, 2, 2]
     sub = funnel[funnel["generator"] == "substitution"]

@@ -284,6 +284,19 @@ def test_unreachable_endpoint_is_a_user_error(tmp_path: Path) -> None:
         mp.fetch_mp_records(settings, tmp_path, api_key=KEY)
 
 
+def test_refused_connection_fails_fast_whatever_the_retries(tmp_path: Path) -> None:
+    """A refused connection is retried once, not like a 503: with 6 retries and a 1 s
+    backoff the doubling waits alone would take 63 s."""
+    import time
+
+    with FakeMPServer(DOCS, api_key=KEY) as gone:
+        settings = mp_settings(gone, retries=6, backoff_s=1.0)
+    started = time.monotonic()
+    with pytest.raises(UserError, match="could not be reached"):
+        mp.fetch_mp_records(settings, tmp_path, api_key=KEY)
+    assert time.monotonic() - started < 10
+
+
 def test_key_never_reaches_logs_cache_or_errors(
     server: FakeMPServer,
     tmp_path: Path,

@@ -9,6 +9,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from matdisc.errors import UserError
 from matdisc.io import read_table, write_table
 from matdisc.io.parquet import read_metadata
 from matdisc.io.schemas import PROPERTY_COLUMNS, STRUCTURES
@@ -58,5 +59,13 @@ def test_failed_write_keeps_the_previous_file(tmp_path: Path) -> None:
 
 def test_reading_the_wrong_table_is_an_error(tmp_path: Path) -> None:
     pd.DataFrame({"x": [1]}).to_parquet(tmp_path / "x.parquet")
-    with pytest.raises(ValueError, match="not a 'structures' table"):
+    with pytest.raises(UserError, match="not a 'structures' table"):
         read_table(tmp_path / "x.parquet", "structures")
+
+
+def test_a_missing_or_unreadable_input_is_one_sentence(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"input table .*nope.parquet does not exist"):
+        read_table(tmp_path / "nope.parquet", "structures")
+    (tmp_path / "table.csv").write_text("material_id,formula\nmp-1,NaCl\n")
+    with pytest.raises(UserError, match=r"table.csv is not a readable parquet table"):
+        read_table(tmp_path / "table.csv", "structures")

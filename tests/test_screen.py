@@ -233,6 +233,13 @@ def test_prediction_api_matches_stage_and_keeps_order(trained, tmp_path):
     assert code == 0
     screened = read_table(tmp_path / "NaCl.parquet", "screening")
     assert screened["candidate_id"].tolist() == [f"c{i}" for i in range(7)]
+    # every table a stage writes records its seed and settings (the schema's defaults filled)
+    from matdisc.io.parquet import read_metadata
+
+    meta = read_metadata(tmp_path / "NaCl.parquet")
+    assert meta["seed"] == 1 and meta["stage"] == "screen-candidates"
+    assert meta["settings"]["screen"]["batch_size"] == 3 and meta["wildcards"] == {"base": "NaCl"}
+    assert meta["settings"]["train"]["bf16"] == "auto"  # not passed: the schema default
     assert screened.loc[3, list(PROPERTY_COLUMNS)].isna().all()  # unreadable structure
     direct = predict(cands["structure_json"].tolist(), model_dir=root / "models", device="cpu")
     pd.testing.assert_frame_equal(screened[list(PROPERTY_COLUMNS)], direct, check_exact=False)

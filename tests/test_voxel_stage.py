@@ -188,3 +188,27 @@ def test_dask_compute_local_schedulers_keep_order():
     assert dask_compute(tasks, 2) == [i * i for i in range(7)]
     assert dask_compute(tasks, 1, scheduler="synchronous") == [i * i for i in range(7)]
     assert dask_compute([], 2) == []
+
+
+def test_partial_stores_of_killed_runs_are_removed(tmp_path) -> None:
+    """A SIGKILLed voxelization leaves `.cubic.zarr.tmp-PID`; the next run removes it, but
+    never the partial store of a process that still runs."""
+    import subprocess
+    import sys
+
+    from matdisc.voxel.stage import remove_stale_partials
+
+    target = tmp_path / "cubic.zarr"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    stale = tmp_path / f".cubic.zarr.tmp-{int(dead.stdout)}"
+    (stale / "density").mkdir(parents=True)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        running = tmp_path / f".cubic.zarr.tmp-{alive.pid}"
+        running.mkdir()
+        assert remove_stale_partials(target) == [stale]
+        assert not stale.exists() and running.exists()
+    finally:
+        alive.kill()
+        alive.wait()

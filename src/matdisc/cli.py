@@ -195,7 +195,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             wildcards=_pairs(args.wildcard, "--wildcard"),
         )
         log.info("matdisc %s: stage %s %s", __version__, args.stage, call.wildcards or "")
-        resolve(STAGES[args.stage].target)(call)
+        from matdisc.io.parquet import run_metadata
+
+        provenance = {"stage": args.stage, "seed": call.seed, "settings": call.settings}
+        with run_metadata(provenance | ({"wildcards": call.wildcards} if call.wildcards else {})):
+            resolve(STAGES[args.stage].target)(call)
     except UserError as exc:
         log.error("%s", exc)
         return 2

@@ -77,7 +77,19 @@ def validate_config(
     from snakemake.utils import validate
 
     validate(config, str(schema_path), set_default=True)
+    _check_across_keys(config)
     return config
+
+
+def _check_across_keys(config: dict[str, Any]) -> None:
+    """Rules the schema cannot say: the data splits sum to 1."""
+    split = config.get("data", {}).get("split")
+    if split is not None and abs(sum(split.values()) - 1.0) > 1e-6:
+        shown = ", ".join(f"{k} {v:g}" for k, v in split.items())
+        raise UserError(
+            f"data.split fractions ({shown}) sum to {sum(split.values()):g}, not 1; change "
+            "data.split in config/config.yaml."
+        )
 
 
 def default_section(name: str, **overrides: Any) -> dict[str, Any]:

@@ -56,6 +56,8 @@ def _from_table(path: Path) -> list[Record]:
     else:
         raise UserError(f"{path} has neither a cif nor a structure_json column; add one of them.")
     props = [c for c in PROPERTY_COLUMNS if c in frame.columns]
+    for name in props:
+        _check_numbers(frame[name], name, path)
     log.info("%s: %d rows, structures from %r, properties %s", path, len(frame), column, props)
     records = []
     for row in frame.to_dict("records"):
@@ -69,6 +71,19 @@ def _from_table(path: Path) -> list[Record]:
             )
         )
     return records
+
+
+def _check_numbers(column: pd.Series, name: str, path: Path) -> None:
+    """One sentence for the first value of a property column that is not a finite number
+    (empty cells are fine: the property is unknown there)."""
+    numbers = pd.to_numeric(column, errors="coerce")
+    bad = column.notna() & ~numbers.map(lambda v: math.isfinite(v) if pd.notna(v) else False)
+    if bad.any():
+        row = int(bad.to_numpy().nonzero()[0][0])
+        raise UserError(
+            f"{path}: column {name} holds '{column.iloc[row]}' in row {row + 1}, not a finite "
+            f"number; write plain numbers in the column's unit (leave a cell empty if unknown)."
+        )
 
 
 def _missing(value: Any) -> bool:

@@ -18,9 +18,9 @@ pages it has not got yet. The cache is keyed by endpoint, database version, quer
 size: a new Materials Project release starts a fresh cache instead of mixing versions.
 
 Requests go through a ``requests`` session of our own, handed to ``MPRester``, whose
-``urllib3`` retry policy retries HTTP 429 and every 5xx, connection failures and time-outs
-``retries`` times, waiting ``backoff_s``, 2·``backoff_s``, 4·``backoff_s`` … (or the server's
-``Retry-After``). mp-api's own session would retry only 429/502/504, at most 3 times.
+``urllib3`` retry policy retries HTTP 429 and every 5xx ``retries`` times, waiting
+``backoff_s``, 2·``backoff_s``, 4·``backoff_s`` … (or the server's ``Retry-After``); a failed
+connection only once and a time-out at most twice, so a wrong endpoint fails in seconds. mp-api's own session would retry only 429/502/504, at most 3 times.
 
 The API key comes from the ``api_key`` argument or ``MP_API_KEY``; it travels only in the
 ``x-api-key`` header and is never logged, cached or put in an error message.
@@ -98,6 +98,8 @@ SUMMARY_FIELDS: tuple[str, ...] = (
 
 SORT_FIELD = "material_id"  # a stable order makes page k the same documents on every run
 RETRY_STATUSES = frozenset([429, *range(500, 600)])
+CONNECT_RETRIES = 1  # retries of a connection that failed (refused, DNS)
+READ_RETRIES = 2  # retries of a request the server did not answer within timeout_s
 MAX_BACKOFF_S = 120.0
 
 
@@ -180,8 +182,11 @@ def make_session(api_key: str, *, retries: int, backoff_s: float) -> requests.Se
 
     retry = _DoublingBackoff(
         total=retries,
-        connect=retries,
-        read=retries,
+        # A refused connection (a wrong endpoint, no network) seldom heals in a minute, and a
+        # server that does not answer costs timeout_s per try: retry those once or twice;
+        # 429/5xx (a busy, live API) get every retry.
+        connect=min(retries, CONNECT_RETRIES),
+        read=min(retries, READ_RETRIES),
         status=retries,
         allowed_methods=frozenset(["GET"]),
         status_forcelist=RETRY_STATUSES,

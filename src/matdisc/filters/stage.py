@@ -78,16 +78,27 @@ def base_formation_energy(section: dict[str, Any], row: pd.Series, predictor: An
     return predicted
 
 
-def write_cifs(candidates: pd.DataFrame, directory: Path) -> None:
-    """One CIF per candidate in ``directory`` (replaced as a whole, atomically)."""
+def write_cifs(candidates: pd.DataFrame, directory: Path, symprec: float) -> None:
+    """One CIF per candidate in ``directory`` (replaced as a whole, atomically), written in
+    its space group found at ``symprec`` (Å); where spglib finds none, as P1 (counted)."""
     from pymatgen.core import Structure
     from pymatgen.io.cif import CifWriter
 
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    as_p1 = []
     for cid, raw in zip(candidates["candidate_id"], candidates["structure_json"], strict=True):
-        CifWriter(Structure.from_dict(json.loads(raw))).write_file(tmp / f"{cid}.cif")
+        structure = Structure.from_dict(json.loads(raw))
+        try:
+            writer = CifWriter(structure, symprec=symprec)
+        except Exception:  # spglib gives up on a degenerate cell: keep it as it is
+            writer = CifWriter(structure)
+            as_p1.append(cid)
+        writer.write_file(tmp / f"{cid}.cif")
+    if as_p1:
+        log.warning("%d CIFs written in P1 (no space group at %.2f Å): %s",
+                    len(as_p1), symprec, ", ".join(as_p1))  # fmt: skip
     shutil.rmtree(directory, ignore_errors=True)
     tmp.rename(directory)
 
@@ -179,7 +190,7 @@ def filter_candidates(call: StageCall) -> None:
         pools.append(pool_frame(base, generator, result.pool, chosen))
         counts[generator] = result.counts
     frame = pd.concat(candidates, ignore_index=True)
-    write_cifs(frame, cif_dir)
+    write_cifs(frame, cif_dir, float(section["cif_symprec_angstrom"]))
     meta = {"base_e_form_ev_per_atom": base_ef, "filter": section, "counts": counts}
     write_table(frame, call.output("candidates"), "candidates", metadata=meta)
     write_table(

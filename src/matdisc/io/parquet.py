@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import platform
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -13,10 +15,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from matdisc.errors import UserError
 from matdisc.io.atomic import atomic_path
 from matdisc.io.schemas import SCHEMAS
 
 METADATA_KEY = b"matdisc"
+#: Metadata every table written in this context records besides its own (see
+#: :func:`run_metadata`).
+RUN_METADATA: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "RUN_METADATA", default=None
+)
 _VERSIONED = ("matdisc", "numpy", "pandas", "pyarrow", "pymatgen", "torch", "snakemake")
 
 
@@ -66,7 +74,12 @@ def write_table(
     the libraries involved, and ``metadata`` (for example seeds, sources, config).
     """
     table = conform(frame, schema_name)
-    info = {"schema": schema_name, "versions": package_versions(), **(metadata or {})}
+    info = {
+        "schema": schema_name,
+        "versions": package_versions(),
+        **(RUN_METADATA.get() or {}),
+        **(metadata or {}),
+    }
     existing = table.schema.metadata or {}
     table = table.replace_schema_metadata(
         {**existing, METADATA_KEY: json.dumps(info, sort_keys=True, default=str).encode()}
@@ -77,13 +90,38 @@ def write_table(
     return path
 
 
+@contextlib.contextmanager
+def run_metadata(values: Mapping[str, Any]) -> Iterator[None]:
+    """Inside the block, every table written also records ``values`` (the command line sets
+    the stage's seed and settings, so that no table lacks them)."""
+    token = RUN_METADATA.set(dict(values))
+    try:
+        yield
+    finally:
+        RUN_METADATA.reset(token)
+
+
 def read_table(path: Path | str, schema_name: str | None = None) -> pd.DataFrame:
-    """Read a parquet table; with ``schema_name``, check that it has that schema."""
-    table = pq.read_table(path)
+    """Read a parquet table; with ``schema_name``, check that it has that schema.
+
+    A missing file, a file that is not parquet and a table of another schema are each one
+    sentence (:class:`UserError`) naming the path.
+    """
+    if not Path(path).is_file():
+        raise UserError(
+            f"input table {path} does not exist; run the rule that writes it, or fix the path."
+        )
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UserError(
+            f"{path} is not a readable parquet table ({type(exc).__name__}); pass the parquet "
+            "file the pipeline wrote, or re-run the rule that writes it."
+        ) from exc
     if schema_name is not None:
         schema = _schema(schema_name)
         if table.schema.names != schema.names:
-            raise ValueError(
+            raise UserError(
                 f"{path} is not a {schema_name!r} table: columns {table.schema.names} "
                 f"differ from {schema.names}; re-run the stage that writes it"
             )

@@ -146,6 +146,7 @@ def build_store(
     }
 
     target = Path(target)
+    remove_stale_partials(target)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -242,6 +243,29 @@ def _standardise_batch(
             }
         )
     return out
+
+
+def remove_stale_partials(target: Path) -> list[Path]:
+    """Remove the half-written stores a killed voxelization left beside ``target``
+    (``.{name}.tmp-{pid}`` of a process that no longer runs); return what was removed."""
+    removed = []
+    for partial in target.parent.glob(f".{target.name}.tmp-*"):
+        pid = partial.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            shutil.rmtree(partial, ignore_errors=True)
+            removed.append(partial)
+            log.warning("removed %s, left by a voxelization that was killed", partial)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def _grid_batch(
