@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
 from pymatgen.core import Lattice, Structure
+from tiny_cases import structures_row
 
 from matdisc.config import validate_config
 from matdisc.io import write_table
-from matdisc.io.schemas import PROPERTY_COLUMNS
 from matdisc.parallel import dask_compute
 from matdisc.stage import StageCall
 from matdisc.voxel import voxelize
@@ -20,21 +18,7 @@ from matdisc.voxel.store import open_store
 
 
 def _row(mid: str, structure: Structure, system: str, split: str, e_form: float) -> dict:
-    row = {
-        "material_id": mid,
-        "formula": structure.composition.reduced_formula,
-        "formula_anonymous": structure.composition.anonymized_formula,
-        "structure_class": "other",
-        "crystal_system": system,
-        "spacegroup_number": 225,
-        "nsites": len(structure),
-        "structure_json": json.dumps(structure.as_dict()),
-        "source": "test",
-        "split": split,
-    }
-    row.update({name: np.nan for name in PROPERTY_COLUMNS})
-    row["e_form_ev_per_atom"] = e_form
-    return row
+    return structures_row(mid, structure, system=system, spacegroup=225, split=split, e_form=e_form)
 
 
 def _fcc(a: float, elements: list[str], coords: list[list[float]]) -> Structure:

@@ -17,13 +17,12 @@ import sys
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from pymatgen.core import Lattice, Structure
+from tiny_cases import structures_row
 
 from matdisc.io import write_table
-from matdisc.io.schemas import PROPERTY_COLUMNS
 
 pytestmark = pytest.mark.slow  # builds and installs the wheel
 
@@ -126,21 +125,9 @@ def _run(args: list[str], site: Path, cwd: Path) -> subprocess.CompletedProcess[
 
 
 def _row(mid: str, structure: Structure, split: str, e_form: float) -> dict:
-    row = {
-        "material_id": mid,
-        "formula": structure.composition.reduced_formula,
-        "formula_anonymous": structure.composition.anonymized_formula,
-        "structure_class": "other",
-        "crystal_system": "cubic",
-        "spacegroup_number": 221,
-        "nsites": len(structure),
-        "structure_json": json.dumps(structure.as_dict()),
-        "source": "test",
-        "split": split,
-    }
-    row.update({name: np.nan for name in PROPERTY_COLUMNS})
-    row["e_form_ev_per_atom"] = e_form
-    return row
+    return structures_row(
+        mid, structure, system="cubic", spacegroup=221, split=split, e_form=e_form
+    )
 
 
 def _sha256(path: Path) -> str:

@@ -3,8 +3,12 @@ configuration of plain choices."""
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 from pymatgen.core import Lattice, Structure
 
+from matdisc.io.schemas import PROPERTY_COLUMNS
 from matdisc.train import TrainConfig
 
 #: Rock-salt binaries (cation, anion, cubic a in Å).
@@ -35,3 +39,25 @@ def loop_config(**kw: object) -> TrainConfig:
         num_threads=1, max_minutes=None, lr_schedule="constant", lr_final=0.01,
     )  # fmt: skip
     return TrainConfig(**{**plain, **kw})  # type: ignore[arg-type]
+
+
+def structures_row(
+    material_id: str, structure: Structure, *, system: str, spacegroup: int, split: str,
+    e_form: float,
+) -> dict:  # fmt: skip
+    """One row of a structures table (schema ``structures``), only Ef known."""
+    row = {
+        "material_id": material_id,
+        "formula": structure.composition.reduced_formula,
+        "formula_anonymous": structure.composition.anonymized_formula,
+        "structure_class": "other",
+        "crystal_system": system,
+        "spacegroup_number": spacegroup,
+        "nsites": len(structure),
+        "structure_json": json.dumps(structure.as_dict()),
+        "source": "test",
+        "split": split,
+    }
+    row.update({name: np.nan for name in PROPERTY_COLUMNS})
+    row["e_form_ev_per_atom"] = e_form
+    return row
