@@ -66,11 +66,6 @@ PAPER_AVERAGE_N: dict[str, float] = {
     "unique_composition": 20,
 }
 
-ACTINIDES: tuple[str, ...] = (
-    "Ac", "Th", "Pa", "U", "Np", "Pu", "Am", "Cm", "Bk", "Cf", "Es", "Fm", "Md", "No", "Lr",
-)  # fmt: skip
-
-
 #: Letter of each generator in candidate and structure ids ({base}-s00012, {base}-x00012).
 ID_LETTER = {"vae": "s", "substitution": "x"}
 
