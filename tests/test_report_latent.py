@@ -8,12 +8,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from pymatgen.core import Structure
 from tiny_cases import cubic_cells
 
 from matdisc.report.latent import latent_map
+from matdisc.voxel.store import open_store
 
 GRID = 16
 PADDING = 0.25
@@ -68,6 +70,20 @@ def test_latent_map_writes_a_png_and_its_facts(inputs, tmp_path):
         "sample": {"mode": "targeted", "n_samples": 30, "variance": 0.5},
         "train": {"device": "cpu"},
     }
+    # the base compounds table names the material each base starts from
+    from matdisc.io import write_table
+
+    store = open_store(inputs["voxels"])
+    rows = []
+    for base, mid in (("SrTiO3", "mp-4"), ("NaCl", "mp-0")):
+        i = int(np.flatnonzero(store.material_id == mid)[0])
+        rows.append(
+            {"base": base, "material_id": mid, "formula": base, "formula_anonymous": "-",
+             "structure_class": str(store.structure_class[i]), "spacegroup_number": 225,
+             "nsites": int(store.nsites[i]), "e_form_ev_per_atom": float(store.e_form_ev_per_atom[i]),
+             "split": str(store.split[i]), "structure_json": "{}"}
+        )  # fmt: skip
+    write_table(pd.DataFrame(rows), tmp_path / "bases.parquet", "base_compounds")
     out = tmp_path / "map" / "latent.png"
     facts = latent_map(
         vae_path=inputs["vae"],
@@ -76,6 +92,7 @@ def test_latent_map_writes_a_png_and_its_facts(inputs, tmp_path):
         n_draws=20,
         seed_section=settings,
         out_png=out,
+        bases_table=tmp_path / "bases.parquet",
     )
     assert out.read_bytes().startswith(b"\x89PNG")
     assert not list(out.parent.glob(".*"))  # no temporary file left behind

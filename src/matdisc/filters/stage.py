@@ -36,15 +36,18 @@ from matdisc.filters.funnel import (
     run_filter,
 )
 from matdisc.io import read_table, write_table
+from matdisc.io.schemas import SAMPLES
 from matdisc.stage import StageCall
 
 log = logging.getLogger(__name__)
 
-#: The columns of a generator's table the filter reads (its own are recomputed).
-SAMPLE_INPUT_COLUMNS = (
-    "base", "sample_index", "mode", "decile", "t", "z_distance", "reason", "n_sites",
-    "lattice_a_angstrom", "lattice_b_angstrom", "lattice_c_angstrom", "structure_json",
-)  # fmt: skip
+#: The columns of a generator's table the filter reads: the samples table's, less those
+#: the filter computes itself.
+SAMPLE_INPUT_COLUMNS = tuple(
+    name
+    for name in SAMPLES.names
+    if name not in ("min_distance_angstrom", "formula", "formula_anonymous")
+)
 
 
 def training_set(store: Any, with_structures: bool) -> tuple[set[str], dict[str, list[str]]]:

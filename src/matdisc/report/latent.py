@@ -84,36 +84,14 @@ def _encode_all(enc: _Encoder, store: Any, index: np.ndarray, deciles: np.ndarra
     return np.concatenate(out).astype(np.float64)
 
 
-def _base_index(store: Any, base: str, bases_table: Path | None) -> int:
-    """Store row of ``base``: from the base-compounds table when given, else the store's
-    entry of that formula that :func:`matdisc.data.bases.select_bases` would pick
-    (train split first, then lowest Ef, fewer sites, material id)."""
+def _base_index(store: Any, base: str, bases_table: Path) -> int:
+    """Store row of ``base``: the material the base-compounds table names for it."""
+    from matdisc.data.bases import base_row
+    from matdisc.io import read_table
     from matdisc.sample.stage import store_index
 
-    if bases_table is not None:
-        from matdisc.data.bases import base_row
-        from matdisc.io import read_table
-
-        row = base_row(read_table(bases_table, "base_compounds"), base)
-        return store_index(store, str(row["material_id"]), f"base compound '{base}'")
-    from pymatgen.core import Composition
-
-    hits = np.flatnonzero(store.formula == Composition(base).reduced_formula)
-    if not len(hits):
-        raise UserError(
-            f"base compound '{base}' is not a formula in the voxel store {store.path}; "
-            "choose one of its cubic compounds."
-        )
-    ef = store.e_form_ev_per_atom[hits]
-    order = np.lexsort(
-        (
-            store.material_id[hits],
-            store.nsites[hits],
-            np.where(np.isfinite(ef), ef, np.inf),
-            store.split[hits] != "train",
-        )
-    )
-    return int(hits[order[0]])
+    row = base_row(read_table(bases_table, "base_compounds"), base)
+    return store_index(store, str(row["material_id"]), f"base compound '{base}'")
 
 
 def _pca(mu_fit: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -211,7 +189,7 @@ def latent_map(
     seed_section: dict,
     out_png: Path,
     threads: int = 1,
-    bases_table: Path | None = None,
+    bases_table: Path,
 ) -> dict:
     """Draw the 2-D PCA map of the VAE's latent means with the bases and their draws.
 
@@ -220,8 +198,7 @@ def latent_map(
     (the first ones) to overlay; seed_section: the validated config sections (``seed``,
     ``sample``, ``train``, ...) as the sample stage gets them; out_png: the figure,
     written atomically; bases_table: the base-compounds table (``base_compounds``
-    schema) naming each base's material id, else the base is chosen in the store as
-    :func:`matdisc.data.bases.select_bases` chooses it.
+    schema) naming each base's material id, as the sampling stage reads it.
 
     Returns facts: n_structures (encoded and plotted), n_fit (train+val), the two PCs'
     explained-variance ratios, seconds, and per base its material id, decile and the

@@ -227,8 +227,10 @@ def collect_generators(call: StageCall) -> None:
                 f"the S.U.N. table has no row of generator {generator}; re-run collect_sun."
             )
         found = overall.iloc[0]
-        # the S.U.N. structures of each base, as the S.U.N. table counts them
-        mine = pd.concat([sun_structures(t[t["generator"] == generator]) for t in tables])
+        # the S.U.N. structures of all bases, as the S.U.N. table's overall row counts them
+        mine = sun_structures(
+            pd.concat([t[t["generator"] == generator] for t in tables], ignore_index=True)
+        )
         cpu = sum(detail.values())
         rows.append(
             {

@@ -53,18 +53,21 @@ def unique_mask(frame: pd.DataFrame) -> np.ndarray:
     return np.asarray(keep, dtype=bool)
 
 
-def sun_structures(judged: pd.DataFrame) -> pd.DataFrame:
-    """The rows of ``judged`` that are stable, unique and novel."""
+def _sun_stages(judged: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The rows of ``judged`` that are stable; stable and unique; stable, unique and novel."""
     stable = judged[judged["stable"].astype(bool)]
     unique = stable[unique_mask(stable)] if len(stable) else stable
-    return unique[unique["novel"].astype(bool)]
+    return stable, unique, unique[unique["novel"].astype(bool)]
+
+
+def sun_structures(judged: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``judged`` that are stable, unique and novel."""
+    return _sun_stages(judged)[2]
 
 
 def sun_row(base: str, generator: str, judged: pd.DataFrame, draws: int) -> dict[str, object]:
     """One row of schema ``sun`` from one base's (or all bases') judged structures."""
-    stable = judged[judged["stable"].astype(bool)]
-    unique = stable[unique_mask(stable)] if len(stable) else stable
-    novel = unique[unique["novel"].astype(bool)]
+    stable, unique, novel = _sun_stages(judged)
     low, high = wilson_interval(len(novel), draws)
     e_hull = pd.to_numeric(judged["e_above_hull_ev_per_atom"], errors="coerce")
     return {
