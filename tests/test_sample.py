@@ -103,7 +103,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def sample_section(**kw) -> dict:
     section = dict(mode="targeted", n_samples=20, variance=0.5, batch_size=8,
-                   interpolate_to=None, top_structure_types=10)  # fmt: skip
+                   interpolate_to=None, top_structure_types=10, species_reader="unet")  # fmt: skip
     section.update(kw)
     return section
 
@@ -276,3 +276,63 @@ def test_masked_segmentation_equals_the_unet_segment():
                 expected = unet.segment(x)
                 assert 0 < (expected > 0).sum() < expected.numel()
                 assert torch.equal(segment_masked(unet, x), expected)
+
+
+def test_species_channels_name_the_elements_the_unet_could_not(monkeypatch):
+    """With a species-channel VAE the UNet only delimits atoms: a UNet that calls every
+    atom K still gives NaCl when the decoded channels say Na and Cl."""
+    from matdisc.models.unet import UNet3D
+    from matdisc.models.vae import CondVAE3D
+    from matdisc.sample import generate
+    from matdisc.segment import InverseSettings
+    from matdisc.segment.species import descriptor_grids
+    from matdisc.voxel import coordinate_grid, voxelize
+
+    rocksalt = voxelize(cells()[0], grid_size=GRID, padding=PADDING)
+    assert rocksalt.structure.composition.reduced_formula == "NaCl"
+    cell = rocksalt.cell
+    channels = descriptor_grids(
+        cell.lattice, cell.frac, cell.numbers, kind="table_position", grid_size=GRID,
+        padding=PADDING,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    unet = UNet3D(classes=[8, 11, 12, 17, 19], base_channels=2, depth=2, density_scale=1.0)
+    vae = CondVAE3D(
+        grid_size=GRID, channels=[2, 4], latent_dim=8, species_channels="table_position"
+    )
+    settings = InverseSettings.from_config(voxel_section())
+    gen = generate.Generator(
+        vae=vae.eval(), unet=unet.eval(), padding=PADDING, inverse_settings=settings,
+        species_reader="channels",
+    )  # fmt: skip
+    assert gen.reader == ("table_position", [8, 11, 12, 17, 19], None)
+    # the UNet names the atoms unless asked otherwise; channels need a VAE that has them
+    plain = CondVAE3D(grid_size=GRID, channels=[2, 4], latent_dim=8)
+    assert (
+        generate.Generator(vae=vae, unet=unet, padding=PADDING, inverse_settings=settings).reader
+        is None
+    )
+    with pytest.raises(UserError, match="species_channels"):
+        generate.Generator(
+            vae=plain, unet=unet, padding=PADDING, inverse_settings=settings,
+            species_reader="channels",
+        )  # fmt: skip
+
+    def decoded(z, condition):
+        b = len(z)
+        coords = torch.as_tensor(coordinate_grid(np.tile(rocksalt.lattice, (b, 1)), GRID, PADDING))
+        return (
+            torch.as_tensor(np.stack([rocksalt.density] * b)),
+            coords,
+            torch.as_tensor(np.stack([channels] * b)),
+        )
+
+    def all_potassium(_unet, density):
+        return torch.as_tensor(np.where(np.stack([rocksalt.mask] * len(density)), 19, 0))
+
+    monkeypatch.setattr(gen.vae, "decode_all", decoded)
+    monkeypatch.setattr(generate, "segment_masked", all_potassium)
+    rows = gen.run(np.zeros((2, 8), np.float32), np.eye(10, dtype=np.float32)[[1, 2]])
+    assert [r["formula"] for r in rows] == ["NaCl", "NaCl"]
+    gen.reader = None  # the UNet's reading
+    assert [r["formula"] for r in gen.run(np.zeros((1, 8), np.float32), np.eye(10)[[1]])] == ["K"]

@@ -137,6 +137,26 @@ def test_early_stopping_on_diverging_validation(tmp_path: Path) -> None:
     assert res.epochs_run == res.best_epoch + 3 < 50
 
 
+def test_a_wall_clock_cap_is_opt_in_logged_and_recorded(tmp_path: Path, caplog) -> None:
+    _, plain = _train(tmp_path, 4, tmp_path / "plain")
+    assert plain.epochs_run == 4 and not plain.time_capped and not plain.stopped_early
+    # a cap already passed after the first epoch: one epoch, a warning, the flag
+    with caplog.at_level("WARNING"):
+        _, capped = _train(tmp_path, 4, tmp_path / "capped", max_minutes=1e-9)
+    assert capped.epochs_run == 1 and capped.time_capped and capped.stopped_early
+    assert "wall-clock cap" in caplog.text and "machine's speed" in caplog.text
+    # re-run on the finished resume file: still recorded as capped
+    _, again = _train(tmp_path, 4, tmp_path / "capped", max_minutes=1e-9)
+    assert again.time_capped and again.epochs_run == 1
+
+
+def test_schema_budgets_are_epochs_not_minutes() -> None:
+    from matdisc.config import validate_config
+
+    config = validate_config({})
+    assert config["unet"]["max_minutes"] is None and config["vae"]["max_minutes"] is None
+
+
 def test_checkpoint_roundtrip_auto_device(tmp_path: Path) -> None:
     model = TinyNet(width=5)
     path = save_model(tmp_path / "m.pt", model, extra={"decile_edges": [0.1, 0.2]})

@@ -267,6 +267,23 @@ def test_resume_file_of_other_settings_is_set_aside_not_loaded(store, tmp_path, 
 
 
 @pytest.mark.slow
+def _train_both(settings: dict, tmp_path: Path) -> tuple[dict, dict, dict]:
+    """train_unet then train_vae (the store comes from the patched ``stage._open``):
+    (inputs, UNet outputs, VAE outputs)."""
+    inputs = {"voxels": tmp_path / "cubic.zarr"}
+    unet_out = {"model": tmp_path / "unet.pt", "metrics": tmp_path / "unet.parquet"}
+    stage.train_unet(StageCall(settings=settings, inputs=inputs, outputs=unet_out))
+    vae_out = {
+        "model": tmp_path / "vae.pt",
+        "unet_chain": tmp_path / "unet_chain.pt",
+        "metrics": tmp_path / "vae.parquet",
+    }
+    stage.train_vae(
+        StageCall(settings=settings, inputs={**inputs, "unet": unet_out["model"]}, outputs=vae_out)
+    )
+    return inputs, unet_out, vae_out
+
+
 def test_stages_end_to_end(store, tmp_path, monkeypatch):
     monkeypatch.setattr(stage, "_open", lambda call: store)
     settings = {
@@ -277,22 +294,11 @@ def test_stages_end_to_end(store, tmp_path, monkeypatch):
         # the DFC perceptual term on (off by default), two epochs of chain fine-tuning
         "vae": vae_section(alpha=1.0, unet_finetune_epochs=2),
     }
-    inputs = {"voxels": tmp_path / "cubic.zarr"}
-    unet_out = {"model": tmp_path / "unet.pt", "metrics": tmp_path / "unet.parquet"}
-    stage.train_unet(StageCall(settings=settings, inputs=inputs, outputs=unet_out))
+    inputs, unet_out, vae_out = _train_both(settings, tmp_path)
     assert not Path(str(unet_out["model"]) + ".resume").exists()
     _unet, extra = load_model(unet_out["model"])
     assert extra["classes"] == store.elements() and len(extra["decile_edges"]) == 9
     assert extra["class_weights"][0] == 0.0
-
-    vae_out = {
-        "model": tmp_path / "vae.pt",
-        "unet_chain": tmp_path / "unet_chain.pt",
-        "metrics": tmp_path / "vae.parquet",
-    }
-    stage.train_vae(
-        StageCall(settings=settings, inputs={**inputs, "unet": unet_out["model"]}, outputs=vae_out)
-    )
     metrics = read_table(vae_out["metrics"], "reconstruction_metrics")
     got = set(zip(metrics.pipeline, metrics.metric, strict=True))
     for pipeline in ("unet_true_density", "vae_unet_chain"):
@@ -312,6 +318,12 @@ def test_stages_end_to_end(store, tmp_path, monkeypatch):
             assert (pipeline, metric) in got
     assert ("vae", "density_mse") in got and ("training", "epochs_run") in got
     assert ("vae", "density_correlation") in got
+    # per structure class of the val maps (rock salt, CsCl, perovskite)
+    for pipeline in ("unet_true_density", "vae_unet_chain"):
+        for cls in ("binary_AB", "perovskite_ABX3"):
+            for metric in ("nonzero_recall", "same_composition_fraction"):
+                assert (pipeline, f"{metric}:{cls}") in got
+    assert not any(m.endswith(":other") for m in metrics.metric)
     seg = metrics[metrics.pipeline == "unet_true_density"].set_index("metric")["value"]
     # The true coordinate grid gives the cell back to float precision.
     assert seg["a_mae_angstrom"] < 1e-3
@@ -368,3 +380,67 @@ def test_channels_last_auto_follows_bf16():
     assert training.channels_last_of({"channels_last": "auto"}, bf16) is False
     assert training.channels_last_of({"channels_last": True}, bf16) is True
     assert training.channels_last_of({"channels_last": False}, fp32) is False
+
+
+def test_species_channels_end_to_end(store, tmp_path, monkeypatch):
+    """A VAE with species channels: the data carry them (rotated with the density), the
+    evaluation reads them back exactly from the true channels and scores the chain that
+    reads its elements from the decoded ones."""
+    from matdisc.models.data import with_species_channels
+    from matdisc.segment.species import read_descriptors
+
+    monkeypatch.setattr(stage, "_open", lambda call: store)
+    train = with_species_channels(store, load_split(store, "train"), "table_position")
+    assert train.channels.shape == (len(train), 3, GRID, GRID, GRID)
+    torch.manual_seed(5)
+    density, _, _, _, species = VAEDataset(train, augment=True)[0]
+    # the occupancy channel peaks where the density does, after the same rotation
+    peak = np.unravel_index(density[0].numpy().argmax(), (GRID,) * 3)
+    assert species[0][peak] > 0.5
+    settings = {
+        "seed": 1,
+        "train": {"device": "cpu", "bf16": False},
+        "voxel": DEFAULTS["voxel"],
+        "unet": unet_section(epochs=1, max_minutes=None),
+        "vae": vae_section(species_channels="table_position", unet_finetune_epochs=0),
+    }
+    _, _, vae_out = _train_both(settings, tmp_path)
+    vae, _ = load_model(vae_out["model"])
+    assert vae.species_channels == "table_position" and vae.n_species == 3
+    # where the decoder puts each training element, saved with the model
+    assert set(vae.species_reference) == set(store.elements())
+    assert all(len(v) == 2 and np.isfinite(v).all() for v in vae.species_reference.values())
+    metrics = read_table(vae_out["metrics"]).set_index(["pipeline", "metric"])["value"]
+    # true maps: the fit returns every Z, the channels every element the models know
+    # (the val split holds F, Br and Zr, which no training map has)
+    assert metrics[("true_density", "species_fit_within_1")] == 1.0
+    val_numbers = np.concatenate(
+        [training_arrays(store, load_split(store, "val"), i)[2] for i in range(3)]
+    )
+    known = np.isin(val_numbers, store.elements()).mean()
+    assert 0 < known < 1
+    assert metrics[("true_density", "species_channel_exact")] == pytest.approx(known)
+    for metric in ("species_fit_within_1", "species_fit_within_3", "species_channel_exact"):
+        assert 0.0 <= metrics[("vae", metric)] <= 1.0
+    for metric in ("nonzero_recall", "same_composition_fraction", "valid_fraction"):
+        assert ("vae_species_chain", metric) in metrics.index
+    # the decoded channels of an encoded map read back at its true sites
+    val = with_species_channels(store, load_split(store, "val"), "table_position")
+    from matdisc.models.data import vae_batch
+
+    with torch.no_grad():
+        d, c, cond, sp = vae_batch(val, 0, 1)
+        mu, _ = vae.encode(d, c, cond, sp)
+        _, _, channels = vae.decode_all(mu, cond)
+    assert channels.shape == (1, 3, GRID, GRID, GRID) and float(channels.min()) >= 0
+    _, frac, numbers = training_arrays(store, val, 0)
+    values = read_descriptors(channels[0].numpy(), val.lattice[0], frac, padding=PADDING)
+    assert values.shape == (len(numbers), 2) and np.isfinite(values).all()
+    with pytest.raises(ValueError, match="species channels"):
+        vae.encode(d, c, cond)
+
+
+def training_arrays(store, split, i):
+    from matdisc.voxel.cell import arrays_from_structure
+
+    return arrays_from_structure(store.structure(int(split.index[i])))

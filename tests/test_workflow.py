@@ -181,6 +181,56 @@ def test_tiny_end_to_end_run(tiny_workdir: Path, tiny_table: pd.DataFrame) -> No
         assert list((tiny_workdir / "benchmarks" / rule).glob("*.tsv")), rule
 
 
+def _weights(results: Path) -> dict[str, dict]:
+    import torch
+
+    files = [*(results / "models").glob("*.pt"), *(results / "models/cgcnn").glob("*.pt")]
+    return {f.name: torch.load(f, weights_only=False)["state_dict"] for f in files}
+
+
+@pytest.mark.slow
+def test_same_config_gives_the_same_models_and_candidates_under_load(
+    tiny_workdir: Path,
+) -> None:
+    """Training budgets are epochs: the models and the candidates of a run do not depend
+    on how busy the machine is (the second run shares the cores with two busy loops)."""
+    targets = [f"results/candidates/{base}.parquet" for base in ("KCl", "CaTiO3")]
+    done = snakemake(tiny_workdir, "--cores", "2", *targets)
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = tiny_workdir / "results"
+    first = _weights(results)
+    assert {"unet.pt", "vae.pt", "unet_chain.pt", "e_form_ev_per_atom.pt"} <= set(first)
+    tables = {
+        name: pd.read_parquet(results / name)
+        for name in (*[t.removeprefix("results/") for t in targets], "samples/KCl.parquet")
+    }
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        # (--forcerun takes every name after it: the targets go first)
+        again = snakemake(
+            tiny_workdir, "--cores", "2", *targets, "--forcerun", "train_unet", "train_cgcnn"
+        )
+    finally:
+        for burner in burners:
+            burner.kill()
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "train_vae" in again.stderr  # everything downstream of the UNet ran again
+    second = _weights(results)
+    assert second.keys() == first.keys()
+    for name, state in first.items():
+        assert state.keys() == second[name].keys(), name
+        for key, tensor in state.items():
+            assert torch_equal(tensor, second[name][key]), (name, key)
+    for name, table in tables.items():
+        pd.testing.assert_frame_equal(pd.read_parquet(results / name), table, obj=name)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return a.dtype == b.dtype and a.shape == b.shape and bool(torch.equal(a, b))
+
+
 @pytest.mark.slow
 def test_unknown_base_compound_stops_the_run(tiny_workdir: Path) -> None:
     config_path = tiny_workdir / "config" / "config.yaml"

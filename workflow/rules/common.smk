@@ -62,7 +62,9 @@ SUBSTITUTION_KEYS = (
 #: And those only the VAE's sampling reads.
 VAE_SAMPLE_KEYS = tuple(
     f"sample.{key}"
-    for key in ("mode", "variance", "batch_size", "interpolate_to", "top_structure_types")
+    for key in (
+        "mode", "variance", "batch_size", "interpolate_to", "top_structure_types", "species_reader"
+    )
 )
 SUBSTITUTION = "substitution" in config["sample"]["generators"]
 

@@ -30,7 +30,8 @@ class VoxelSplit:
 
     density (n, d, d, d) float32 store units; species (n, d, d, d) uint8 atomic numbers
     (0 = background); lattice (n, 3) float32 a, b, c Å; decile (n,) int64 (-1 = unknown);
-    index (n,) the items' rows in the store.
+    index (n,) the items' rows in the store; channels: the VAE's species channels
+    (n, 1 + k, d, d, d) float32 (:func:`with_species_channels`) or None.
     """
 
     index: np.ndarray
@@ -41,6 +42,7 @@ class VoxelSplit:
     decile: np.ndarray
     grid_size: int
     padding: float
+    channels: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.material_id)
@@ -55,7 +57,44 @@ class VoxelSplit:
             decile=self.decile[index],
             grid_size=self.grid_size,
             padding=self.padding,
+            channels=None if self.channels is None else self.channels[index],
         )
+
+
+def species_channels_of(store: Any, index: Sequence[int], kind: str) -> np.ndarray | None:
+    """(n, 1 + k, d, d, d) float32 species channels of store entries ``index`` (``kind`` =
+    the descriptor set), drawn from the store's cells; None for ``kind`` ``none``."""
+    from matdisc.segment.species import descriptor_grids
+    from matdisc.voxel.cell import arrays_from_structure
+
+    if kind == "none":
+        return None
+    lattice = np.asarray(store.lattice, dtype=np.float64)
+    out = []
+    for i in index:
+        _, frac, numbers = arrays_from_structure(store.structure(int(i)))
+        out.append(
+            descriptor_grids(
+                lattice[int(i)],
+                frac,
+                numbers,
+                kind=kind,
+                grid_size=int(store.grid_size),
+                padding=float(store.padding),
+            )
+        )
+    d = int(store.grid_size)
+    return np.stack(out) if out else np.zeros((0, 0, d, d, d), dtype=np.float32)
+
+
+def with_species_channels(store: Any, data: VoxelSplit, kind: str) -> VoxelSplit:
+    """``data`` with the VAE's species channels of every item (``kind`` = the descriptor
+    set; ``none`` returns ``data`` as it is)."""
+    import dataclasses
+
+    if kind == "none":
+        return data
+    return dataclasses.replace(data, channels=species_channels_of(store, data.index, kind))
 
 
 def load_split(store: Any, split: str, *, limit: int | None = None) -> VoxelSplit:
@@ -264,20 +303,26 @@ def coords_of(lattice: np.ndarray, grid_size: int, padding: float) -> np.ndarray
 
 def vae_batch(
     data: VoxelSplit, start: int, stop: int, device: torch.device | str = "cpu"
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Maps ``start:stop`` of ``data`` as the VAE takes them: density (B, d, d, d), coords
-    (B, 3, d, d, d) Å and one-hot deciles (B, 10) (every decile must be known)."""
+    (B, 3, d, d, d) Å, one-hot deciles (B, 10) (every decile must be known) and the
+    species channels (B, 1 + k, d, d, d) or None."""
     idx = range(start, min(stop, len(data)))
     coords = np.stack([coords_of(data.lattice[i], data.grid_size, data.padding) for i in idx])
     cond = np.stack([onehot(data.decile[i]) for i in idx])
-    return tuple(  # type: ignore[return-value]
+    density, coords, cond = (
         torch.from_numpy(np.ascontiguousarray(a)).to(device)
         for a in (data.density[idx.start : idx.stop], coords, cond)
     )
+    species = None
+    if data.channels is not None:
+        species = torch.from_numpy(data.channels[idx.start : idx.stop]).to(device)
+    return density, coords, cond, species
 
 
 class VAEDataset(Dataset):
-    """Items (density (1, d, d, d), coords (3, d, d, d) Å, one-hot decile (10,), lattice (3,) Å).
+    """Items (density (1, d, d, d), coords (3, d, d, d) Å, one-hot decile (10,), lattice (3,) Å
+    [, species channels (1 + k, d, d, d) when ``data`` has them]).
 
     Items whose formation-energy decile is unknown (-1) cannot be conditioned and are
     left out; their number is logged.
@@ -301,13 +346,19 @@ class VAEDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
         d = self.data
-        density = d.density[i]
-        coords = coords_of(d.lattice[i], d.grid_size, d.padding)
+        # species channels rotate one by one, as scalar maps (not as a coordinate field)
+        grids = [d.density[i], coords_of(d.lattice[i], d.grid_size, d.padding)]
+        if d.channels is not None:
+            grids.extend(d.channels[i])
         if self.augment:
-            density, coords = _rotate(density, coords)
-        return (
+            grids = list(_rotate(*grids))
+        density, coords, *species = grids
+        item = (
             torch.from_numpy(np.ascontiguousarray(density, dtype=np.float32))[None],
             torch.from_numpy(np.ascontiguousarray(coords, dtype=np.float32)),
             torch.from_numpy(onehot(d.decile[i])),
             torch.from_numpy(d.lattice[i].astype(np.float32)),
         )
+        if species:
+            return (*item, torch.from_numpy(np.stack(species).astype(np.float32)))
+        return item

@@ -13,11 +13,18 @@ mean |Δ number of sites|, a/b/c MAE (Å) and the fraction of inputs that come b
 valid structure. |Δ sites| counts every input (0 sites when none is found); the EMD
 needs a structure, so it averages over the valid ones (``n_structures`` says how many).
 The VAE alone adds its density MSE (normalised units; the seed's "VAE reconstruction
-MSE").
+MSE") and the species fidelity of its decoded density (:mod:`matdisc.segment.species`):
+the Z of the true sites, least-squares fitted with their true σ, on the decoded map and,
+as the reference, on the true map (``species_fit_*`` rows of pipelines ``vae`` and
+``true_density``). A VAE with species channels adds ``species_channel_exact`` (the share
+of true sites whose element is read back from the channels at the true site) and the
+pipeline ``vae_species_chain``: the chain's structures with each orbit's element read from
+the decoded channels, its voxel scores taken on the species map of the read structures.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -33,6 +40,15 @@ from matdisc.models.data import VoxelSplit, class_lookup, coords_of, vae_batch
 from matdisc.models.unet import UNet3D
 from matdisc.models.vae import CondVAE3D
 from matdisc.segment import InverseSettings, invert, lattice_from_coords
+from matdisc.segment.species import (
+    Fidelity,
+    fit_charges,
+    nearest_elements,
+    read_descriptors,
+    species_from_descriptors,
+)
+from matdisc.voxel.cell import arrays_from_structure
+from matdisc.voxel.radii import radius_lookup
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +203,55 @@ class StructureScores:
         }
 
 
+def species_map(structure: Any, data: VoxelSplit) -> np.ndarray:
+    """(d, d, d) atomic numbers: the label spheres of ``structure``'s sites on the grid of
+    ``data`` (the voxelizer's own labelling, its default label radii)."""
+    from matdisc.voxel.core import density_and_species
+
+    _, frac, numbers = arrays_from_structure(structure)
+    _, species = density_and_species(
+        np.asarray(structure.lattice.abc),
+        frac,
+        numbers,
+        radius_lookup()[numbers],
+        grid_size=data.grid_size,
+        padding=data.padding,
+    )
+    return species
+
+
+class PerClass:
+    """Voxel recall and composition shares per structure class of the truth (binary AB,
+    perovskite ABX3, Heusler X2YZ, half-Heusler XYZ, other): rows named ``metric:class``."""
+
+    def __init__(self, n_classes: int) -> None:
+        self.n_classes = n_classes
+        self.confusion: dict[str, Confusion] = {}
+        self.scores: dict[str, StructureScores] = {}
+
+    def add(
+        self, true: np.ndarray, pred: np.ndarray, result: Any, truth: Any, abc: Any, abc_true: Any
+    ) -> None:
+        """One map: true/predicted class indices (d, d, d) and its inversion."""
+        from matdisc.data.records import structure_class
+
+        if truth is None:
+            return
+        cls = structure_class(truth.composition)
+        self.confusion.setdefault(cls, Confusion(self.n_classes)).add(true, pred)
+        self.scores.setdefault(cls, StructureScores()).add(result, truth, abc, abc_true)
+
+    def rows(self) -> dict[str, tuple[float, int]]:
+        out: dict[str, tuple[float, int]] = {}
+        for cls in sorted(self.confusion):
+            scores = self.scores[cls].rows()
+            n = self.scores[cls].total
+            out[f"nonzero_recall:{cls}"] = (self.confusion[cls].nonzero_recall(), n)
+            for metric in ("same_stoichiometry_fraction", "same_composition_fraction"):
+                out[f"{metric}:{cls}"] = scores[metric]
+        return out
+
+
 def _share(count: int, total: int) -> tuple[float, int]:
     return (count / total if total else float("nan"), total)
 
@@ -238,6 +303,7 @@ def evaluate_unet(
     lut = class_lookup(unet.classes)
     confusion = Confusion(unet.n_classes)
     scores = StructureScores()
+    per_class = PerClass(unet.n_classes)
     for start in tqdm(
         range(0, len(data), batch_size), desc="evaluate UNet", leave=False, disable=None
     ):
@@ -255,6 +321,7 @@ def evaluate_unet(
                 atomic[j], lattice_abc=abc, padding=data.padding, settings=inverse_settings
             )
             scores.add(result, truth[i], abc, data.lattice[i])
+            per_class.add(lut[data.species[i]], pred[j], result, truth[i], abc, data.lattice[i])
     voxel = {
         "nonzero_recall": (confusion.nonzero_recall(), len(data)),
         "mask_iou": (confusion.mask_iou(), len(data)),
@@ -264,7 +331,8 @@ def evaluate_unet(
     confusion.log_elements(unet.classes, "UNet on true density")
     if scores.reasons:
         log.info("UNet on true density: no structure for %s", dict(scores.reasons))
-    return _rows("unet", "unet_true_density", split, {**voxel, **scores.rows()})
+    rows = {**voxel, **scores.rows(), **per_class.rows()}
+    return _rows("unet", "unet_true_density", split, rows)
 
 
 @torch.no_grad()
@@ -302,19 +370,28 @@ def evaluate_chain(
     sq_coords = 0.0
     voxels = 0
     correlations: list[float] = []
+    fidelity = {"vae": Fidelity(), "true_density": Fidelity()}
+    channel_hits = {"vae": [0, 0], "true_density": [0, 0]}
+    reader_confusion = Confusion(unet.n_classes)
+    reader_scores = StructureScores()
+    chain_classes = PerClass(unet.n_classes)
+    reader_classes = PerClass(unet.n_classes)
+    radii = radius_lookup()
     for start in tqdm(
         range(0, len(data), batch_size), desc="evaluate chain", leave=False, disable=None
     ):
         sl = slice(start, start + batch_size)
         idx = range(start, min(start + batch_size, len(data)))
-        density, coords, cond = vae_batch(data, start, start + batch_size, device)
-        recon, target, _, _ = vae(density, coords, cond)
+        density, coords, cond, species = vae_batch(data, start, start + batch_size, device)
+        recon, target, _, _ = vae(density, coords, cond, species)
         sq_density += float(((recon[:, 0] - target[:, 0]) ** 2).sum())
         sq_coords += float(((recon[:, 1:] - target[:, 1:]) ** 2).sum()) / 3
         voxels += target[:, 0].numel()
         correlations.extend(_pearson(recon[:, 0].float(), target[:, 0].float()))
         dens_out = (recon[:, 0] * vae.density_scale).clamp_min(0.0)
-        coords_out = recon[:, 1:] * vae.coord_scale
+        coords_out = recon[:, 1:4] * vae.coord_scale
+        channels_out = recon[:, 4:].float().clamp_min(0.0).cpu().numpy()
+        dens_np = dens_out.float().cpu().numpy()
         logits, mask = unet(dens_out)
         pred = UNet3D.classes_from_logits(logits, mask).cpu().numpy()
         confusion.add(lut[data.species[sl]], pred)
@@ -325,6 +402,44 @@ def evaluate_chain(
                 atomic[j], lattice_abc=abc_all[j], padding=data.padding, settings=inverse_settings
             )
             scores.add(result, truth[i], abc_all[j], data.lattice[i])
+            true_classes = lut[data.species[i]]
+            chain_classes.add(true_classes, pred[j], result, truth[i], abc_all[j], data.lattice[i])
+            if truth[i] is None:
+                continue
+            _, frac, numbers = arrays_from_structure(truth[i])
+            lat = np.asarray(data.lattice[i], dtype=np.float64)
+            for name, grid in (("vae", dens_np[j]), ("true_density", data.density[i])):
+                fitted = fit_charges(grid, lat, frac, radii[numbers], padding=data.padding)
+                fidelity[name].add(fitted, numbers)
+            if not vae.n_species:
+                continue
+            # true channels against the table, decoded ones against the decoder's reference
+            for name, grid, reference in (
+                ("vae", channels_out[j], vae.species_reference),
+                ("true_density", data.channels[i], None),
+            ):
+                values = read_descriptors(grid, lat, frac, padding=data.padding)
+                read, _ = nearest_elements(values, vae.species_channels, unet.classes, reference)
+                channel_hits[name][0] += int((read == numbers).sum())
+                channel_hits[name][1] += len(numbers)
+            if result.ok:
+                read = species_from_descriptors(
+                    result.structure,
+                    channels_out[j],
+                    kind=vae.species_channels,
+                    candidates=unet.classes,
+                    padding=data.padding,
+                    reference=vae.species_reference,
+                )
+                result = dataclasses.replace(result, structure=read)
+                read_classes = lut[species_map(read, data)]
+            else:
+                read_classes = np.zeros_like(true_classes)
+            reader_confusion.add(true_classes, read_classes)
+            reader_scores.add(result, truth[i], abc_all[j], data.lattice[i])
+            reader_classes.add(
+                true_classes, read_classes, result, truth[i], abc_all[j], data.lattice[i]
+            )
     confusion.log_elements(unet.classes, "VAE→UNet chain")
     if scores.reasons:
         log.info("VAE→UNet chain: no structure for %s", dict(scores.reasons))
@@ -337,14 +452,33 @@ def evaluate_chain(
             "density_mse": (sq_density / max(voxels, 1), n),
             "coords_mse": (sq_coords / max(voxels, 1), n),
             "density_correlation": (_mean(correlations), n),
+            **fidelity["vae"].scores(),
         },
     )
+    vae_rows += _rows("vae", "true_density", split, fidelity["true_density"].scores())
+    if vae.n_species:
+        for name, (hits, total) in channel_hits.items():
+            vae_rows += _rows("vae", name, split, {"species_channel_exact": _share(hits, total)})
+        reader_confusion.log_elements(unet.classes, "VAE species-channel chain")
+        vae_rows += _rows(
+            "vae",
+            "vae_species_chain",
+            split,
+            {
+                "nonzero_recall": (reader_confusion.nonzero_recall(), n),
+                "mask_iou": (reader_confusion.mask_iou(), n),
+                "macro_f1_nonzero": (reader_confusion.macro_f1(include_background=False), n),
+                **reader_scores.rows(),
+                **reader_classes.rows(),
+            },
+        )
     chain = {
         "nonzero_recall": (confusion.nonzero_recall(), n),
         "mask_iou": (confusion.mask_iou(), n),
         "macro_f1": (confusion.macro_f1(include_background=True), n),
         "macro_f1_nonzero": (confusion.macro_f1(include_background=False), n),
         **scores.rows(),
+        **chain_classes.rows(),
     }
     return vae_rows + _rows("vae", "vae_unet_chain", split, chain)
 
@@ -359,6 +493,7 @@ def training_rows(
         "epochs_run": (result.epochs_run, n_train),
         "best_epoch": (result.best_epoch, n_train),
         "stopped_early": (float(result.stopped_early), n_train),
+        "time_capped": (float(result.time_capped), n_train),
         "train_seconds": (result.seconds, n_train),
         "train_samples_per_second": (
             seen / result.seconds if result.seconds else float("nan"),

@@ -171,24 +171,30 @@ def vae_loss(
     alpha: float,
     unet: UNet3D | None,
     density_scale: float,
+    species_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """MSE + β·KLD + α·perceptual on normalised grids (B, 4, d, d, d) from the VAE.
+    """MSE + β·KLD + α·perceptual on normalised grids (B, 4 [+ species], d, d, d) from the VAE.
 
-    The MSE is over all four channels; ``mse_density`` (also reported) is the density
-    channel alone, the seed's "VAE reconstruction MSE". The perceptual term feeds the
+    The MSE is over the density and coordinate channels; ``mse_density`` (also reported)
+    is the density channel alone, the seed's "VAE reconstruction MSE". Species channels,
+    when present, add ``species_weight`` × their own MSE. The perceptual term feeds the
     UNet densities in store units (normalised × ``density_scale``).
     """
     reconstruction = reconstruction.float()
-    mse = F.mse_loss(reconstruction, target)
+    mse = F.mse_loss(reconstruction[:, :4], target[:, :4])
     mse_density = F.mse_loss(reconstruction[:, :1], target[:, :1])
     kl = kld(mu, logvar)
     loss = mse + beta * kl
     metrics = {
         "mse": float(mse.detach()),
         "mse_density": float(mse_density.detach()),
-        "mse_coords": float(F.mse_loss(reconstruction[:, 1:], target[:, 1:]).detach()),
+        "mse_coords": float(F.mse_loss(reconstruction[:, 1:4], target[:, 1:4]).detach()),
         "kld": float(kl.detach()),
     }
+    if reconstruction.shape[1] > 4:
+        mse_species = F.mse_loss(reconstruction[:, 4:], target[:, 4:])
+        loss = loss + species_weight * mse_species
+        metrics["mse_species"] = float(mse_species.detach())
     if unet is not None and alpha > 0:
         perc = perceptual_loss(
             unet, target[:, :1] * density_scale, reconstruction[:, :1] * density_scale

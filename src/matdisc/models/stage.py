@@ -24,6 +24,7 @@ import torch
 
 from matdisc.errors import UserError
 from matdisc.io import write_table
+from matdisc.models.data import with_species_channels
 from matdisc.models.training import (
     finetune_unet,
     fit_unet,
@@ -160,13 +161,26 @@ def train_vae(call: StageCall) -> None:
 
     section = call.section("vae")
     store = _open(call)
-    train, val = load_splits(store, section["max_structures"])
+    train, val = (
+        with_species_channels(store, split, section["species_channels"])
+        for split in load_splits(store, section["max_structures"])
+    )
     config = train_config(section, call.section("train"), seed=call.seed, threads=call.threads)
     device = resolve_device(config.device)
     unet, unet_extra = load_model(call.input("unet"), device=device)
     model_path = call.output("model")
     resume = _resume_path(model_path)
     vae, result, extra = fit_vae(train, val, unet, section, config, resume)
+    if vae.n_species:
+        from matdisc.models.evaluate import true_structures
+        from matdisc.models.training import species_reference
+
+        vae.set_species_reference(
+            species_reference(vae, train, true_structures(store, train), device)
+        )
+        log.info(
+            "species reference of %d elements from the training maps", len(vae.species_reference)
+        )
     extra.update(
         decile_edges=np.asarray(store.decile_edges, dtype=float).tolist(),
         unet_density_scale=unet_extra.get("density_scale"),
@@ -209,9 +223,9 @@ def evaluate_vae(call: StageCall) -> None:
     store = _open(call)
     from matdisc.models.data import load_split
 
-    val = load_split(store, "val")
     unet, _ = load_model(call.input("unet"), device=device)
     vae, _ = load_model(call.input("vae"), device=device)
+    val = with_species_channels(store, load_split(store, "val"), vae.species_channels)
     chain_unet = None
     if "unet_chain" in call.inputs:
         chain_unet, _ = load_model(call.input("unet_chain"), device=device)

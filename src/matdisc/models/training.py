@@ -8,6 +8,7 @@ The stages of :mod:`matdisc.models.stage` call these. A run checkpoints to its
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -150,15 +151,15 @@ def fit_unet(
 
 
 # -- VAE ---------------------------------------------------------------------------------
-def vae_loss_fn(unet: Any, *, alpha: float, beta: float):
+def vae_loss_fn(unet: Any, *, alpha: float, beta: float, species_weight: float):
     """``loss_fn`` for :func:`matdisc.train.fit` over :class:`VAEDataset` batches."""
     from matdisc.models.losses import vae_loss
 
     def loss_fn(model, batch, device):
-        density, coords, cond, _ = (t.to(device, non_blocking=True) for t in batch)
+        density, coords, cond, _, *species = (t.to(device, non_blocking=True) for t in batch)
         if unet is not None and next(unet.parameters()).device != device:
             unet.to(device)
-        recon, target, mu, logvar = model(density, coords, cond)
+        recon, target, mu, logvar = model(density, coords, cond, *species)
         return vae_loss(
             recon,
             target,
@@ -168,6 +169,7 @@ def vae_loss_fn(unet: Any, *, alpha: float, beta: float):
             alpha=alpha,
             unet=unet,
             density_scale=model.density_scale,
+            species_weight=species_weight,
         )
 
     return loss_fn
@@ -212,6 +214,7 @@ def fit_vae(
         density_scale=unet.density_scale,
         coord_scale=coord_scale,
         channels_last=channels_last_of(section, config),
+        species_channels=section["species_channels"],
     )
     extra = {
         "classes": list(unet.classes),
@@ -224,7 +227,12 @@ def fit_vae(
     extra.update(n_train=len(train_set), n_val=len(val_set))
     result = fit(
         model=model,
-        loss_fn=vae_loss_fn(freeze(unet), alpha=section["alpha"], beta=section["beta"]),
+        loss_fn=vae_loss_fn(
+            freeze(unet),
+            alpha=section["alpha"],
+            beta=section["beta"],
+            species_weight=section["species_weight"],
+        ),
         train_set=train_set,
         val_set=val_set,
         config=config,
@@ -233,6 +241,38 @@ def fit_vae(
         desc="VAE",
     )
     return model, result, extra
+
+
+@torch.no_grad()
+def species_reference(
+    vae: Any, data: Any, truth: Sequence[Any], device: Any, batch_size: int = 16
+) -> dict[int, list[float]]:
+    """{atomic number: mean descriptor} the VAE decodes at the true sites of each element
+    of ``data`` (a VoxelSplit with species channels; ``truth`` its structures), each map
+    encoded at z = μ: the reader's reference points (a decoder shrinks descriptors towards
+    their mean, so an element's table position is not where its decoded value lies)."""
+    from matdisc.models.data import vae_batch
+    from matdisc.segment.species import read_descriptors
+    from matdisc.voxel.cell import arrays_from_structure
+
+    keep = np.flatnonzero(data.decile >= 0)
+    data = data.subset(keep)
+    truth = [truth[i] for i in keep]
+    sums: dict[int, np.ndarray] = {}
+    counts: dict[int, int] = {}
+    vae.eval().to(device)
+    for start in range(0, len(data), batch_size):
+        density, coords, cond, species = vae_batch(data, start, start + batch_size, device)
+        mu, _ = vae.encode(density, coords, cond, species)
+        channels = vae.decode_all(mu, cond)[2].float().cpu().numpy()
+        for j, grid in enumerate(channels):
+            i = start + j
+            _, frac, numbers = arrays_from_structure(truth[i])
+            values = read_descriptors(grid, data.lattice[i], frac, padding=data.padding)
+            for z, value in zip(numbers.tolist(), values, strict=True):
+                sums[z] = sums.get(z, 0.0) + value
+                counts[z] = counts.get(z, 0) + 1
+    return {z: (sums[z] / counts[z]).tolist() for z in sorted(sums)}
 
 
 # -- UNet fine-tuning on VAE reconstructions ---------------------------------------------
@@ -248,8 +288,8 @@ def reconstructions(vae: Any, data: Any, device: Any, batch_size: int = 16) -> A
     vae.eval().to(device)
     out = np.empty_like(data.density)
     for start in range(0, len(data), batch_size):
-        density, coords, cond = vae_batch(data, start, start + batch_size, device)
-        mu, _ = vae.encode(density, coords, cond)
+        density, coords, cond, species = vae_batch(data, start, start + batch_size, device)
+        mu, _ = vae.encode(density, coords, cond, species)
         out[start : start + len(density)] = vae.decode(mu, cond)[0].float().cpu().numpy()
     return dataclasses.replace(data, density=out)
 

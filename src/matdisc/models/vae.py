@@ -9,6 +9,11 @@ the one-hot formation-energy decile (10 dimensions) is concatenated at the input
 encoder with upsampling and returns density and coordinates. The unit-cell lengths are
 read back from the decoded coordinates (:func:`matdisc.segment.lattice_from_coords`).
 
+Species channels (``species_channels``, a departure from the seed, off in its preset): an
+occupancy channel and element-descriptor channels (:mod:`matdisc.segment.species`) enter
+beside the density and come back out of the decoder, so the latent carries the elements
+and a reader takes them from the decoded channels rather than from the density's shape.
+
 Units: callers pass and receive densities as the voxel store holds them and coordinates
 in Å; inside, densities are divided by ``density_scale`` and coordinates by
 ``coord_scale`` so that all four channels are O(1). The loss compares the normalised
@@ -58,6 +63,11 @@ class CondVAE3D(nn.Module):
         coord_scale: Å per network unit of the coordinate channels.
         negative_slope: LeakyReLU slope.
         channels_last: channels-last 3-D memory format for the convolutions.
+        species_channels: descriptor set of the species channels
+            (:data:`matdisc.segment.species.DESCRIPTOR_KINDS`; ``none`` = the seed's four).
+        species_reference: {atomic number: descriptor} the decoder gives each element on
+            average (see :meth:`set_species_reference`); the reader compares decoded
+            descriptors with these rather than with the elements' table positions.
     """
 
     def __init__(
@@ -71,8 +81,17 @@ class CondVAE3D(nn.Module):
         coord_scale: float = 10.0,
         negative_slope: float = 0.2,
         channels_last: bool = False,
+        species_channels: str = "none",
+        species_reference: dict[int, list[float]] | None = None,
     ) -> None:
         super().__init__()
+        from matdisc.segment.species import DESCRIPTOR_KINDS, descriptor_table
+
+        if species_channels not in DESCRIPTOR_KINDS:
+            raise UserError(
+                f"vae.species_channels must be one of {', '.join(DESCRIPTOR_KINDS)}, "
+                f"got {species_channels!r}."
+            )
         channels = [int(c) for c in channels]
         if not channels or min(channels) < 1 or latent_dim < 1 or n_conditions < 0:
             raise UserError(
@@ -95,7 +114,18 @@ class CondVAE3D(nn.Module):
             coord_scale=float(coord_scale),
             negative_slope=float(negative_slope),
             channels_last=bool(channels_last),
+            species_channels=str(species_channels),
+            species_reference=None,
         )
+        self.species_channels = str(species_channels)
+        self.species_reference: dict[int, list[float]] | None = None
+        if species_reference is not None:
+            self.set_species_reference(species_reference)
+        #: occupancy + descriptor channels beside density and coordinates (0 = none)
+        self.n_species = (
+            0 if species_channels == "none" else 1 + descriptor_table(species_channels).shape[1]
+        )
+        n_grids = 4 + self.n_species
         self.grid_size = int(grid_size)
         self.latent_dim = int(latent_dim)
         self.n_conditions = int(n_conditions)
@@ -106,7 +136,7 @@ class CondVAE3D(nn.Module):
         self._bottom_shape = (channels[-1], self.bottom, self.bottom, self.bottom)
         flat = channels[-1] * self.bottom**3
 
-        widths_in = [4 + n_conditions, *channels[:-1]]
+        widths_in = [n_grids + n_conditions, *channels[:-1]]
         self.encoder = nn.Sequential(
             *(_down_block(i, o, negative_slope) for i, o in zip(widths_in, channels, strict=True))
         )
@@ -120,19 +150,37 @@ class CondVAE3D(nn.Module):
                 for i, o in zip(rev, [*rev[1:], rev[-1]], strict=True)
             ),
         )
-        self.head = nn.Conv3d(rev[-1], 4, 3, padding=1)
+        self.head = nn.Conv3d(rev[-1], n_grids, 3, padding=1)
         if self.channels_last:
             self.to(memory_format=torch.channels_last_3d)
 
-    # -- normalised tensors (what the loss compares) -----------------------------------
-    def normalise(self, density: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        """(B, 4, d, d, d): density / density_scale and coords / coord_scale.
+    def set_species_reference(self, reference: dict[int, list[float]]) -> None:
+        """Keep (and save with the model) the mean decoded descriptor of each element."""
+        self.species_reference = {int(z): [float(x) for x in v] for z, v in reference.items()}
+        self.model_args["species_reference"] = self.species_reference
 
-        ``density``: (B, [1,] d, d, d) store units; ``coords``: (B, 3, d, d, d) Å.
+    # -- normalised tensors (what the loss compares) -----------------------------------
+    def normalise(
+        self, density: torch.Tensor, coords: torch.Tensor, species: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, 4 [+ n_species], d, d, d): density / density_scale, coords / coord_scale and
+        the species channels as they are (already O(1)).
+
+        ``density``: (B, [1,] d, d, d) store units; ``coords``: (B, 3, d, d, d) Å;
+        ``species``: (B, n_species, d, d, d), required when the model has species channels.
         """
         if density.dim() == 4:
             density = density.unsqueeze(1)
-        return torch.cat([density / self.density_scale, coords / self.coord_scale], dim=1)
+        parts = [density / self.density_scale, coords / self.coord_scale]
+        if self.n_species:
+            if species is None or species.shape[1] != self.n_species:
+                raise ValueError(
+                    f"this VAE takes {self.n_species} species channels "
+                    f"({self.species_channels}); got "
+                    f"{None if species is None else tuple(species.shape)}"
+                )
+            parts.append(species.to(density.dtype))
+        return torch.cat(parts, dim=1)
 
     def _check_condition(self, condition: torch.Tensor, batch: int) -> torch.Tensor:
         if condition.shape != (batch, self.n_conditions):
@@ -144,7 +192,7 @@ class CondVAE3D(nn.Module):
     def encode_normalised(
         self, x: torch.Tensor, condition: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """μ, log σ² (B, latent_dim) of normalised input ``x`` (B, 4, d, d, d)."""
+        """μ, log σ² (B, latent_dim) of normalised input ``x`` (B, 4 [+ n_species], d, d, d)."""
         b, _, d1, d2, d3 = x.shape
         if (d1, d2, d3) != (self.grid_size,) * 3:
             raise ValueError(f"input grid {(d1, d2, d3)} differs from the model's {self.grid_size}")
@@ -160,7 +208,7 @@ class CondVAE3D(nn.Module):
         return mu, LOGVAR_BOUND * torch.tanh(logvar / LOGVAR_BOUND)
 
     def decode_normalised(self, z: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        """Normalised reconstruction (B, 4, d, d, d) of latents ``z`` (B, latent_dim)."""
+        """Normalised reconstruction (B, 4 [+ n_species], d, d, d) of latents ``z`` (B, latent_dim)."""
         condition = self._check_condition(condition, z.shape[0]).to(z.dtype)
         h = self.from_latent(torch.cat([z, condition], dim=1)).view(-1, *self._bottom_shape)
         if self.channels_last:
@@ -168,27 +216,45 @@ class CondVAE3D(nn.Module):
         return self.head(self.decoder(h))
 
     def forward(
-        self, density: torch.Tensor, coords: torch.Tensor, condition: torch.Tensor
+        self,
+        density: torch.Tensor,
+        coords: torch.Tensor,
+        condition: torch.Tensor,
+        species: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return (reconstruction, target, μ, log σ²), both grids normalised (B, 4, d, d, d).
+        """Return (reconstruction, target, μ, log σ²), both grids normalised
+        (B, 4 [+ n_species], d, d, d).
 
         z is drawn with the reparametrisation trick in train mode and is μ in eval mode.
         """
-        target = self.normalise(density, coords)
+        target = self.normalise(density, coords, species)
         mu, logvar = self.encode_normalised(target, condition)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
         return self.decode_normalised(z, condition), target, mu, logvar
 
     # -- physical units (what the sampler and evaluation use) --------------------------
     def encode(
-        self, density: torch.Tensor, coords: torch.Tensor, condition: torch.Tensor
+        self,
+        density: torch.Tensor,
+        coords: torch.Tensor,
+        condition: torch.Tensor,
+        species: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """μ, log σ² (B, latent_dim) of density (B, [1,] d, d, d), coords (B, 3, d, d, d) Å
-        and one-hot condition (B, n_conditions)."""
-        return self.encode_normalised(self.normalise(density, coords), condition)
+        """μ, log σ² (B, latent_dim) of density (B, [1,] d, d, d), coords (B, 3, d, d, d) Å,
+        one-hot condition (B, n_conditions) and species channels (B, n_species, d, d, d)."""
+        return self.encode_normalised(self.normalise(density, coords, species), condition)
+
+    def decode_all(
+        self, z: torch.Tensor, condition: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Density (B, d, d, d) in store units (clamped at 0), coords (B, 3, d, d, d) Å and
+        the species channels (B, n_species, d, d, d) clamped at 0 (None without them)."""
+        out = self.decode_normalised(z, condition).float()
+        density = (out[:, 0] * self.density_scale).clamp_min(0.0)
+        species = out[:, 4:].clamp_min(0.0) if self.n_species else None
+        return density, out[:, 1:4] * self.coord_scale, species
 
     def decode(self, z: torch.Tensor, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Density (B, d, d, d) in store units (clamped at 0) and coords (B, 3, d, d, d) Å."""
-        out = self.decode_normalised(z, condition).float()
-        density = (out[:, 0] * self.density_scale).clamp_min(0.0)
-        return density, out[:, 1:] * self.coord_scale
+        density, coords, _ = self.decode_all(z, condition)
+        return density, coords

@@ -48,8 +48,9 @@ class _Encoder:
         self.device = torch.device(device)
         self._encode = Generator.encode
 
-    def encode(self, density: np.ndarray, coords: np.ndarray, condition: np.ndarray) -> np.ndarray:
-        return self._encode(self, density, coords, condition)
+    def encode(self, *grids: np.ndarray | None) -> np.ndarray:
+        """μ of (density, coords, condition[, species channels]): Generator.encode's."""
+        return self._encode(self, *grids)
 
 
 def _deciles(store: Any) -> np.ndarray:
@@ -68,6 +69,7 @@ def _encode_all(enc: _Encoder, store: Any, index: np.ndarray, deciles: np.ndarra
     ``deciles``."""
     import torch
 
+    from matdisc.models.data import species_channels_of
     from matdisc.sample import latent
 
     out = []
@@ -80,7 +82,8 @@ def _encode_all(enc: _Encoder, store: Any, index: np.ndarray, deciles: np.ndarra
             window = np.asarray(store.density[start : start + BATCH], dtype=np.float32)
             density = np.ascontiguousarray(window[idx - start])
             coords = np.stack([store.coords(int(i)) for i in idx])
-            out.append(enc.encode(density, coords, latent.onehot(deciles[take])))
+            species = species_channels_of(store, idx, enc.vae.species_channels)
+            out.append(enc.encode(density, coords, latent.onehot(deciles[take]), species))
     return np.concatenate(out).astype(np.float64)
 
 

@@ -1,5 +1,10 @@
 """Latent vectors -> crystals: VAE decode -> UNet segment -> inverse map -> distance check.
 
+With ``species_reader="channels"`` (a VAE trained with ``vae.species_channels``) each
+species group of the inverted structure takes the element its decoded channels read as
+(:func:`matdisc.segment.species.species_from_descriptors`); the UNet then only delimits
+the atoms.
+
 :class:`Generator` runs the chain in batches and keeps the time spent in each step
 (``decode``, ``segment``, ``invert``, ``distance``; seconds) in :attr:`Generator.timings`.
 The inverse runs on a thread pool: scikit-image/scipy release the GIL for most of it.
@@ -13,6 +18,7 @@ the species head is evaluated only on the voxels the mask head marks
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from collections import defaultdict
@@ -69,12 +75,33 @@ def segment_masked(unet: Any, density: torch.Tensor) -> torch.Tensor:
 
 
 def _one(
-    species: np.ndarray, abc: np.ndarray, padding: float, settings: InverseSettings
+    species: np.ndarray,
+    abc: np.ndarray,
+    channels: np.ndarray | None,
+    padding: float,
+    settings: InverseSettings,
+    reader: tuple[str, list[int], dict | None] | None,
 ) -> dict[str, Any]:
     """Invert one grid (species (d, d, d), cell lengths abc (3,) Å) and measure its
-    structure; returns a samples-table row fragment."""
+    structure; with ``reader`` (descriptor set, candidate elements, the VAE's reference
+    descriptors) every orbit takes the
+    element its decoded species ``channels`` (1 + k, d, d, d) read as. Returns a
+    samples-table row fragment."""
     started = time.perf_counter()
     result = invert(species, lattice_abc=abc, padding=padding, settings=settings)
+    if result.ok and reader is not None and channels is not None:
+        from matdisc.segment.species import species_from_descriptors
+
+        kind, candidates, reference = reader
+        structure = species_from_descriptors(
+            result.structure,
+            channels,
+            kind=kind,
+            candidates=candidates,
+            padding=padding,
+            reference=reference,
+        )
+        result = dataclasses.replace(result, structure=structure)
     mid = time.perf_counter()
     row: dict[str, Any] = {
         "reason": result.reason,
@@ -105,7 +132,7 @@ class Generator:
     """The trained chain. vae: ``CondVAE3D``; unet: ``UNet3D`` (both in eval mode, on
     ``device``); padding: the grid padding fraction; inverse_settings: how the grids are
     read back into crystals (:meth:`matdisc.segment.InverseSettings.from_config`, usually
-    with ``decoded=True``)."""
+    with ``decoded=True``); species_reader: ``unet`` or ``channels`` (see the module)."""
 
     def __init__(
         self,
@@ -116,6 +143,7 @@ class Generator:
         inverse_settings: InverseSettings,
         device: torch.device | str = "cpu",
         threads: int = 1,
+        species_reader: str = "unet",
     ) -> None:
         self.vae = fold_batchnorm(vae)
         self.unet = fold_batchnorm(unet)
@@ -129,22 +157,50 @@ class Generator:
         self.inverse_settings = inverse_settings
         self.threads = max(1, int(threads))
         self.timings: dict[str, float] = defaultdict(float)
+        #: (descriptor set, candidate elements, reference descriptors) of the species-
+        #: channel reader, or None (the UNet's species)
+        self.reader = None
+        if species_reader == "channels":
+            if not getattr(vae, "n_species", 0):
+                from matdisc.errors import UserError
+
+                raise UserError(
+                    "sample.species_reader: channels needs a VAE trained with species "
+                    "channels; set vae.species_channels: table_position (and retrain) or "
+                    "sample.species_reader: unet."
+                )
+            self.reader = (
+                vae.species_channels,
+                [int(z) for z in unet.classes],
+                vae.species_reference,
+            )
 
     @torch.inference_mode()
-    def encode(self, density: np.ndarray, coords: np.ndarray, condition: np.ndarray) -> np.ndarray:
-        """μ (B, latent_dim) of density (B, d, d, d), coords (B, 3, d, d, d) Å, condition (B, 10)."""
+    def encode(
+        self,
+        density: np.ndarray,
+        coords: np.ndarray,
+        condition: np.ndarray,
+        species: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """μ (B, latent_dim) of density (B, d, d, d), coords (B, 3, d, d, d) Å, condition
+        (B, 10) and, for a VAE with them, species channels (B, 1 + k, d, d, d)."""
         mu, _ = self.vae.encode(
             torch.as_tensor(density, device=self.device),
             torch.as_tensor(coords, device=self.device),
             torch.as_tensor(condition, device=self.device),
+            None if species is None else torch.as_tensor(species, device=self.device),
         )
         return mu.float().cpu().numpy()
 
     @torch.inference_mode()
-    def grids(self, z: np.ndarray, condition: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Species maps (B, d, d, d) atomic numbers and cell lengths (B, 3) Å of latents."""
+    def grids(
+        self, z: np.ndarray, condition: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Species maps (B, d, d, d) atomic numbers, cell lengths (B, 3) Å and the decoded
+        species channels (B, 1 + k, d, d, d) (None without them) of latents."""
         t0 = time.perf_counter()
-        density, coords = self.vae.decode(
+        density, coords, channels = self.vae.decode_all(
             torch.as_tensor(z, device=self.device), torch.as_tensor(condition, device=self.device)
         )
         abc = np.asarray(lattice_from_coords(coords, self.padding).cpu().numpy(), dtype=np.float64)
@@ -153,7 +209,7 @@ class Generator:
         t2 = time.perf_counter()
         self.timings["decode"] += t1 - t0
         self.timings["segment"] += t2 - t1
-        return species, abc
+        return species, abc, None if channels is None else channels.cpu().numpy()
 
     def run(
         self, z: np.ndarray, condition: np.ndarray, *, batch_size: int = 32, desc: str | None = None
@@ -166,10 +222,12 @@ class Generator:
                 range(0, len(z), batch_size), desc=desc, disable=desc is None, unit="batch"
             ):
                 sl = slice(start, start + batch_size)
-                species, abc = self.grids(z[sl], condition[sl])
+                species, abc, channels = self.grids(z[sl], condition[sl])
                 t0 = time.perf_counter()
                 padding, settings = repeat(self.padding), repeat(self.inverse_settings)
-                part = list(pool.map(_one, species, abc, padding, settings))
+                reader = repeat(self.reader)
+                per_item = repeat(None) if channels is None else channels
+                part = list(pool.map(_one, species, abc, per_item, padding, settings, reader))
                 wall = time.perf_counter() - t0
                 # split the pool's wall time between invert and distance by their CPU shares
                 cpu_inv = sum(r.pop("_t_invert") for r in part)

@@ -112,14 +112,18 @@ def load_chain(call: StageCall, store: Any) -> Any:
         inverse_settings=InverseSettings.from_config(call.section("voxel"), decoded=True),
         device=device,
         threads=call.threads,
+        species_reader=call.section("sample")["species_reader"],
     )
 
 
 def encode_entry(gen: Any, store: Any, index: int, decile: int) -> np.ndarray:
     """μ (latent_dim,) of voxel-store entry ``index`` conditioned on ``decile``."""
+    from matdisc.models.data import species_channels_of
+
     density = np.asarray(store.density[index : index + 1], dtype=np.float32)
     coords = store.coords(index)[None]
-    return gen.encode(density, coords, latent.onehot(np.array([decile])))[0]
+    species = species_channels_of(store, [index], gen.vae.species_channels)
+    return gen.encode(density, coords, latent.onehot(np.array([decile])), species)[0]
 
 
 def draws_for(

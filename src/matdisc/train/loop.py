@@ -91,6 +91,8 @@ class FitResult:
     best_epoch: int = -1
     epochs_run: int = 0
     stopped_early: bool = False
+    #: stopped by the wall-clock cap (``max_minutes``): the result depends on machine speed
+    time_capped: bool = False
     seconds: float = 0.0
 
     @property
@@ -258,6 +260,7 @@ def fit(
         if ckpt.get("stopped"):
             start_epoch = config.epochs  # it had stopped early: nothing left to do
             result.stopped_early = True
+            result.time_capped = bool(ckpt.get("time_capped", False))
 
     started = time.perf_counter()
     epoch = start_epoch
@@ -318,6 +321,7 @@ def fit(
             config=config,
             meta=meta,
             stopped=stop_patience or stop_time,
+            time_capped=stop_time and not stop_patience,
         )
         if stop_patience:
             log.info(
@@ -326,8 +330,17 @@ def fit(
             result.stopped_early = True
             break
         if stop_time:
-            log.info("%s: time budget of %.1f min reached; stopping", desc, config.max_minutes)
+            log.warning(
+                "%s: stopped by the wall-clock cap of %.1f min after epoch %d of %d; the "
+                "model depends on this machine's speed and load (set max_minutes: null for "
+                "an epoch budget only)",
+                desc,
+                config.max_minutes,
+                epoch + 1,
+                config.epochs,
+            )
             result.stopped_early = True
+            result.time_capped = True
             break
 
     result.epochs_run = len(result.history)

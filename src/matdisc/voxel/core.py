@@ -196,6 +196,26 @@ def density_and_species(
     return density, species
 
 
+def site_profiles(
+    lattice: np.ndarray,
+    frac: np.ndarray,
+    sigma: np.ndarray,
+    u: np.ndarray,
+    padding: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per site and axis, its normalised 1-D Gaussian summed over periodic images at the
+    voxel fractions ``u``: three (n, d) arrays in 1/Å (x, y, z); a site's 3-D unit
+    Gaussian on the grid is their outer product."""
+    n_img = int(np.ceil(padding + _TAIL_SIGMAS * sigma.max() / lattice.min())) + 1
+    shifts = np.arange(-n_img, n_img + 1, dtype=np.float64)
+    # (n, 3, shifts, d): signed distance (Å) from every 1-D image to every voxel centre.
+    delta = u[None, None, None, :] - frac[:, :, None, None] - shifts[None, None, :, None]
+    delta *= lattice[None, :, None, None]
+    s = sigma[:, None, None, None]
+    profile = np.exp(-0.5 * (delta / s) ** 2).sum(axis=2) / (np.sqrt(2.0 * np.pi) * s[..., 0])
+    return profile[:, 0], profile[:, 1], profile[:, 2]
+
+
 def _density(
     lattice: np.ndarray,
     frac: np.ndarray,
@@ -205,14 +225,7 @@ def _density(
     padding: float,
 ) -> np.ndarray:
     d = len(u)
-    n_img = int(np.ceil(padding + _TAIL_SIGMAS * sigma.max() / lattice.min())) + 1
-    shifts = np.arange(-n_img, n_img + 1, dtype=np.float64)
-    # (n, 3, shifts, d): signed distance (Å) from every 1-D image to every voxel centre.
-    delta = u[None, None, None, :] - frac[:, :, None, None] - shifts[None, None, :, None]
-    delta *= lattice[None, :, None, None]
-    s = sigma[:, None, None, None]
-    profile = np.exp(-0.5 * (delta / s) ** 2).sum(axis=2) / (np.sqrt(2.0 * np.pi) * s[..., 0])
-    gx, gy, gz = profile[:, 0], profile[:, 1], profile[:, 2]  # (n, d) each, 1/Å
+    gx, gy, gz = site_profiles(lattice, frac, sigma, u, padding)
     yz = (gy[:, :, None] * gz[:, None, :]).reshape(len(frac), d * d)
     # einsum, not matmul: BLAS would start threads for this small product, which costs
     # more than it saves and oversubscribes the cores when tasks already run in parallel.
