@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from matdisc.csp.energy import ContinuousEnergy, CrystalBatch
 from matdisc.csp.sampler import Schedule, mala, random_crystals
 from matdisc.graphs import CrystalArrays
 from matdisc.io.atomic import atomic_path
+from matdisc.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def train_ebm(
         sums["squared_gradient"] = 0.0 if settings.grad_penalty > 0 else math.nan
         n_batches = 0
         batches = range(0, len(order), settings.batch_size)
-        for start in tqdm(batches, desc=f"EBM epoch {epoch + 1}", leave=False):
+        for start in progress(batches, desc=f"EBM epoch {epoch + 1}", unit="batch"):
             idx = order[start : start + settings.batch_size]
             data = crystals.take(idx)
             keep = np.zeros(len(idx), dtype=bool)
@@ -305,7 +305,7 @@ def sample_structures(
     model.eval()
     parts: list[CrystalBatch] = []
     energies: list[torch.Tensor] = []
-    for start in tqdm(range(0, len(all_species), chunk), desc="CSP sampling", leave=False):
+    for start in progress(range(0, len(all_species), chunk), desc="CSP sampling"):
         part = all_species[start : start + chunk]
         result = mala(
             model, random_crystals(part, generator=gen), schedule, generator=gen, progress=True

@@ -405,7 +405,7 @@ def fetch_query(
     docs: list[dict[str, Any]] = []
     fetched = cached = 0
     wanted = limit if limit is not None else math.inf
-    with tqdm(desc=f"MP {query.name}", unit="material") as bar:
+    with tqdm(desc=f"MP {query.name}", unit="material", disable=None) as bar:
         for page in itertools.count():
             payload = cache.load(page)
             if payload is None:

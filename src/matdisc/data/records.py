@@ -19,10 +19,10 @@ from pymatgen.core import Composition, Structure
 from pymatgen.io.cif import CifParser
 from pymatgen.io.vasp import Poscar
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
-from tqdm.auto import tqdm
 
 from matdisc.errors import UserError
 from matdisc.io.schemas import PROPERTY_COLUMNS, SPLITS
+from matdisc.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -173,15 +173,15 @@ def build_table(
     if workers > 1 and len(jobs) > 200:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             described = list(
-                tqdm(
+                progress(
                     pool.map(_describe, jobs, chunksize=64),
                     total=len(jobs),
                     desc="symmetry",
-                    disable=None,
+                    unit="structure",
                 )
             )
     else:
-        described = [_describe(j) for j in tqdm(jobs, desc="symmetry", disable=None)]
+        described = [_describe(j) for j in progress(jobs, desc="symmetry", unit="structure")]
 
     rows: list[dict[str, Any]] = []
     skipped: dict[str, int] = {}

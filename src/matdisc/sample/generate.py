@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from matdisc.geometry import shortest_distance
+from matdisc.progress import progress
 from matdisc.segment import InverseSettings, invert, lattice_from_coords
 
 log = logging.getLogger(__name__)
@@ -218,9 +218,8 @@ class Generator:
         min distance, formulas and the pymatgen ``structure`` (None when no structure)."""
         rows: list[dict[str, Any]] = []
         with ThreadPoolExecutor(max_workers=self.threads) as pool:
-            for start in tqdm(
-                range(0, len(z), batch_size), desc=desc, disable=desc is None, unit="batch"
-            ):
+            batches = range(0, len(z), batch_size)
+            for start in batches if desc is None else progress(batches, desc=desc, unit="batch"):
                 sl = slice(start, start + batch_size)
                 species, abc, channels = self.grids(z[sl], condition[sl])
                 t0 = time.perf_counter()

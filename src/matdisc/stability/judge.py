@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 from pymatgen.core import Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
-from tqdm import tqdm
 
 from matdisc.filters.funnel import item_id
+from matdisc.progress import progress
 from matdisc.stability.hull import Hulls
 from matdisc.stability.potential import Potential
 from matdisc.stability.references import RelaxSettings
@@ -182,7 +182,7 @@ def judge_pool(
         )
         chosen |= set(order[: settings.max_relax])
     chosen |= {i for i, row in enumerate(rows) if row["candidate_id"] is not None}
-    for i in tqdm(sorted(chosen), desc=f"CHGNet relax {base}", unit="structure", leave=False):
+    for i in progress(sorted(chosen), desc=f"CHGNet relax {base}", unit="structure"):
         row = rows[i]
         generated = Structure.from_dict(json.loads(row["structure_json"]))
         relaxed = potential.relax(

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from pymatgen.core import Composition, Lattice, Structure
-from tqdm import tqdm
 
 from matdisc.io import read_table, write_table
+from matdisc.progress import progress
 from matdisc.stability.potential import Potential
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def relax_references(
         write_table(merged, cache_path, "references", metadata={"model": asdict(potential.info)})
 
     todo = phases[phases["source"] != "none"]
-    for record in tqdm(todo.to_dict("records"), desc="reference phases", unit="phase", leave=False):
+    for record in progress(todo.to_dict("records"), desc="reference phases", unit="phase"):
         rid = record["reference_id"]
         if done is not None and rid in done.index:
             rows.append(done.loc[rid].to_dict() | {"reference_id": rid})
