@@ -438,6 +438,12 @@ def test_species_channels_end_to_end(store, tmp_path, monkeypatch):
     assert values.shape == (len(numbers), 2) and np.isfinite(values).all()
     with pytest.raises(ValueError, match="species channels"):
         vae.encode(d, c, cond)
+    # the coordinate MSE is over the three coordinate channels, not the species ones
+    keep = np.flatnonzero(val.decile >= 0)
+    with torch.no_grad():
+        recon, target, _, _ = vae.eval()(*vae_batch(val.subset(keep), 0, len(keep)))
+    want = float(((recon[:, 1:4] - target[:, 1:4]) ** 2).mean())
+    assert metrics[("vae", "coords_mse")] == pytest.approx(want, rel=1e-3)
 
 
 def training_arrays(store, split, i):

@@ -18,8 +18,10 @@ the Z of the true sites, least-squares fitted with their true σ, on the decoded
 as the reference, on the true map (``species_fit_*`` rows of pipelines ``vae`` and
 ``true_density``). A VAE with species channels adds ``species_channel_exact`` (the share
 of true sites whose element is read back from the channels at the true site) and the
-pipeline ``vae_species_chain``: the chain's structures with each orbit's element read from
-the decoded channels, its voxel scores taken on the species map of the read structures.
+pipeline ``vae_species_chain``: the chain's structures with each species group's element
+read from the decoded channels, its voxel scores taken on the species map of the read
+structures. Every pipeline also reports its recall and composition shares per structure
+class of the truth (``metric:class`` rows).
 """
 
 from __future__ import annotations
@@ -385,7 +387,7 @@ def evaluate_chain(
         density, coords, cond, species = vae_batch(data, start, start + batch_size, device)
         recon, target, _, _ = vae(density, coords, cond, species)
         sq_density += float(((recon[:, 0] - target[:, 0]) ** 2).sum())
-        sq_coords += float(((recon[:, 1:] - target[:, 1:]) ** 2).sum()) / 3
+        sq_coords += float(((recon[:, 1:4] - target[:, 1:4]) ** 2).sum()) / 3
         voxels += target[:, 0].numel()
         correlations.extend(_pearson(recon[:, 0].float(), target[:, 0].float()))
         dens_out = (recon[:, 0] * vae.density_scale).clamp_min(0.0)
