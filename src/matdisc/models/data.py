@@ -63,7 +63,7 @@ class VoxelSplit:
 
 def species_channels_of(store: Any, index: Sequence[int], kind: str) -> np.ndarray | None:
     """(n, 1 + k, d, d, d) float32 species channels of store entries ``index`` (``kind`` =
-    the descriptor set), drawn from the store's cells; None for ``kind`` ``none``."""
+    the descriptor set), drawn from the store's cells; None for ``kind`` ``none`` or no entry."""
     from matdisc.segment.species import descriptor_grids
     from matdisc.voxel.cell import arrays_from_structure
 
@@ -83,17 +83,14 @@ def species_channels_of(store: Any, index: Sequence[int], kind: str) -> np.ndarr
                 padding=float(store.padding),
             )
         )
-    d = int(store.grid_size)
-    return np.stack(out) if out else np.zeros((0, 0, d, d, d), dtype=np.float32)
+    return np.stack(out) if out else None
 
 
 def with_species_channels(store: Any, data: VoxelSplit, kind: str) -> VoxelSplit:
     """``data`` with the VAE's species channels of every item (``kind`` = the descriptor
-    set; ``none`` returns ``data`` as it is)."""
+    set; ``none``: without)."""
     import dataclasses
 
-    if kind == "none":
-        return data
     return dataclasses.replace(data, channels=species_channels_of(store, data.index, kind))
 
 

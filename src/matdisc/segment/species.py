@@ -57,27 +57,29 @@ def table_position(z: int) -> tuple[int, int]:
     return row + 1, column
 
 
+#: Per descriptor set, the table cells its unit range spans (rows, columns).
+_CELLS = {"table_position": (_ROWS - 1, _COLUMNS - 1)}
+
+
 @functools.lru_cache(maxsize=4)
 def descriptor_table(kind: str) -> np.ndarray:
     """(256, k) float64 descriptor of each atomic number (row 0 and Z > 118 are 0).
 
     ``table_position``: ((row - 1) / 6, (column - 1) / 31), both in [0, 1].
     """
-    if kind == "table_position":
-        table = np.zeros((256, 2))
-        for z in range(1, _PERIOD_START[-1]):
-            row, column = table_position(z)
-            table[z] = ((row - 1) / (_ROWS - 1), (column - 1) / (_COLUMNS - 1))
-        table.setflags(write=False)
-        return table
-    raise ValueError(f"no descriptor set {kind!r}; choose one of {', '.join(DESCRIPTOR_KINDS)}")
+    cells = _table_units(kind)
+    table = np.zeros((256, len(cells)))
+    for z in range(1, _PERIOD_START[-1]):
+        table[z] = (np.array(table_position(z)) - 1) / cells
+    table.setflags(write=False)
+    return table
 
 
 def _table_units(kind: str) -> np.ndarray:
     """Scale from descriptor units back to table cells (rows, columns)."""
-    if kind == "table_position":
-        return np.array([_ROWS - 1, _COLUMNS - 1], dtype=np.float64)
-    raise ValueError(f"no descriptor set {kind!r}")
+    if kind not in _CELLS:
+        raise ValueError(f"no descriptor set {kind!r}; choose one of {', '.join(DESCRIPTOR_KINDS)}")
+    return np.array(_CELLS[kind], dtype=np.float64)
 
 
 def site_gaussians(
@@ -151,6 +153,16 @@ def marker_sigma(lattice: np.ndarray, grid_size: int, padding: float) -> float:
     return MARKER_VOXELS * float(np.min(lattice)) * (1.0 + 2.0 * padding) / grid_size
 
 
+def _marker_basis(
+    lattice: np.ndarray, frac: np.ndarray, grid_size: int, padding: float
+) -> np.ndarray:
+    """(n, d³) the sites' marker Gaussians, height 1 (σ from :func:`marker_sigma`)."""
+    lattice = np.asarray(lattice, np.float64)
+    sigma = marker_sigma(lattice, grid_size, padding)
+    basis = site_gaussians(lattice, frac, np.full(len(frac), sigma), grid_size, padding)
+    return basis * (2.0 * np.pi) ** 1.5 * sigma**3
+
+
 def descriptor_grids(
     lattice: np.ndarray,
     frac: np.ndarray,
@@ -163,20 +175,10 @@ def descriptor_grids(
     """(1 + k, d, d, d) float32 channels of one cell: an occupancy channel ``sum_i g_i``
     and the descriptor channels ``sum_i d_ik g_i``, where ``g_i`` is a narrow Gaussian of
     height 1 (σ from :func:`marker_sigma`) at site i and its images."""
-    table = descriptor_table(kind)
     numbers = np.asarray(numbers, dtype=np.int64)
-    sigma = marker_sigma(np.asarray(lattice), grid_size, padding)
-    u = voxel_fractions(grid_size, padding)
-    gx, gy, gz = site_profiles(
-        np.asarray(lattice, np.float64),
-        np.asarray(frac, np.float64) % 1.0,
-        np.full(len(numbers), sigma),
-        u,
-        padding,
-    )
-    weights = np.concatenate([np.ones((len(numbers), 1)), table[numbers]], axis=1)
-    out = np.einsum("nk,ni,nj,nl->kijl", weights, gx, gy, gz) * (2.0 * np.pi) ** 1.5 * sigma**3
-    return out.astype(np.float32)
+    weights = np.concatenate([np.ones((len(numbers), 1)), descriptor_table(kind)[numbers]], 1)
+    out = weights.T @ _marker_basis(lattice, frac, grid_size, padding)
+    return out.reshape(-1, grid_size, grid_size, grid_size).astype(np.float32)
 
 
 def read_descriptors(
@@ -186,10 +188,7 @@ def read_descriptors(
     :func:`descriptor_grids` (1 + k, d, d, d): every channel is least-squares fitted onto
     the sites' marker Gaussians (so neighbours that overlap are told apart), and a site's
     descriptor is the ratio of its descriptor amplitudes to its occupancy amplitude."""
-    d = channels.shape[-1]
-    lattice = np.asarray(lattice, np.float64)
-    sigma = marker_sigma(lattice, d, padding)
-    basis = site_gaussians(lattice, frac, np.full(len(frac), sigma), d, padding)
+    basis = _marker_basis(lattice, frac, channels.shape[-1], padding)
     flat = np.asarray(channels, np.float64).reshape(len(channels), -1)
     amplitudes, *_ = np.linalg.lstsq(basis @ basis.T, basis @ flat.T, rcond=None)  # (n, 1+k)
     return amplitudes[:, 1:] / np.maximum(amplitudes[:, :1], 1e-12)
