@@ -34,9 +34,9 @@ def server() -> Any:
         yield fake
 
 
-def mp_settings(server: FakeMPServer, **overrides: Any) -> dict[str, Any]:
+def mp_settings(server: FakeMPServer | str, **overrides: Any) -> dict[str, Any]:
     settings = {
-        "endpoint": server.url,
+        "endpoint": server if isinstance(server, str) else server.url,
         "max_sites": 40,
         "general_limit": 100,
         "page_size": PAGE,
@@ -284,9 +284,9 @@ def test_unreachable_endpoint_is_a_user_error(tmp_path: Path) -> None:
         mp.fetch_mp_records(settings, tmp_path, api_key=KEY)
 
 
-def test_refused_connection_fails_fast_whatever_the_retries(tmp_path: Path) -> None:
-    """A refused connection is retried once, not like a 503: with 6 retries and a 1 s
-    backoff the doubling waits alone would take 63 s."""
+def test_refused_connection_fails_at_once_whatever_the_retries(tmp_path: Path) -> None:
+    """A refused first contact is not retried like a 503: with 6 retries and a 1 s backoff
+    the doubling waits alone would take 63 s, one retry 1 s."""
     import time
 
     with FakeMPServer(DOCS, api_key=KEY) as gone:
@@ -294,7 +294,25 @@ def test_refused_connection_fails_fast_whatever_the_retries(tmp_path: Path) -> N
     started = time.monotonic()
     with pytest.raises(UserError, match="could not be reached"):
         mp.fetch_mp_records(settings, tmp_path, api_key=KEY)
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 0.9
+
+
+def test_silent_endpoint_fails_after_one_timeout(tmp_path: Path) -> None:
+    """A server that accepts the connection and never answers costs one ``timeout_s``, not
+    one per retry."""
+    import socket
+    import time
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the handshake; nobody ever reads or answers
+        host, port = silent.getsockname()
+        settings = mp_settings(f"http://{host}:{port}/", retries=6, timeout_s=1.0)
+        started = time.monotonic()
+        with pytest.raises(UserError, match=r"did not answer within 1 s.*timeout_s"):
+            mp.fetch_mp_records(settings, tmp_path, api_key=KEY)
+        elapsed = time.monotonic() - started
+    assert 1.0 <= elapsed < 1.9
 
 
 def test_key_never_reaches_logs_cache_or_errors(

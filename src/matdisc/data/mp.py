@@ -20,7 +20,9 @@ size: a new Materials Project release starts a fresh cache instead of mixing ver
 Requests go through a ``requests`` session of our own, handed to ``MPRester``, whose
 ``urllib3`` retry policy retries HTTP 429 and every 5xx ``retries`` times, waiting
 ``backoff_s``, 2·``backoff_s``, 4·``backoff_s`` … (or the server's ``Retry-After``); a failed
-connection only once and a time-out at most twice, so a wrong endpoint fails in seconds. mp-api's own session would retry only 429/502/504, at most 3 times.
+connection only once and a time-out at most twice. mp-api's own session would retry only
+429/502/504, at most 3 times. The first contact (``/heartbeat``) retries neither: a refused
+endpoint fails at once and one that never answers after one ``timeout_s``.
 
 The API key comes from the ``api_key`` argument or ``MP_API_KEY``; it travels only in the
 ``x-api-key`` header and is never logged, cached or put in an error message.
@@ -174,8 +176,17 @@ class _DoublingBackoff(Retry):
         return float(min(self.backoff_max, self.backoff_factor * 2 ** (attempts - 1)))
 
 
-def make_session(api_key: str, *, retries: int, backoff_s: float) -> requests.Session:
-    """A session sending the key in ``x-api-key`` and retrying 429/5xx and time-outs."""
+def make_session(
+    api_key: str,
+    *,
+    retries: int,
+    backoff_s: float,
+    connect_retries: int = CONNECT_RETRIES,
+    read_retries: int = READ_RETRIES,
+) -> requests.Session:
+    """A session sending the key in ``x-api-key`` and retrying 429/5xx ``retries`` times, a
+    failed connection ``connect_retries`` and a time-out ``read_retries`` times (at most
+    ``retries`` each)."""
     from mp_api.client.core.client import __version__ as mp_api_version
 
     from matdisc import __version__ as matdisc_version
@@ -185,8 +196,8 @@ def make_session(api_key: str, *, retries: int, backoff_s: float) -> requests.Se
         # A refused connection (a wrong endpoint, no network) seldom heals in a minute, and a
         # server that does not answer costs timeout_s per try: retry those once or twice;
         # 429/5xx (a busy, live API) get every retry.
-        connect=min(retries, CONNECT_RETRIES),
-        read=min(retries, READ_RETRIES),
+        connect=min(retries, connect_retries),
+        read=min(retries, read_retries),
         status=retries,
         allowed_methods=frozenset(["GET"]),
         status_forcelist=RETRY_STATUSES,
@@ -204,6 +215,20 @@ def make_session(api_key: str, *, retries: int, backoff_s: float) -> requests.Se
     return session
 
 
+def _timed_out(exc: requests.RequestException) -> bool:
+    """Whether ``exc`` is a time-out (no answer, not a refusal); urllib3 wraps one that used
+    up its retries in a MaxRetryError, which requests raises as a ConnectionError, and
+    counts a refused connection (NewConnectionError) as a connect time-out."""
+    from urllib3.exceptions import MaxRetryError, NewConnectionError
+    from urllib3.exceptions import TimeoutError as Urllib3Timeout
+
+    if isinstance(exc, requests.Timeout):
+        return True
+    wrapped = exc.args[0] if exc.args else None
+    reason = wrapped.reason if isinstance(wrapped, MaxRetryError) else None
+    return isinstance(reason, Urllib3Timeout) and not isinstance(reason, NewConnectionError)
+
+
 def _db_version(session: requests.Session, endpoint: str, timeout_s: float) -> str:
     """The database version from ``{endpoint}heartbeat`` (read with retries)."""
     url = endpoint + "heartbeat"
@@ -217,10 +242,16 @@ def _db_version(session: requests.Session, endpoint: str, timeout_s: float) -> s
             )
         db_version = str(response.json()["db_version"])
     except requests.RequestException as exc:
+        if not _timed_out(exc):
+            raise UserError(
+                f"The Materials Project API at {endpoint} could not be reached "
+                f"({type(exc).__name__}); check the network and data.mp.endpoint, or set "
+                f"data.source: snapshot in config/config.yaml."
+            ) from exc
         raise UserError(
-            f"The Materials Project API at {endpoint} could not be reached "
-            f"({type(exc).__name__}); check the network and data.mp.endpoint, or set "
-            f"data.source: snapshot in config/config.yaml."
+            f"The Materials Project API at {endpoint} did not answer within {timeout_s:g} s; "
+            f"check data.mp.endpoint, raise data.mp.timeout_s, or set data.source: snapshot "
+            f"in config/config.yaml."
         ) from exc
     except (ValueError, KeyError, TypeError) as exc:
         raise UserError(
@@ -526,9 +557,14 @@ class Client:
         retries, backoff_s = int(settings["retries"]), float(settings["backoff_s"])
         self.page_size = int(settings["page_size"])
         self.cache_dir = Path(cache_dir)
+        # The first contact retries only a busy server (429/5xx): nothing answering there
+        # is a wrong endpoint or no network, which waiting does not heal.
+        with make_session(
+            key, retries=retries, backoff_s=backoff_s, connect_retries=0, read_retries=0
+        ) as probe:
+            self.db_version = _db_version(probe, self.endpoint, float(settings["timeout_s"]))
         self.session = make_session(key, retries=retries, backoff_s=backoff_s)
         try:
-            self.db_version = _db_version(self.session, self.endpoint, float(settings["timeout_s"]))
             log.info(
                 "Materials Project API at %s, database version %s", self.endpoint, self.db_version
             )
