@@ -403,6 +403,9 @@ def _chunk_edges(
     return (crystal, center), nb, dist, weight, bad
 
 
+GAUSSIAN_TAIL = 60.0  # exponent beyond which an edge Gaussian is 0
+
+
 class GaussianExpansion(torch.nn.Module):
     """Distances -> Gaussians exp(-(d - μ_k)² / σ²) on μ_k = 0, step, ..., cutoff.
 
@@ -421,7 +424,11 @@ class GaussianExpansion(torch.nn.Module):
         return int(self.centers.shape[0])
 
     def forward(self, distance: torch.Tensor) -> torch.Tensor:
-        return torch.exp(-((distance[:, None] - self.centers) ** 2) / self.width**2)
+        arg = ((distance[:, None] - self.centers) / self.width) ** 2
+        # Gaussians below exp(-60) ~ 1e-26 are set to 0: left alone, the far tails reach
+        # float32's subnormal range (< 1.2e-38), in which CPU matrix products run up to 70x
+        # slower (the edge layer's weight gradient of a CGCNN batch: 70 ms instead of 1).
+        return torch.exp(-arg).masked_fill(arg > GAUSSIAN_TAIL, 0.0)
 
 
 class GraphStore:
