@@ -33,6 +33,8 @@ from matdisc.io import read_table, write_table
 from matdisc.io.schemas import PROPERTY_COLUMNS
 from matdisc.stage import StageCall
 
+CONFIG = Path(__file__).parents[1] / "config" / "config.yaml"
+
 PEROVSKITES = [
     ("Sr", "Ti", 3.905),
     ("Ba", "Ti", 4.00),
@@ -167,7 +169,7 @@ def test_gradient_penalty_flattens_the_learned_energy() -> None:
 
 
 def _tiny_section() -> dict:
-    config = load_config(Path(__file__).parents[1] / "config" / "config.yaml")
+    config = load_config(CONFIG)
     return {
         **config["csp"],
         "epochs": 1,
@@ -213,7 +215,13 @@ def test_train_and_evaluate_stages(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_csp_stage_samples_every_candidate_and_ranks_them(tmp_path: Path) -> None:
     section = _tiny_section()
-    settings = {"csp": section, "seed": 0}
+    settings = {
+        "csp": section,
+        "seed": 0,
+        # a few FIRE steps: the samples of a 1-epoch EBM are far from any minimum
+        "stability": {**load_config(CONFIG)["stability"], "max_steps": 10},
+        "train": {"device": "cpu"},
+    }
     structures = _table(tmp_path / "structures.parquet")
     train_ebm(
         StageCall(
@@ -258,6 +266,23 @@ def test_csp_stage_samples_every_candidate_and_ranks_them(tmp_path: Path) -> Non
     assert np.isfinite(frame["ebm_energy"]).all()
     assert np.isfinite(frame["pred_e_form_ev_per_atom"]).all()
     assert frame["matches_candidate"].dtype == bool
+    # CHGNet: every sample relaxed and grouped; the candidate's answer on each of its rows
+    assert np.isfinite(frame["chgnet_energy_ev_per_atom"]).all()
+    assert frame["relaxed_structure_json"].notna().all()
+    for _, group in frame.groupby("candidate_id"):
+        assert group["candidate_chgnet_energy_ev_per_atom"].nunique() == 1
+        lowest = group.loc[group["chgnet_energy_ev_per_atom"].idxmin()]
+        assert lowest["polymorph"] == 0
+        assert sorted(group["polymorph"].unique()) == list(range(group["n_polymorphs"].iloc[0]))
+        above = group["candidate_above_lowest_ev_per_atom"].iloc[0]
+        gap = (
+            group["candidate_chgnet_energy_ev_per_atom"].iloc[0]
+            - lowest["chgnet_energy_ev_per_atom"]
+        )
+        if group["candidate_is_lowest"].iloc[0]:
+            assert above == 0
+        else:
+            assert above == pytest.approx(gap) and above > 0.001
     for row in frame.itertuples():  # every sample keeps its candidate's composition
         sample = Structure.from_dict(json.loads(row.structure_json))
         assert sample.composition.reduced_formula == row.formula
@@ -293,3 +318,55 @@ def test_killed_ebm_training_resumes_like_uninterrupted(tmp_path: Path) -> None:
     assert [h["loss"] for h in history_resumed] == [h["loss"] for h in history]
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+class _FakePotential:
+    """Relaxes nothing; a structure's energy is its volume per atom (so the test chooses)."""
+
+    def relax(self, structure, *, fmax, steps, rattle_angstrom, seed):
+        from matdisc.stability.potential import Relaxation
+
+        return Relaxation(structure, structure.volume / len(structure), (), 0, True, 1, 0.0)
+
+
+def _rocksalt(a: float) -> Structure:
+    return Structure.from_spacegroup(
+        "Fm-3m", Lattice.cubic(a), ["Na", "Cl"], [[0, 0, 0], [0.5] * 3]
+    )
+
+
+def _cscl(a: float) -> Structure:
+    return Structure(Lattice.cubic(a), ["Na", "Cl"], [[0, 0, 0], [0.5] * 3])
+
+
+def _judge(candidate: Structure, samples: list[Structure]):
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    from matdisc.csp.polymorphs import judge_candidate
+    from matdisc.stability.references import RelaxSettings
+
+    settings = RelaxSettings(fmax=0.05, steps=10, rattle_angstrom=0.0, seed=0)
+    return judge_candidate(
+        candidate, samples, _FakePotential(), settings, StructureMatcher(), symprec=0.1
+    )
+
+
+def test_polymorphs_are_numbered_from_the_lowest_energy() -> None:
+    # CsCl-type at 3.0 Å: 13.5 Å3/atom; rock salt at 5.0 Å: 15.6; rock salt 5.1: 16.6
+    samples = [_rocksalt(5.1), _cscl(3.0), _rocksalt(5.0), _cscl(3.05)]
+    per_sample, per_candidate = _judge(_rocksalt(5.0), samples)
+    assert [s["polymorph"] for s in per_sample] == [1, 0, 1, 0]
+    assert per_candidate["n_polymorphs"] == 2
+    assert [s["matches_relaxed_candidate"] for s in per_sample] == [True, False, True, False]
+    # the cubic rock salt (15.6) lies 15.625 - 13.5 above the CsCl-type polymorph
+    assert not per_candidate["candidate_is_lowest"]
+    assert per_candidate["candidate_above_lowest_ev_per_atom"] == pytest.approx(15.625 - 13.5)
+    assert per_candidate["candidate_relaxed_spacegroup_number"] == 225
+    assert [s["relaxed_spacegroup_number"] for s in per_sample] == [225, 221, 225, 221]
+
+
+def test_a_candidate_that_is_the_lowest_polymorph_says_so() -> None:
+    per_sample, per_candidate = _judge(_cscl(3.0), [_rocksalt(5.0), _cscl(3.02)])
+    assert per_candidate["candidate_is_lowest"]
+    assert per_candidate["candidate_above_lowest_ev_per_atom"] == 0.0
+    assert [s["polymorph"] for s in per_sample] == [1, 0]

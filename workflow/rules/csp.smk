@@ -31,7 +31,7 @@ rule predict_structures:
     output:
         csp="results/csp/{base}.parquet",
     params:
-        settings=settings("train", "csp"),
+        settings=settings("train", "csp", "stability"),
     log:
         "logs/predict_structures/{base}.log",
     benchmark:

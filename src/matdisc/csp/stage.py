@@ -180,7 +180,10 @@ def evaluate_csp(call: StageCall) -> None:
 
 
 def predict_structures(call: StageCall) -> None:
-    """K EBM samples per candidate composition, ranked by EBM and CGCNN formation energy."""
+    """K EBM samples per candidate composition, ranked by EBM and CGCNN formation energy;
+    with ``csp.relax_samples`` also relaxed by CHGNet, grouped into polymorphs, and the
+    candidate's cubic structure placed against the lowest of them
+    (:mod:`matdisc.csp.polymorphs`)."""
     from pymatgen.analysis.structure_matcher import StructureMatcher
     from pymatgen.core import Structure
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
@@ -212,6 +215,7 @@ def predict_structures(call: StageCall) -> None:
         predictor = PropertyPredictor(call.input("cgcnn"), device="cpu")
         e_form = predictor.predict(samples, ["e_form_ev_per_atom"])["e_form_ev_per_atom"]
         matcher = StructureMatcher(**MATCHER_ARGS)
+        judged = _judge_polymorphs(call, cubic, samples, k, matcher)
         for i, cand in enumerate(candidates.itertuples(index=False)):
             for j in range(k):
                 s = samples[i * k + j]
@@ -235,6 +239,8 @@ def predict_structures(call: StageCall) -> None:
                         "pred_e_form_ev_per_atom": float(e_form.iloc[i * k + j]),
                         "candidate_e_form_ev_per_atom": cand.e_form_ev_per_atom,
                         "matches_candidate": bool(matcher.fit(s, cubic[i])),
+                        **(judged[i][0][j] if judged else {}),
+                        **(judged[i][1] if judged else {}),
                     }
                 )
     frame = pd.DataFrame(rows, columns=[f.name for f in _schema("csp_predictions")])
@@ -245,7 +251,53 @@ def predict_structures(call: StageCall) -> None:
         )
     else:
         log.warning("no candidates for %s; writing an empty table", base)
-    write_table(frame, call.output("csp"), "csp_predictions", metadata={"csp": section})
+    metadata: dict[str, Any] = {"seed": call.seed, "csp": section}
+    if section["relax_samples"]:
+        from matdisc.stability.potential import potential_info
+
+        metadata |= {"stability": call.section("stability"), "potential": potential_info()}
+    write_table(frame, call.output("csp"), "csp_predictions", metadata=metadata)
+
+
+def _judge_polymorphs(
+    call: StageCall, cubic: list[Any], samples: list[Any], k: int, matcher: Any
+) -> list[tuple[list[dict], dict]]:
+    """CHGNet on every candidate and its k samples (``csp.relax_samples``): per candidate,
+    the sample columns and the candidate columns of :mod:`matdisc.csp.polymorphs`."""
+    from matdisc.csp.polymorphs import judge_candidate
+    from matdisc.progress import progress
+    from matdisc.stability.potential import Potential
+    from matdisc.stability.references import RelaxSettings
+    from matdisc.train.device import resolve_device
+
+    if not call.section("csp")["relax_samples"]:
+        return []
+    stability = call.section("stability")
+    settings = RelaxSettings.from_section(stability, call.seed)
+    device = resolve_device(call.section("train")["device"])
+    potential = Potential(device=device.type, threads=call.threads)
+    judged = []
+    for i in progress(range(len(cubic)), desc="CHGNet polymorphs"):
+        per_sample, per_candidate = judge_candidate(
+            cubic[i],
+            samples[i * k : (i + 1) * k],
+            potential,
+            settings,
+            matcher,
+            symprec=float(stability["symprec_angstrom"]),
+        )
+        log.info(
+            "%s: %d samples relaxed into %d polymorphs; the cubic structure is %s",
+            cubic[i].composition.reduced_formula,
+            k,
+            per_candidate["n_polymorphs"],
+            "the lowest found"
+            if per_candidate["candidate_is_lowest"]
+            else f"{per_candidate['candidate_above_lowest_ev_per_atom']:.3f} eV/atom above the "
+            "lowest found",
+        )
+        judged.append((per_sample, per_candidate))
+    return judged
 
 
 def _schema(name: str):

@@ -337,6 +337,21 @@ CSP_PREDICTIONS = pa.schema(
         pa.field("rank_e_form", pa.int32()),  # 1 = lowest predicted formation energy
         pa.field("candidate_e_form_ev_per_atom", pa.float64()),  # of the VAE cubic structure
         pa.field("matches_candidate", pa.bool_(), nullable=False),  # StructureMatcher fit
+        # CHGNet (csp.relax_samples; null without): the sample relaxed with the judge's
+        # settings, its distinct-structure group (0 = the lowest-energy polymorph found) ...
+        pa.field("relaxed_structure_json", pa.string()),
+        pa.field("chgnet_energy_ev_per_atom", pa.float64()),
+        pa.field("relaxed_spacegroup_number", pa.int16()),
+        pa.field("relax_converged", pa.bool_()),
+        pa.field("polymorph", pa.int32()),
+        pa.field("matches_relaxed_candidate", pa.bool_()),
+        # ... and, repeated on each of its rows, the candidate's cubic structure relaxed:
+        # its energy, space group, height above the lowest polymorph found (0 = it is that)
+        pa.field("candidate_chgnet_energy_ev_per_atom", pa.float64()),
+        pa.field("candidate_relaxed_spacegroup_number", pa.int16()),
+        pa.field("candidate_above_lowest_ev_per_atom", pa.float64()),
+        pa.field("candidate_is_lowest", pa.bool_()),
+        pa.field("n_polymorphs", pa.int32()),
     ]
 )
 
