@@ -61,7 +61,9 @@ class RelaxSettings:
 
     def key(self, model: str) -> str:
         """A short digest of the model and these settings (the cache key)."""
-        text = json.dumps({"model": model, **asdict(self)}, sort_keys=True)
+        from matdisc.stability.potential import CELL_FILTER
+
+        text = json.dumps({"model": model, "filter": CELL_FILTER, **asdict(self)}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
