@@ -3,7 +3,7 @@
 1. CHGNet single points: structures/s batched (batch 32) against one at a time, for 5-,
    16- and 40-site cubic cells (CaTiO3 perovskite, a full Heusler's conventional cell, the
    perovskite's 2x2x2 supercell).
-2. Relaxations (FIRE + Fréchet cell filter, fmax 0.05 eV/Å) of the same cells strained 3 %
+2. Relaxations (FIRE + the judge's cell filter, fmax 0.05 eV/Å) of the same cells strained 3 %
    and rattled 0.05 Å: relaxations/s, force calls/s, steps.
 3. One ternary reference hull (Ca-Ti-O of the run's data): its phases relaxed from
    scratch, then from the cache.

@@ -448,3 +448,40 @@ def test_generators_table_from_sun_and_benchmark_records(tmp_path):
         1,
     )
     assert table.loc["substitution", "sun_known_composition"] == 3
+
+
+def test_references_relaxed_in_two_processes_equal_those_relaxed_here(tmp_path, potential):
+    phases = pd.DataFrame(
+        {
+            "reference_id": [f"ase:{e}" for e in ("Cu", "Al", "Ni")],
+            "formula": ["Cu", "Al", "Ni"],
+            "source": ["ase"] * 3,
+            "structure_json": [
+                json.dumps(elemental_reference(e)[0].as_dict()) for e in ("Cu", "Al", "Ni")
+            ],
+            "reason": [None] * 3,
+        }
+    )
+    here = relax_references(
+        phases, potential=potential, settings=RELAX, cache_path=tmp_path / "a.parquet"
+    )
+    spread = relax_references(
+        phases, potential=potential, settings=RELAX, cache_path=tmp_path / "b.parquet", workers=2
+    )
+    assert spread["reference_id"].tolist() == here["reference_id"].tolist()  # in order
+    np.testing.assert_allclose(
+        spread["energy_ev_per_atom"], here["energy_ev_per_atom"], rtol=0, atol=1e-5
+    )
+    assert (spread["steps"] == here["steps"]).all() and spread["converged"].all()
+
+
+def test_a_relaxation_the_first_cell_filter_cannot_finish_goes_to_the_next(potential):
+    from matdisc.stability.potential import CELL_FILTERS
+
+    strained = rocksalt(6.2)  # 10 % too large: a few steps do not relax it
+    done = potential.relax(strained, fmax=0.05, steps=300, rattle_angstrom=0.01, seed=0)
+    assert done.converged and done.cell_filter == CELL_FILTERS[0]
+    assert done.force_calls == done.steps + 1
+    cut = potential.relax(strained, fmax=0.05, steps=3, rattle_angstrom=0.01, seed=0)
+    assert not cut.converged and cut.cell_filter == CELL_FILTERS[-1]
+    assert cut.steps == 3 and cut.force_calls == len(CELL_FILTERS) * (3 + 1)

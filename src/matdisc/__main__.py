@@ -6,4 +6,6 @@ import sys
 
 from matdisc.cli import main
 
-sys.exit(main())
+# The guard matters: a spawned worker process (multiprocessing) imports this module again.
+if __name__ == "__main__":
+    sys.exit(main())

@@ -35,8 +35,13 @@ def setup_logging(log_file: Path | str | None = None, *, level: int = logging.IN
         root.addHandler(handler)
     # Other warnings go through logging, so they reach the rule's log file too.
     logging.captureWarnings(True)
-    for message, category in QUIET_WARNINGS:
-        warnings.filterwarnings("ignore", message=message, category=category)
+    quiet_library_warnings()
     # Third-party libraries are chatty at INFO; keep their warnings.
     for noisy in ("urllib3", "matplotlib", "distributed", "numexpr", "fsspec", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def quiet_library_warnings() -> None:
+    """Ignore the :data:`QUIET_WARNINGS` (also in worker processes, which log nothing)."""
+    for message, category in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)

@@ -25,12 +25,13 @@ log = logging.getLogger(__name__)
 #: The pretrained model used (CHGNet's name for it).
 MODEL_NAME = "0.3.0"
 
-#: ASE's cell filter of the relaxations. UnitCellFilter (linear cell deformation) rather
-#: than FrechetCellFilter (log-parameterised): on 35 reference phases and generated
-#: structures the same steps, energies within 1.2 meV/atom, volumes within 1.3 %, and 4.8x
-#: less time, because the Fréchet filter's matrix exponentials (scipy, 3x3) cost more per
-#: step than CHGNet itself on a small cell (docs/experiments.md).
-CELL_FILTER = "UnitCellFilter"
+#: ASE's cell filters of a relaxation, in the order tried: the next one only when the one
+#: before did not converge within the step limit. UnitCellFilter (linear cell deformation)
+#: first: on the default run's 363 reference phases it took a third of the Fréchet filter's
+#: time (whose 3x3 matrix exponentials in scipy cost more per step than CHGNet on a small
+#: cell) for the same minima, except two phases it did not converge on in 300 steps
+#: (BaTiO3, SiO2), which the log-parameterised FrechetCellFilter relaxes (docs/experiments.md).
+CELL_FILTERS = ("UnitCellFilter", "FrechetCellFilter")
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class PotentialInfo:
 class Relaxation:
     """One relaxation: the relaxed structure, its energy (eV/atom), magnetic moments (μB
     per site), the optimizer's steps, whether it converged within the step limit, the
-    force calls made and the wall time (s)."""
+    force calls made, the wall time (s) and the cell filter of the result."""
 
     structure: Structure
     energy_ev_per_atom: float
@@ -57,6 +58,7 @@ class Relaxation:
     converged: bool
     force_calls: int
     seconds: float
+    cell_filter: str = CELL_FILTERS[0]
 
 
 class Potential:
@@ -96,24 +98,36 @@ class Potential:
         rattle_angstrom: float,
         seed: int,
     ) -> Relaxation:
-        """Relax cell and positions (FIRE on ASE's :data:`CELL_FILTER`) to ``fmax`` (eV/Å) in at
-        most ``steps`` steps, from ``structure`` with its sites rattled by a seeded Gaussian
-        of ``rattle_angstrom``: the forces of a perfectly symmetric cell keep its symmetry,
-        so an unstable cubic cell could never leave it."""
+        """Relax cell and positions (FIRE on ASE's :data:`CELL_FILTERS` in turn) to ``fmax``
+        (eV/Å) in at most ``steps`` steps, from ``structure`` with its sites rattled by a
+        seeded Gaussian of ``rattle_angstrom``: the forces of a perfectly symmetric cell keep
+        its symmetry, so an unstable cubic cell could never leave it."""
         from ase import filters
         from ase.optimize import FIRE
         from pymatgen.io.ase import AseAtomsAdaptor
 
-        atoms = AseAtomsAdaptor.get_atoms(structure)
+        start = AseAtomsAdaptor.get_atoms(structure)
         if rattle_angstrom > 0:
             rng = np.random.default_rng(seed)
-            atoms.positions += rng.normal(0.0, rattle_angstrom, size=atoms.positions.shape)
-        atoms.calc = self.calculator
+            start.positions += rng.normal(0.0, rattle_angstrom, size=start.positions.shape)
         started = time.perf_counter()
+        force_calls = 0
+        for name in CELL_FILTERS:
+            atoms = start.copy()
+            atoms.calc = self.calculator
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                optimizer = FIRE(getattr(filters, name)(atoms), logfile=None)
+                converged = bool(optimizer.run(fmax=fmax, steps=steps))
+            force_calls += int(optimizer.nsteps) + 1  # FIRE: one call per step, plus the start
+            if converged:
+                break
+            log.info(
+                "%s: not relaxed to %g eV/Å in %d steps with %s",
+                structure.composition.reduced_formula, fmax, steps, name,
+            )  # fmt: skip
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            optimizer = FIRE(getattr(filters, CELL_FILTER)(atoms), logfile=None)
-            converged = bool(optimizer.run(fmax=fmax, steps=steps))
             energy = float(atoms.get_potential_energy()) / len(atoms)
             magmoms = tuple(float(m) for m in atoms.get_magnetic_moments())
         relaxed = Structure(
@@ -125,8 +139,9 @@ class Potential:
             magmoms=magmoms,
             steps=int(optimizer.nsteps),
             converged=converged,
-            force_calls=int(optimizer.nsteps) + 1,  # FIRE: one call per step, plus the start
+            force_calls=force_calls,
             seconds=time.perf_counter() - started,
+            cell_filter=name,
         )
 
 

@@ -27,7 +27,7 @@ from matdisc.errors import UserError
 from matdisc.io import read_table, write_table
 from matdisc.stability.hull import Hulls
 from matdisc.stability.judge import JudgeSettings, judge_pool
-from matdisc.stability.potential import CELL_FILTER, Potential
+from matdisc.stability.potential import CELL_FILTERS, Potential
 from matdisc.stability.references import (
     chemical_system,
     reference_phases,
@@ -62,7 +62,7 @@ def _potential(call: StageCall) -> Potential:
 def _metadata(call: StageCall, potential: Potential, settings: JudgeSettings) -> dict:
     return {
         "stability": call.section("stability"),
-        "relax": dataclasses.asdict(settings.relax) | {"cell_filter": CELL_FILTER},
+        "relax": dataclasses.asdict(settings.relax) | {"cell_filters": list(CELL_FILTERS)},
         "potential": dataclasses.asdict(potential.info),
     }
 
@@ -121,7 +121,11 @@ def relax_references(call: StageCall) -> None:
     output = call.output("references")
     potential = _potential(call)
     frame = relax_phases(
-        phases, potential=potential, settings=settings.relax, cache_path=output.parent / CACHE_NAME
+        phases,
+        potential=potential,
+        settings=settings.relax,
+        cache_path=output.parent / CACHE_NAME,
+        workers=call.threads,
     )
     missing = phases[phases["source"] == "none"]
     meta = _metadata(call, potential, settings) | {
