@@ -32,7 +32,6 @@ from matdisc.csp.sampler import Schedule, mala, random_crystals
 from matdisc.graphs import CrystalArrays
 from matdisc.io.atomic import atomic_path
 from matdisc.progress import progress
-from matdisc.train.loop import adam
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +133,7 @@ def train_ebm(
     """
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
-    optimizer = adam(model.parameters(), lr=settings.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=(0.9, 0.999))
     formula_units = [reduced_numbers(z) for z in crystals.numbers]
     chains: list[ChainState | None] = [None] * len(crystals)  # persistent negatives
     history: list[dict] = []
