@@ -450,7 +450,10 @@ def test_generators_table_from_sun_and_benchmark_records(tmp_path):
     assert table.loc["substitution", "sun_known_composition"] == 3
 
 
-def test_references_relaxed_in_two_processes_equal_those_relaxed_here(tmp_path, potential):
+def test_references_relaxed_in_two_processes_equal_those_relaxed_here(
+    tmp_path, potential, caplog
+):
+    caplog.set_level("INFO", logger="matdisc.stability.references")
     phases = pd.DataFrame(
         {
             "reference_id": [f"ase:{e}" for e in ("Cu", "Al", "Ni")],
@@ -473,6 +476,8 @@ def test_references_relaxed_in_two_processes_equal_those_relaxed_here(tmp_path, 
         spread["energy_ev_per_atom"], here["energy_ev_per_atom"], rtol=0, atol=1e-5
     )
     assert (spread["steps"] == here["steps"]).all() and spread["converged"].all()
+    # the workers' cell filters reach the log of the calling process
+    assert "cell filters of the relaxed: {'UnitCellFilter': 3}" in caplog.text
 
 
 def test_a_relaxation_the_first_cell_filter_cannot_finish_goes_to_the_next(potential):

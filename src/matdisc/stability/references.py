@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -144,6 +145,7 @@ def relax_references(
     done = cache[cache["settings"] == key].set_index("reference_id") if cache is not None else None
     rows: list[dict[str, Any]] = []
     fresh = 0
+    filters: Counter[str] = Counter()
     saved_at = time.monotonic()
 
     def save() -> None:  # the cache so far: a killed job keeps what it relaxed
@@ -167,6 +169,7 @@ def relax_references(
                 rows.append(done.loc[rid].to_dict() | {"reference_id": rid})
                 continue
             result = next(relaxed)
+            filters[result.pop("cell_filter")] += 1
             fresh += 1
             rows.append(
                 {
@@ -185,8 +188,10 @@ def relax_references(
     if fresh:
         save()
     log.info(
-        "reference phases: %d (%d relaxed now, %d from the cache); %d elements without one",
+        "reference phases: %d (%d relaxed now, %d from the cache); %d elements without one; "
+        "cell filters of the relaxed: %s",
         len(frame), fresh, len(frame) - fresh, int((phases["source"] == "none").sum()),
+        dict(filters) or "none",
     )  # fmt: skip
     return frame
 
@@ -199,6 +204,7 @@ def _relax_row(potential: Potential, settings: RelaxSettings, structure_json: st
         rattle_angstrom=settings.rattle_angstrom, seed=settings.seed,
     )  # fmt: skip
     return {
+        "cell_filter": relaxed.cell_filter,  # counted by the caller, not cached
         "nsites": len(structure),
         "energy_ev_per_atom": relaxed.energy_ev_per_atom,
         "converged": relaxed.converged,
