@@ -450,9 +450,7 @@ def test_generators_table_from_sun_and_benchmark_records(tmp_path):
     assert table.loc["substitution", "sun_known_composition"] == 3
 
 
-def test_references_relaxed_in_two_processes_equal_those_relaxed_here(
-    tmp_path, potential, caplog
-):
+def test_references_relaxed_in_two_processes_equal_those_relaxed_here(tmp_path, potential, caplog):
     caplog.set_level("INFO", logger="matdisc.stability.references")
     phases = pd.DataFrame(
         {
