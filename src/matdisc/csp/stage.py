@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +208,7 @@ def predict_structures(call: StageCall) -> None:
     cubic = [Structure.from_dict(json.loads(s)) for s in candidates["structure_json"]]
     species = [np.asarray(s.atomic_numbers, dtype=np.int64) for s in cubic]
     rows: list[dict] = []
+    chgnet = None  # the CHGNet model's info, when it relaxed the samples
     if species:
         batch, energy = sample_structures(
             model, species, k, Schedule.from_section(section, "eval_steps"), seed=call.seed
@@ -215,7 +217,7 @@ def predict_structures(call: StageCall) -> None:
         predictor = PropertyPredictor(call.input("cgcnn"), device="cpu")
         e_form = predictor.predict(samples, ["e_form_ev_per_atom"])["e_form_ev_per_atom"]
         matcher = StructureMatcher(**MATCHER_ARGS)
-        judged = _judge_polymorphs(call, cubic, samples, k, matcher)
+        judged, chgnet = _judge_polymorphs(call, cubic, samples, k, matcher)
         for i, cand in enumerate(candidates.itertuples(index=False)):
             for j in range(k):
                 s = samples[i * k + j]
@@ -252,30 +254,27 @@ def predict_structures(call: StageCall) -> None:
     else:
         log.warning("no candidates for %s; writing an empty table", base)
     metadata: dict[str, Any] = {"seed": call.seed, "csp": section}
-    if section["relax_samples"]:
-        from matdisc.stability.potential import potential_info
-
-        metadata |= {"stability": call.section("stability"), "potential": potential_info()}
+    if chgnet is not None:
+        metadata |= {"stability": call.section("stability"), "potential": asdict(chgnet)}
     write_table(frame, call.output("csp"), "csp_predictions", metadata=metadata)
 
 
 def _judge_polymorphs(
     call: StageCall, cubic: list[Any], samples: list[Any], k: int, matcher: Any
-) -> list[tuple[list[dict], dict]]:
+) -> tuple[list[tuple[list[dict], dict]], Any]:
     """CHGNet on every candidate and its k samples (``csp.relax_samples``): per candidate,
-    the sample columns and the candidate columns of :mod:`matdisc.csp.polymorphs`."""
+    the sample columns and the candidate columns of :mod:`matdisc.csp.polymorphs`; and the
+    model's :class:`~matdisc.stability.potential.PotentialInfo` (None when off)."""
     from matdisc.csp.polymorphs import judge_candidate
     from matdisc.progress import progress
-    from matdisc.stability.potential import Potential
     from matdisc.stability.references import RelaxSettings
-    from matdisc.train.device import resolve_device
+    from matdisc.stability.stage import load_potential
 
     if not call.section("csp")["relax_samples"]:
-        return []
+        return [], None
     stability = call.section("stability")
     settings = RelaxSettings.from_section(stability, call.seed)
-    device = resolve_device(call.section("train")["device"])
-    potential = Potential(device=device.type, threads=call.threads)
+    potential = load_potential(call)
     judged = []
     for i in progress(range(len(cubic)), desc="CHGNet polymorphs"):
         per_sample, per_candidate = judge_candidate(
@@ -297,7 +296,7 @@ def _judge_polymorphs(
             "lowest found",
         )
         judged.append((per_sample, per_candidate))
-    return judged
+    return judged, potential.info
 
 
 def _schema(name: str):

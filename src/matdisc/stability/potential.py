@@ -145,13 +145,6 @@ class Potential:
         )
 
 
-def potential_info() -> dict[str, str]:
-    """The model's name, package version, checkpoint and sha256 (parquet metadata)."""
-    from dataclasses import asdict
-
-    return asdict(_info())
-
-
 def _info() -> PotentialInfo:
     import chgnet
 

@@ -54,7 +54,8 @@ def _per_base(call: StageCall, kind: str) -> dict[str, Path]:
     return found
 
 
-def _potential(call: StageCall) -> Potential:
+def load_potential(call: StageCall) -> Potential:
+    """CHGNet on the ``train.device`` of the config, with the rule's threads."""
     device = resolve_device(call.section("train")["device"])
     return Potential(device=device.type, threads=call.threads)
 
@@ -119,7 +120,7 @@ def relax_references(call: StageCall) -> None:
         int((phases["source"] == "ase").sum()), int((phases["source"] == "none").sum()),
     )  # fmt: skip
     output = call.output("references")
-    potential = _potential(call)
+    potential = load_potential(call)
     frame = relax_phases(
         phases,
         potential=potential,
@@ -155,7 +156,7 @@ def relax_candidates(call: StageCall) -> None:
     mp_hulls = None
     if "mp_phases" in call.inputs:
         mp_hulls = Hulls(read_table(call.input("mp_phases"), "mp_phases"), {})
-    potential = _potential(call)
+    potential = load_potential(call)
     table = judge_pool(
         pool,
         base=base,
