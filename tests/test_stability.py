@@ -17,6 +17,7 @@ from matdisc.stability.references import (
     elemental_reference,
     reference_phases,
     relax_references,
+    screen_polymorphs,
 )
 from matdisc.stability.sun import sun_row, wilson_interval
 from matdisc.stability.validity import is_valid
@@ -171,6 +172,52 @@ def test_chgnet_loads_with_the_network_blocked(monkeypatch):
     assert potential.info.checkpoint.endswith(".pth.tar") and len(potential.info.sha256) == 64
     energy = potential.energies([rocksalt(5.64)])
     assert np.isfinite(energy).all() and -4.5 < energy[0] < -3.0
+
+
+def test_a_polymorph_far_above_its_composition_is_not_relaxed(potential, caplog):
+    """Of three NaCl cells, the one compressed 15 % lies more than the window above the
+    lowest by single point and is left out with its reason; a phase alone in its
+    composition gets no single point; no window keeps every phase."""
+    caplog.set_level("INFO", logger="matdisc.stability.references")
+    cells = {"good": rocksalt(5.70), "near": rocksalt(5.60), "far": rocksalt(4.8)}
+    rows = [
+        {"reference_id": k, "formula": "NaCl", "source": "data",
+         "structure_json": json.dumps(v.as_dict()), "reason": None}
+        for k, v in cells.items()
+    ]  # fmt: skip
+    rows.append(
+        {"reference_id": "ase:Na", "formula": "Na", "source": "ase",
+         "structure_json": json.dumps(elemental_reference("Na")[0].as_dict()), "reason": None}
+    )  # fmt: skip
+    rows.append(
+        {"reference_id": "none:Cl", "formula": "Cl", "source": "none",
+         "structure_json": None, "reason": "no reference"}
+    )  # fmt: skip
+    phases = pd.DataFrame(rows)
+    seen: list[int] = []
+    real = potential.energies
+    energies = potential.energies([cells["good"], cells["near"], cells["far"]])
+    assert energies[0] < energies[1] < energies[0] + 0.5 < energies[2]
+    kept, skipped = screen_polymorphs(
+        phases.assign(), potential=_Counting(potential, seen), window_ev_per_atom=0.5
+    )
+    assert kept["reference_id"].tolist() == ["good", "near", "ase:Na", "none:Cl"]
+    assert list(skipped) == ["far"] and "above good (window 0.5)" in skipped["far"]
+    assert seen == [3]  # one call, for the three NaCl cells; Na alone needs none
+    assert "1 of 4 phases not relaxed" in caplog.text and "far: NaCl single point" in caplog.text
+    every, none_skipped = screen_polymorphs(phases, potential=real, window_ev_per_atom=None)
+    assert every.equals(phases) and none_skipped == {}
+
+
+class _Counting:
+    """A potential that records how many structures each single-point call gets."""
+
+    def __init__(self, potential, seen: list[int]) -> None:
+        self.potential, self.seen = potential, seen
+
+    def energies(self, structures, batch_size: int = 1):
+        self.seen.append(len(structures))
+        return self.potential.energies(structures, batch_size)
 
 
 def test_reference_cache_is_reused(tmp_path, potential, monkeypatch):

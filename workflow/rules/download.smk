@@ -9,6 +9,7 @@ rule download_structures:
         "benchmarks/download_structures/all.tsv"
     conda:
         "../../envs/matdisc.yaml"
+    priority: 10
     threads: 2
     resources:
         mem_mb=4000,

@@ -20,7 +20,7 @@ rule filter_candidates:
         "benchmarks/filter_candidates/{base}.tsv"
     conda:
         "../../envs/matdisc.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=8000,
         runtime=120,

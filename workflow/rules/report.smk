@@ -17,7 +17,7 @@ rule plot_report:
         "benchmarks/plot_report/all.tsv"
     conda:
         "../../envs/matdisc.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=30,

@@ -14,7 +14,7 @@ rule sample_structures:
         "benchmarks/sample_structures/{base}.tsv"
     conda:
         "../../envs/matdisc.yaml"
-    threads: 2
+    threads: 1
     resources:
         gpu=1,
         mem_mb=8000,

@@ -14,7 +14,7 @@ rule screen_candidates:
         "benchmarks/screen_candidates/{base}.tsv"
     conda:
         "../../envs/matdisc.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=8000,
         runtime=60,

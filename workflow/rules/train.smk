@@ -15,6 +15,7 @@ rule train_unet:
         "benchmarks/train_unet/all.tsv"
     conda:
         "../../envs/matdisc.yaml"
+    priority: 10
     threads: 2
     resources:
         gpu=1,
@@ -46,6 +47,7 @@ rule train_vae:
         "benchmarks/train_vae/all.tsv"
     conda:
         "../../envs/matdisc.yaml"
+    priority: 10
     threads: 2
     resources:
         gpu=1,
@@ -79,7 +81,10 @@ rule train_cgcnn:
         "benchmarks/train_cgcnn/all.tsv"
     conda:
         "../../envs/matdisc.yaml"
-    threads: 2
+    # One thread, and a priority below the UNet -> VAE chain (10): on two cores it then
+    # runs beside sampling, after the VAE, instead of alone before the UNet.
+    priority: 5
+    threads: 1
     resources:
         gpu=1,
         mem_mb=16000,

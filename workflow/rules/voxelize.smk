@@ -11,6 +11,7 @@ rule voxelize_structures:
         "benchmarks/voxelize_structures/all.tsv"
     conda:
         "../../envs/matdisc.yaml"
+    priority: 10
     threads: 2
     resources:
         mem_mb=8000,

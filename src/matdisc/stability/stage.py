@@ -31,6 +31,7 @@ from matdisc.stability.potential import CELL_FILTERS, Potential
 from matdisc.stability.references import (
     chemical_system,
     reference_phases,
+    screen_polymorphs,
 )
 from matdisc.stability.references import (
     relax_references as relax_phases,
@@ -121,6 +122,11 @@ def relax_references(call: StageCall) -> None:
     )  # fmt: skip
     output = call.output("references")
     potential = load_potential(call)
+    phases, skipped = screen_polymorphs(
+        phases,
+        potential=potential,
+        window_ev_per_atom=call.section("stability")["polymorph_window_ev_per_atom"],
+    )
     frame = relax_phases(
         phases,
         potential=potential,
@@ -130,7 +136,8 @@ def relax_references(call: StageCall) -> None:
     )
     missing = phases[phases["source"] == "none"]
     meta = _metadata(call, potential, settings) | {
-        "missing_elements": dict(zip(missing["formula"], missing["reason"], strict=True))
+        "missing_elements": dict(zip(missing["formula"], missing["reason"], strict=True)),
+        "polymorphs_not_relaxed": skipped,
     }
     write_table(frame, output, "references", metadata=meta)
 
