@@ -352,6 +352,8 @@ def test_filter_stage_writes_candidates_cifs_and_funnel(tmp_path, monkeypatch):
         base="SrTiO3", mode="targeted", decile=0, t=np.nan, z_distance=1.0,
         reason=["no_atoms"] + [None] * (n - 1), lattice_a_angstrom=4.0, lattice_b_angstrom=4.0,
         lattice_c_angstrom=4.0, min_distance_angstrom=np.nan, formula=None, formula_anonymous=None,
+        formula_unconstrained=None, valid_unconstrained=None, choice_rank=None,
+        species_alternatives_json=None,
     )  # fmt: skip
     from matdisc.io.schemas import SAMPLES
 
@@ -363,7 +365,8 @@ def test_filter_stage_writes_candidates_cifs_and_funnel(tmp_path, monkeypatch):
         base="SrTiO3", mode="substitution", decile=-1, t=np.nan, z_distance=np.nan, reason=None,
         lattice_a_angstrom=3.9, lattice_b_angstrom=3.9, lattice_c_angstrom=3.9,
         min_distance_angstrom=1.95, formula=["BaHfO3", "BaZrO3"], formula_anonymous="ABC3",
-        probability=[0.3, 0.2], substitutions_json='{"Sr": "Ba"}',
+        probability=[0.3, 0.2], substitutions_json='{"Sr": "Ba"}', formula_unconstrained=None,
+        valid_unconstrained=None, choice_rank=None, species_alternatives_json=None,
     )  # fmt: skip
     from matdisc.io.schemas import SUBSTITUTIONS
 

@@ -103,7 +103,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def sample_section(**kw) -> dict:
     section = dict(mode="targeted", n_samples=20, variance=0.5, batch_size=8,
-                   interpolate_to=None, top_structure_types=10, species_reader="unet")  # fmt: skip
+                   interpolate_to=None, top_structure_types=10, species_reader="unet",
+                   species_choice="argmax")  # fmt: skip
     section.update(kw)
     return section
 
@@ -147,6 +148,83 @@ def test_sampling_is_reproducible_and_records_every_draw(inputs, tmp_path):
         assert s.lattice.abc == pytest.approx(
             (row["lattice_a_angstrom"], row["lattice_b_angstrom"], row["lattice_c_angstrom"])
         )
+
+
+def true_maps_with_a_wrong_first_choice(inputs, monkeypatch) -> None:
+    """The untrained UNet and VAE find no crystal: give the sampler the store's true
+    species maps and cells instead, with class probabilities whose first choice is the next class (a wrong
+    element) and whose second is the true one."""
+    import matdisc.sample.generate as generate
+    from matdisc.voxel.store import open_store
+
+    store = open_store(inputs["voxels"])
+    maps = np.asarray(store.species[:], dtype=np.int64)
+    classes = torch.tensor([8, 11, 12, 17, 19])  # the fixture UNet's
+    present = np.unique(maps[maps > 0])  # each element of the maps -> one of the classes
+    lookup = np.zeros(256, dtype=np.int64)
+    lookup[present] = classes.numpy()[np.arange(len(present)) % len(classes)]
+    maps = torch.as_tensor(lookup[maps])
+
+    def segment_scored(unet, density):
+        species = maps[torch.arange(len(density)) % len(maps)].long()
+        where = species.nonzero(as_tuple=True)
+        true = torch.searchsorted(classes, species[where])
+        logits = torch.zeros(len(true), len(classes))
+        logits[torch.arange(len(true)), true] = 1.0
+        logits[torch.arange(len(true)), (true + 1) % len(classes)] = 1.5
+        wrong = classes[(true + 1) % len(classes)]
+        out = torch.zeros_like(species)
+        out[where] = wrong
+        return out, where, logits
+
+    lattices = torch.as_tensor(np.asarray(store.lattice, dtype=np.float64))
+
+    def lattice_from_coords(coords, padding):
+        return lattices[torch.arange(len(coords)) % len(lattices)]
+
+    monkeypatch.setattr(generate, "segment_scored", segment_scored)
+    monkeypatch.setattr(generate, "lattice_from_coords", lattice_from_coords)
+
+
+def test_the_read_and_its_alternatives_are_recorded_and_charge_aware_keeps_positions(
+    inputs, tmp_path, monkeypatch
+):
+    """Every structure records the formula as read, its strict validity and each orbit's
+    alternatives; charge_aware changes only elements of invalid reads (same draws, same
+    positions), and each changed structure passes the strict rule."""
+    from matdisc.io.parquet import read_metadata
+    from matdisc.stability.validity import is_valid
+
+    true_maps_with_a_wrong_first_choice(inputs, monkeypatch)
+
+    sample_structures(call_for(inputs, tmp_path / "a.parquet", n_samples=40))
+    sample_structures(
+        call_for(inputs, tmp_path / "c.parquet", n_samples=40, species_choice="charge_aware")
+    )
+    argmax = read_table(tmp_path / "a.parquet", "samples")
+    aware = read_table(tmp_path / "c.parquet", "samples")
+    ok = argmax["reason"].isna()
+    assert ok.sum() > 5 and argmax.loc[ok, "choice_rank"].eq(0).all()
+    assert (argmax.loc[ok, "formula_unconstrained"] == argmax.loc[ok, "formula"]).all()
+    assert argmax.loc[~ok, ["formula_unconstrained", "choice_rank"]].isna().all().all()
+    for text in argmax.loc[ok, "species_alternatives_json"]:
+        orbits = json.loads(text)
+        assert orbits and all(1 <= len(o["elements"]) <= 3 for o in orbits)
+        assert all(o["probabilities"] == sorted(o["probabilities"], reverse=True)
+                   for o in orbits)  # fmt: skip
+    pd.testing.assert_series_equal(argmax["formula_unconstrained"], aware["formula_unconstrained"])
+    changed = aware["choice_rank"].fillna(0) > 0
+    assert (
+        aware.loc[~changed, "formula"].fillna("") == argmax.loc[~changed, "formula"].fillna("")
+    ).all()
+    for (_, a), (_, b) in zip(argmax[changed].iterrows(), aware[changed].iterrows(), strict=True):
+        assert is_valid(b["formula"], "strict") and not b["valid_unconstrained"]
+        sa = Structure.from_dict(json.loads(a["structure_json"]))
+        sb = Structure.from_dict(json.loads(b["structure_json"]))
+        np.testing.assert_allclose(sa.frac_coords, sb.frac_coords)
+    read = read_metadata(tmp_path / "c.parquet")["species_read"]
+    assert read["structures"] == int(ok.sum()) and read["changed"] == int(changed.sum())
+    assert read["valid_after"] > read["valid_as_read"] and read["changed"] > 0
 
 
 def test_sampling_inverts_with_the_decoded_settings(inputs, tmp_path):
@@ -328,10 +406,14 @@ def test_species_channels_name_the_elements_the_unet_could_not(monkeypatch):
         )
 
     def all_potassium(_unet, density):
-        return torch.as_tensor(np.where(np.stack([rocksalt.mask] * len(density)), 19, 0))
+        species = torch.as_tensor(np.where(np.stack([rocksalt.mask] * len(density)), 19, 0))
+        where = species.nonzero(as_tuple=True)
+        logits = torch.zeros(len(where[0]), 5)
+        logits[:, 4] = 1.0  # K, the fifth class
+        return species, where, logits
 
     monkeypatch.setattr(gen.vae, "decode_all", decoded)
-    monkeypatch.setattr(generate, "segment_masked", all_potassium)
+    monkeypatch.setattr(generate, "segment_scored", all_potassium)
     rows = gen.run(np.zeros((2, 8), np.float32), np.eye(10, dtype=np.float32)[[1, 2]])
     assert [r["formula"] for r in rows] == ["NaCl", "NaCl"]
     gen.reader = None  # the UNet's reading

@@ -161,7 +161,7 @@ def test_fusing_is_periodic_and_adds_the_votes():
     frac = np.array([[0.02, 0.5, 0.5], [0.97, 0.5, 0.5], [0.5, 0.0, 0.0]])
     votes = np.zeros((3, 256))
     votes[0, 8], votes[1, 26], votes[1, 8], votes[2, 11] = 10, 8, 4, 9
-    pos, z, fused = _fuse(frac, votes, np.array([10.0, 10.0, 10.0]), 1.0)  # 0.5 Å apart
+    pos, z, fused, _ = _fuse(frac, votes, np.array([10.0, 10.0, 10.0]), 1.0)  # 0.5 Å apart
     assert list(z) == [8, 11]  # 14 O voxels against 8 Fe
     assert fused[0, 8] == 14 and fused[0, 26] == 8
     assert np.isclose(pos[0, 0], (0.02 - 0.05 * 12 / 22) % 1)  # across the boundary, not 0.5

@@ -55,8 +55,8 @@ def structures(frame: pd.DataFrame) -> list[Structure]:
 
 def check_layout(frame: pd.DataFrame, base: str) -> None:
     assert tuple(frame.columns) == SUBSTITUTION_COLUMNS
-    assert list(frame.columns[:15]) == SAMPLES.names
-    # concatenable with the VAE's samples table: its 15 columns fit the schema
+    assert list(frame.columns[: len(SAMPLES.names)]) == SAMPLES.names
+    # concatenable with the VAE's samples table: its columns fit the schema
     pa.Table.from_pandas(frame[SAMPLES.names], schema=SAMPLES, preserve_index=False)
     assert (frame["base"] == base).all()
     assert (frame["mode"] == "substitution").all()

@@ -63,7 +63,8 @@ SUBSTITUTION_KEYS = (
 VAE_SAMPLE_KEYS = tuple(
     f"sample.{key}"
     for key in (
-        "mode", "variance", "batch_size", "interpolate_to", "top_structure_types", "species_reader"
+        "mode", "variance", "batch_size", "interpolate_to", "top_structure_types",
+        "species_reader", "species_choice",
     )
 )
 SUBSTITUTION = "substitution" in config["sample"]["generators"]

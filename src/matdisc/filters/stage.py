@@ -36,7 +36,7 @@ from matdisc.filters.funnel import (
     run_filter,
 )
 from matdisc.io import read_table, write_table
-from matdisc.io.schemas import SAMPLES
+from matdisc.io.schemas import READ_COLUMNS, SAMPLES
 from matdisc.stage import StageCall
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ SAMPLE_INPUT_COLUMNS = tuple(
     name
     for name in SAMPLES.names
     if name not in ("min_distance_angstrom", "formula", "formula_anonymous")
+    and name not in READ_COLUMNS
 )
 
 

@@ -209,7 +209,23 @@ SAMPLES = pa.schema(
         pa.field("formula", pa.string()),  # reduced formula (null without structure)
         pa.field("formula_anonymous", pa.string()),
         pa.field("structure_json", pa.string()),  # pymatgen Structure.as_dict(); null = none
+        # the UNet's read (matdisc.segment.readback; null for the channel reader and the
+        # ion-exchange baseline): the formula before sample.species_choice, its strict
+        # validity, the rank of the combination taken (0 = as read, -1 = none valid) and
+        # each orbit's top-3 elements with their probabilities
+        pa.field("formula_unconstrained", pa.string()),
+        pa.field("valid_unconstrained", pa.bool_()),
+        pa.field("choice_rank", pa.int32()),
+        pa.field("species_alternatives_json", pa.string()),
     ]
+)
+
+#: The samples columns of the UNet's species read (null elsewhere).
+READ_COLUMNS = (
+    "formula_unconstrained",
+    "valid_unconstrained",
+    "choice_rank",
+    "species_alternatives_json",
 )
 
 #: results/substitution/{base}.parquet: the ion-exchange baseline's structures of one base

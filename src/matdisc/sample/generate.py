@@ -23,7 +23,7 @@ import logging
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from itertools import repeat
+from itertools import pairwise, repeat
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,7 @@ from torch import nn
 from matdisc.geometry import shortest_distance
 from matdisc.progress import progress
 from matdisc.segment import InverseSettings, invert, lattice_from_coords
+from matdisc.segment.invert import ClassScores
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,16 @@ def segment_masked(unet: Any, density: torch.Tensor) -> torch.Tensor:
     density: (B, [1,] d, d, d). Returns (B, d, d, d) int64 atomic numbers, 0 = empty:
     equal to ``unet.segment(density)`` (tested), without the dense class-logit tensor.
     """
+    return segment_scored(unet, density)[0]
+
+
+@torch.inference_mode()
+def segment_scored(
+    unet: Any, density: torch.Tensor
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor]:
+    """:func:`segment_masked`, plus the occupied voxels (``nonzero`` indices: batch, x, y,
+    z) and their element-class logits (M, k; background excluded, the columns of
+    ``unet.atomic_numbers[1:]``)."""
     skips = unet.features(density)
     h = skips[-1]
     for block, skip in zip(unet.up, reversed(skips[:-1]), strict=True):
@@ -68,10 +79,26 @@ def segment_masked(unet: Any, density: torch.Tensor) -> torch.Tensor:
     where = occupied.nonzero(as_tuple=True)
     features = h.permute(0, 2, 3, 4, 1)[where]  # (M, C) of the occupied voxels
     weight = unet.species_head.weight[1:, :, 0, 0, 0]  # background class excluded
-    element = torch.addmm(unet.species_head.bias[1:], features, weight.t()).argmax(dim=1) + 1
+    logits = torch.addmm(unet.species_head.bias[1:], features, weight.t())
     out = torch.zeros(occupied.shape, dtype=torch.long, device=density.device)
-    out[where] = unet.atomic_numbers[element]
-    return out
+    out[where] = unet.atomic_numbers[logits.argmax(dim=1) + 1]
+    return out, where, logits
+
+
+def class_scores(
+    where: tuple[torch.Tensor, ...], logits: torch.Tensor, numbers: np.ndarray, batch: int, d: int
+) -> list[ClassScores]:
+    """Per grid of a batch, the probabilities of its occupied voxels (softmax of the
+    element-class ``logits`` of :func:`segment_scored`; ``numbers``: the classes' atomic
+    numbers)."""
+    probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
+    b, x, y, z = (w.cpu().numpy() for w in where)
+    flat = np.ravel_multi_index((x, y, z), (d, d, d))
+    order = np.argsort(b, kind="stable")
+    bounds = np.searchsorted(b[order], np.arange(batch + 1))
+    return [
+        ClassScores(flat[order[lo:hi]], probs[order[lo:hi]], numbers) for lo, hi in pairwise(bounds)
+    ]
 
 
 def _one(
@@ -81,14 +108,41 @@ def _one(
     padding: float,
     settings: InverseSettings,
     reader: tuple[str, list[int], dict | None] | None,
+    scores: ClassScores | None = None,
+    choice: str = "argmax",
 ) -> dict[str, Any]:
     """Invert one grid (species (d, d, d), cell lengths abc (3,) Å) and measure its
     structure; with ``reader`` (descriptor set, candidate elements, the VAE's reference
     descriptors) every orbit takes the
-    element its decoded species ``channels`` (1 + k, d, d, d) read as. Returns a
-    samples-table row fragment."""
+    element its decoded species ``channels`` (1 + k, d, d, d) read as. With the UNet's
+    class ``scores`` the orbits' alternatives and the validity of the read are recorded,
+    and with ``choice="charge_aware"`` an invalid composition takes the most probable
+    valid combination (:mod:`matdisc.segment.readback`). Returns a samples-table row
+    fragment."""
     started = time.perf_counter()
-    result = invert(species, lattice_abc=abc, padding=padding, settings=settings)
+    result = invert(species, lattice_abc=abc, padding=padding, settings=settings, scores=scores)
+    read: dict[str, Any] = {
+        "formula_unconstrained": None,
+        "valid_unconstrained": None,
+        "choice_rank": None,
+        "species_alternatives_json": None,
+    }
+    if result.ok and reader is None and result.soft is not None:
+        from matdisc.segment.readback import charge_aware
+
+        picked = charge_aware(
+            result.structure,
+            result.soft,
+            valid=_strict_valid,
+            choose=choice == "charge_aware",
+        )
+        result = dataclasses.replace(result, structure=picked.structure)
+        read.update(
+            formula_unconstrained=picked.formula_unconstrained,
+            valid_unconstrained=picked.valid_unconstrained,
+            choice_rank=picked.rank,
+            species_alternatives_json=picked.alternatives_json,
+        )
     if result.ok and reader is not None and channels is not None:
         from matdisc.segment.species import species_from_descriptors
 
@@ -113,6 +167,7 @@ def _one(
         "formula": None,
         "formula_anonymous": None,
         "structure": None,
+        **read,
     }
     if result.ok:
         s = result.structure
@@ -128,11 +183,19 @@ def _one(
     return row
 
 
+def _strict_valid(formula: str) -> bool:
+    from matdisc.stability.validity import is_valid
+
+    return is_valid(formula, "strict")
+
+
 class Generator:
     """The trained chain. vae: ``CondVAE3D``; unet: ``UNet3D`` (both in eval mode, on
     ``device``); padding: the grid padding fraction; inverse_settings: how the grids are
     read back into crystals (:meth:`matdisc.segment.InverseSettings.from_config`, usually
-    with ``decoded=True``); species_reader: ``unet`` or ``channels`` (see the module)."""
+    with ``decoded=True``); species_reader: ``unet`` or ``channels`` (see the module);
+    species_choice: ``argmax`` (each orbit takes the UNet's majority element) or
+    ``charge_aware`` (:mod:`matdisc.segment.readback`; UNet reader only)."""
 
     def __init__(
         self,
@@ -144,8 +207,10 @@ class Generator:
         device: torch.device | str = "cpu",
         threads: int = 1,
         species_reader: str = "unet",
+        species_choice: str = "argmax",
     ) -> None:
         self.vae = fold_batchnorm(vae)
+        self.species_choice = species_choice
         self.unet = fold_batchnorm(unet)
         # Inference runs in fp32, where channels-last 3-D is the faster layout whatever
         # the layout the models were trained in (benchmarks/bench_training.py).
@@ -196,20 +261,27 @@ class Generator:
     @torch.inference_mode()
     def grids(
         self, z: np.ndarray, condition: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Species maps (B, d, d, d) atomic numbers, cell lengths (B, 3) Å and the decoded
-        species channels (B, 1 + k, d, d, d) (None without them) of latents."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[ClassScores] | None]:
+        """Species maps (B, d, d, d) atomic numbers, cell lengths (B, 3) Å, the decoded
+        species channels (B, 1 + k, d, d, d) (None without them) of latents, and the
+        UNet's class probabilities of each map's occupied voxels (None with the channel
+        reader)."""
         t0 = time.perf_counter()
         density, coords, channels = self.vae.decode_all(
             torch.as_tensor(z, device=self.device), torch.as_tensor(condition, device=self.device)
         )
         abc = np.asarray(lattice_from_coords(coords, self.padding).cpu().numpy(), dtype=np.float64)
         t1 = time.perf_counter()
-        species = segment_masked(self.unet, density).cpu().numpy().astype(np.uint8)
+        species, where, logits = segment_scored(self.unet, density)
+        species_np = species.cpu().numpy().astype(np.uint8)
+        scores = None
+        if self.reader is None:
+            numbers = self.unet.atomic_numbers[1:].cpu().numpy()
+            scores = class_scores(where, logits, numbers, len(species_np), species_np.shape[1])
         t2 = time.perf_counter()
         self.timings["decode"] += t1 - t0
         self.timings["segment"] += t2 - t1
-        return species, abc, None if channels is None else channels.cpu().numpy()
+        return species_np, abc, None if channels is None else channels.cpu().numpy(), scores
 
     def run(
         self, z: np.ndarray, condition: np.ndarray, *, batch_size: int = 32, desc: str | None = None
@@ -221,12 +293,17 @@ class Generator:
             batches = range(0, len(z), batch_size)
             for start in batches if desc is None else progress(batches, desc=desc, unit="batch"):
                 sl = slice(start, start + batch_size)
-                species, abc, channels = self.grids(z[sl], condition[sl])
+                species, abc, channels, scores = self.grids(z[sl], condition[sl])
                 t0 = time.perf_counter()
                 padding, settings = repeat(self.padding), repeat(self.inverse_settings)
-                reader = repeat(self.reader)
+                reader, choice = repeat(self.reader), repeat(self.species_choice)
                 per_item = repeat(None) if channels is None else channels
-                part = list(pool.map(_one, species, abc, per_item, padding, settings, reader))
+                per_scores = repeat(None) if scores is None else scores
+                part = list(
+                    pool.map(
+                        _one, species, abc, per_item, padding, settings, reader, per_scores, choice
+                    )
+                )
                 wall = time.perf_counter() - t0
                 # split the pool's wall time between invert and distance by their CPU shares
                 cpu_inv = sum(r.pop("_t_invert") for r in part)

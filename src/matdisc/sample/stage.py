@@ -113,6 +113,7 @@ def load_chain(call: StageCall, store: Any) -> Any:
         device=device,
         threads=call.threads,
         species_reader=call.section("sample")["species_reader"],
+        species_choice=call.section("sample")["species_choice"],
     )
 
 
@@ -172,6 +173,25 @@ def samples_frame(
     return frame
 
 
+def choice_counts(frame: pd.DataFrame) -> dict[str, int]:
+    """Of the structures whose orbits were read with the UNet's class probabilities:
+    how many, how many strict-valid as read and after the species choice, how many the
+    choice changed, and how many found no valid combination ({} without them)."""
+    read = frame[frame["choice_rank"].notna()]
+    if read.empty:
+        return {}
+    from matdisc.stability.validity import is_valid
+
+    rank = read["choice_rank"].astype(int)
+    return {
+        "structures": len(read),
+        "valid_as_read": int(read["valid_unconstrained"].astype(bool).sum()),
+        "valid_after": int(sum(is_valid(f, "strict") for f in read["formula"])),
+        "changed": int((rank > 0).sum()),
+        "no_valid_combination": int((rank < 0).sum()),
+    }
+
+
 def no_structure_counts(frame: pd.DataFrame) -> dict[str, int]:
     """Draws without a structure, by reason (the ``reason`` column is null for the others:
     None or NaN, as pandas stores it)."""
@@ -203,6 +223,14 @@ def sample_structures(call: StageCall) -> None:
         len(frame) / seconds if seconds > 0 else float("inf"),
         {k: round(v, 2) for k, v in gen.timings.items()},
     )  # fmt: skip
+    read = choice_counts(frame)
+    if read:
+        log.info(
+            "%s, species read (%s): strict-valid %d of %d structures as read, %d after the "
+            "choice; %d changed, %d with no valid combination among those tried",
+            base, section["species_choice"], read["valid_as_read"], read["structures"],
+            read["valid_after"], read["changed"], read["no_valid_combination"],
+        )  # fmt: skip
     write_table(
         frame,
         call.output("samples"),
@@ -213,6 +241,7 @@ def sample_structures(call: StageCall) -> None:
             "base_decile": decile_of(store, index),
             "sample": section,
             "no_structure": reasons,
+            "species_read": read,
             "seconds": seconds,
             "timings_s": dict(gen.timings),
         },

@@ -45,7 +45,7 @@ from pymatgen.core import Element, Species, Structure
 
 from matdisc.errors import UserError
 from matdisc.filters.distance import min_distance
-from matdisc.io.schemas import SUBSTITUTIONS
+from matdisc.io.schemas import READ_COLUMNS, SUBSTITUTIONS
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +260,8 @@ def _frame(
         columns[name] = np.array([r[name] for r in rows], dtype=np.float64)
     for name in ("formula", "formula_anonymous", "structure_json"):
         columns[name] = pd.Series([r[name] for r in rows], dtype=object)
+    for name in READ_COLUMNS:  # no UNet read
+        columns[name] = pd.Series([None] * n, dtype=object)
     columns["probability"] = np.array(
         [d[0] if probability else math.nan for d in draws], dtype=np.float64
     )

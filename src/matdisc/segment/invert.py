@@ -90,10 +90,24 @@ class InversionResult:
     n_sites: int
     frac: np.ndarray | None = None
     numbers: np.ndarray | None = None
+    #: (n_sites, 256) the UNet's class probabilities summed over each site's voxels (its
+    #: orbit's, after orbit completion) when ``invert`` got ``scores``; else None
+    soft: np.ndarray | None = None
 
     @property
     def ok(self) -> bool:
         return self.reason is None
+
+
+@dataclass(frozen=True)
+class ClassScores:
+    """The UNet's species probabilities of a grid's occupied voxels: ``index`` (m,) flat
+    voxel indices, ``probs`` (m, k) each voxel's probabilities over the UNet's k element
+    classes (background excluded), ``numbers`` (k,) their atomic numbers."""
+
+    index: np.ndarray
+    probs: np.ndarray
+    numbers: np.ndarray
 
 
 def invert(
@@ -103,6 +117,7 @@ def invert(
     padding: float,
     settings: InverseSettings,
     mask: np.ndarray | None = None,
+    scores: ClassScores | None = None,
 ) -> InversionResult:
     """Read a crystal from a species map.
 
@@ -111,7 +126,8 @@ def invert(
     lengths a, b, c (Å), e.g. from :func:`matdisc.segment.lattice_from_coords`. padding:
     the grid's padding fraction (a property of the grid, stored with it). settings: see
     :class:`InverseSettings` and the module docstring. mask: optional (d, d, d) bool;
-    voxels outside it count as background.
+    voxels outside it count as background. scores: the UNet's class probabilities of the
+    occupied voxels (:class:`ClassScores`), summed into each atom's ``soft`` votes.
     """
     lattice = np.asarray(list(lattice_abc), dtype=np.float64)
     if lattice.shape != (3,) or not np.all(np.isfinite(lattice)) or np.any(lattice <= 0):
@@ -146,10 +162,16 @@ def invert(
     frac = fraction_of_index(found["centroid"], d, padding)
     cluster = _cluster(frac, found, lattice, settings.merge_tolerance, settings.border_reach)
     site_frac, site_z, votes, conflict = _merge(frac, found, cluster)
+    soft = None
+    if scores is not None:
+        soft = np.zeros((int(cluster.max()) + 1, 256))
+        np.add.at(soft, cluster, _region_scores(found, scores))
     if settings.fuse_distance is not None:
-        site_frac, site_z, votes = _fuse(site_frac, votes, lattice, settings.fuse_distance)
+        site_frac, site_z, votes, soft = _fuse(
+            site_frac, votes, lattice, settings.fuse_distance, extra=soft
+        )
     if settings.orbit_occupancy is not None:
-        site_frac, votes = complete_orbits(
+        rounded = complete_orbits(
             site_frac,
             votes,
             lattice,
@@ -157,17 +179,20 @@ def invert(
             support=settings.orbit_support,
             occupancy=settings.orbit_occupancy,
             max_positions=4 * max_sites,
+            extra=soft,
         )
+        site_frac, votes = rounded[:2]
+        soft = None if soft is None else rounded[2]
         site_z = _species(votes)
     n_sites = len(site_z)
     if conflict and settings.species_conflict == "reject":
-        return InversionResult(None, INCONSISTENT, n_sites, site_frac, site_z)
+        return InversionResult(None, INCONSISTENT, n_sites, site_frac, site_z, soft)
     if n_sites > max_sites:
-        return InversionResult(None, TOO_MANY_SITES, n_sites, site_frac, site_z)
+        return InversionResult(None, TOO_MANY_SITES, n_sites, site_frac, site_z, soft)
     from pymatgen.core import Lattice, Structure
 
     structure = Structure(Lattice.orthorhombic(*lattice), site_z.tolist(), site_frac)
-    return InversionResult(structure, None, n_sites, site_frac, site_z)
+    return InversionResult(structure, None, n_sites, site_frac, site_z, soft)
 
 
 def invert_many(
@@ -224,6 +249,8 @@ def _regions(
     region_species = _majority_species(labels, species, len(counts))
     low, high = _faces(labels)
     return {
+        "labels": labels,
+        "ids": keep,
         "centroid": stats["centroid"][keep],
         "count": counts[keep].astype(np.float64),
         "species": region_species[keep],
@@ -419,18 +446,48 @@ def _weighted_positions(
 
 
 def _fuse(
-    frac: np.ndarray, votes: np.ndarray, lattice: np.ndarray, distance: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Atoms closer than ``distance`` Å (minimum image, chained) become one: votes summed,
-    position the vote-weighted mean; returns (frac, atomic numbers, votes)."""
+    frac: np.ndarray,
+    votes: np.ndarray,
+    lattice: np.ndarray,
+    distance: float,
+    extra: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Atoms closer than ``distance`` Å (minimum image, chained) become one: votes (and
+    ``extra`` scores) summed, position the vote-weighted mean; returns (frac, atomic
+    numbers, votes, extra)."""
     group = components(distances(frac, frac, lattice) < distance)
     k = int(group.max()) + 1
     if k < len(frac):
         frac = _weighted_positions(frac, votes.sum(axis=1) + 1e-9, group, k)
-        fused = np.zeros((k, votes.shape[1]))
-        np.add.at(fused, group, votes)
-        votes = fused
-    return frac, _species(votes), votes
+        votes = _summed(votes, group, k)
+        extra = None if extra is None else _summed(extra, group, k)
+    return frac, _species(votes), votes, extra
+
+
+def _summed(values: np.ndarray, group: np.ndarray, k: int) -> np.ndarray:
+    """(k, m): the rows of ``values`` (n, m) summed per ``group`` (n,)."""
+    out = np.zeros((k, values.shape[1]))
+    np.add.at(out, group, values)
+    return out
+
+
+def _region_scores(regions: dict[str, np.ndarray], scores: ClassScores) -> np.ndarray:
+    """(n_regions, 256): the class probabilities of each kept region's voxels, summed,
+    in columns of atomic numbers."""
+    from scipy.sparse import csr_matrix
+
+    ids = regions["ids"]
+    row_of = np.full(int(regions["labels"].max()) + 1, -1)
+    row_of[ids] = np.arange(len(ids))
+    rows = row_of[regions["labels"].ravel()[scores.index]]
+    inside = rows >= 0
+    member = csr_matrix(
+        (np.ones(int(inside.sum())), (rows[inside], np.flatnonzero(inside))),
+        shape=(len(ids), len(rows)),
+    )
+    out = np.zeros((len(ids), 256))
+    out[:, scores.numbers] = member @ np.asarray(scores.probs, dtype=np.float64)
+    return out
 
 
 def _species(votes: np.ndarray) -> np.ndarray:

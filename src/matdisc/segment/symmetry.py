@@ -129,7 +129,8 @@ def complete_orbits(
     support: float,
     occupancy: float,
     max_positions: int = 160,
-) -> tuple[np.ndarray, np.ndarray]:
+    extra: np.ndarray | None = None,
+) -> tuple[np.ndarray, ...]:
     """Round every orbit of a decoded crystal to whole: filled, or empty.
 
     A blurred density can show five of the eight tetrahedral holes of a Heusler cell, or
@@ -144,7 +145,8 @@ def complete_orbits(
     frac: (n, 3); votes: (n, 256) voxel votes per site and atomic number; lattice: cell
     lengths (Å). Returns (frac, votes) of the rounded crystal, or the input unchanged when
     the only operation is the identity, the closure would pass ``max_positions`` or every
-    orbit would be removed.
+    orbit would be removed. ``extra``: (n, k) more per-site scores, summed per orbit like
+    the votes and returned third.
     """
     frac = np.asarray(frac, dtype=np.float64).reshape(-1, 3) % 1.0
     votes = np.asarray(votes, dtype=np.float64)
@@ -152,8 +154,9 @@ def complete_orbits(
     rotations, translations = partial_symmetries(
         frac, votes.argmax(axis=1), lattice, tolerance=tolerance, support=support
     )
+    unchanged = (frac, votes) if extra is None else (frac, votes, extra)
     if len(rotations) < 2:
-        return frac, votes
+        return unchanged
     tol2 = float(tolerance) ** 2
     m = len(rotations)
     positions = frac
@@ -170,7 +173,7 @@ def complete_orbits(
         _, first = np.unique(group, return_index=True)
         positions = np.concatenate([positions, new[first]])
         if len(positions) > max_positions:
-            return frac, votes
+            return unchanged
     # the set is closed: every image lies on a position, the nearest one
     n, p = len(frac), len(positions)
     nearest = d2.argmin(axis=1).reshape(m, p)
@@ -182,8 +185,12 @@ def complete_orbits(
     filled = np.bincount(orbit[:n], minlength=k)
     keep = filled / size >= float(occupancy)
     if not keep.any():
-        return frac, votes
+        return unchanged
+    chosen = keep[orbit]
     summed = np.zeros((k, votes.shape[1]))
     np.add.at(summed, orbit[:n], votes)
-    chosen = keep[orbit]
-    return positions[chosen], summed[orbit[chosen]]
+    if extra is None:
+        return positions[chosen], summed[orbit[chosen]]
+    summed_extra = np.zeros((k, extra.shape[1]))
+    np.add.at(summed_extra, orbit[:n], extra)
+    return positions[chosen], summed[orbit[chosen]], summed_extra[orbit[chosen]]
