@@ -124,7 +124,8 @@ def main() -> None:
     unet, vae, kind = load_models(args, config)
     inverse_settings = InverseSettings.from_config(config["voxel"], decoded=True)
     gen = Generator(vae=vae, unet=unet, padding=config["voxel"]["padding"],
-                    inverse_settings=inverse_settings, threads=args.threads)  # fmt: skip
+                    inverse_settings=inverse_settings, threads=args.threads,
+                    species_choice=config["sample"]["species_choice"])  # fmt: skip
     draws, how = latents(vae, gen, args.n, config["seed"], args.base)
     gen.run(draws.z[:8], draws.condition[:8], batch_size=8)  # warm-up
     results = {}
@@ -163,6 +164,7 @@ def main() -> None:
         "latents": how,
         "n_samples": args.n,
         "threads": args.threads,
+        "species_choice": config["sample"]["species_choice"],
         "cpu_count": os.cpu_count(),
         "grid_size": vae.grid_size,
         "results": results,

@@ -318,6 +318,21 @@ def test_stages_end_to_end(store, tmp_path, monkeypatch):
             assert (pipeline, metric) in got
     assert ("vae", "density_mse") in got and ("training", "epochs_run") in got
     assert ("vae", "density_correlation") in got
+    # the chain read as sampling reads it (charge-aware), and the strict validity of both
+    aware = metrics[metrics.pipeline == "vae_unet_chain_charge_aware"].set_index("metric")
+    chain = metrics[metrics.pipeline == "vae_unet_chain"].set_index("metric")
+    for metric in ("same_composition_fraction", "same_stoichiometry_fraction"):
+        assert metric in aware.index
+    assert aware.loc["valid_fraction", "value"] == chain.loc["valid_fraction", "value"]
+    assert (
+        aware.loc["strict_valid_fraction", "n_structures"]
+        == chain.loc["strict_valid_fraction", "n_structures"]
+    )
+    before, after = chain.loc["strict_valid_fraction"], aware.loc["strict_valid_fraction"]
+    if before["n_structures"] == 0:  # the tiny chain may read no crystal
+        assert np.isnan(before["value"]) and np.isnan(after["value"])
+    else:
+        assert after["value"] >= before["value"]
     # per structure class of the val maps (rock salt, CsCl, perovskite)
     for pipeline in ("unet_true_density", "vae_unet_chain"):
         for cls in ("binary_AB", "perovskite_ABX3"):

@@ -42,6 +42,7 @@ from matdisc.models.data import VoxelSplit, class_lookup, coords_of, vae_batch
 from matdisc.models.unet import UNet3D
 from matdisc.models.vae import CondVAE3D
 from matdisc.segment import InverseSettings, invert, lattice_from_coords
+from matdisc.segment.invert import ClassScores
 from matdisc.segment.species import (
     Fidelity,
     fit_charges,
@@ -378,6 +379,10 @@ def evaluate_chain(
     reader_scores = StructureScores()
     chain_classes = PerClass(unet.n_classes)
     reader_classes = PerClass(unet.n_classes)
+    # the chain read as sampling reads it by default: invalid compositions charge-aware
+    aware_scores = StructureScores()
+    strict_valid = {"as_read": 0, "charge_aware": 0, "structures": 0}
+    class_numbers = unet.atomic_numbers[1:].cpu().numpy()
     radii = radius_lookup()
     for start in tqdm(
         range(0, len(data), batch_size), desc="evaluate chain", leave=False, disable=None
@@ -396,14 +401,23 @@ def evaluate_chain(
         dens_np = dens_out.float().cpu().numpy()
         logits, mask = unet(dens_out)
         pred = UNet3D.classes_from_logits(logits, mask).cpu().numpy()
+        probs = torch.softmax(logits[:, 1:].float(), dim=1).flatten(2).cpu().numpy()
         confusion.add(lut[data.species[sl]], pred)
         atomic = unet.atomic_numbers.cpu().numpy()[pred]
         abc_all = np.asarray(lattice_from_coords(coords_out.float().cpu().numpy(), data.padding))
         for j, i in enumerate(idx):
+            occupied = np.flatnonzero(pred[j].ravel())
             result = invert(
-                atomic[j], lattice_abc=abc_all[j], padding=data.padding, settings=inverse_settings
+                atomic[j],
+                lattice_abc=abc_all[j],
+                padding=data.padding,
+                settings=inverse_settings,
+                scores=ClassScores(occupied, probs[j][:, occupied].T, class_numbers),
             )
             scores.add(result, truth[i], abc_all[j], data.lattice[i])
+            aware_scores.add(
+                _charge_aware(result, strict_valid), truth[i], abc_all[j], data.lattice[i]
+            )
             true_classes = lut[data.species[i]]
             chain_classes.add(true_classes, pred[j], result, truth[i], abc_all[j], data.lattice[i])
             if truth[i] is None:
@@ -480,9 +494,33 @@ def evaluate_chain(
         "macro_f1": (confusion.macro_f1(include_background=True), n),
         "macro_f1_nonzero": (confusion.macro_f1(include_background=False), n),
         **scores.rows(),
+        "strict_valid_fraction": _share(strict_valid["as_read"], strict_valid["structures"]),
         **chain_classes.rows(),
     }
-    return vae_rows + _rows("vae", "vae_unet_chain", split, chain)
+    aware = {
+        **aware_scores.rows(),
+        "strict_valid_fraction": _share(strict_valid["charge_aware"], strict_valid["structures"]),
+    }
+    return (
+        vae_rows
+        + _rows("vae", "vae_unet_chain", split, chain)
+        + _rows("vae", "vae_unet_chain_charge_aware", split, aware)
+    )
+
+
+def _charge_aware(result: Any, counts: dict[str, int]) -> Any:
+    """``result`` with its structure read charge-aware (:mod:`matdisc.segment.readback`,
+    the strict rule); counts the structures and how many pass the rule before and after."""
+    if not result.ok or result.soft is None:
+        return result
+    from matdisc.segment.readback import charge_aware
+    from matdisc.stability.validity import is_valid
+
+    picked = charge_aware(result.structure, result.soft, valid=lambda f: is_valid(f, "strict"))
+    counts["structures"] += 1
+    counts["as_read"] += int(picked.valid_unconstrained)
+    counts["charge_aware"] += int(is_valid(picked.structure.composition.reduced_formula, "strict"))
+    return dataclasses.replace(result, structure=picked.structure)
 
 
 def training_rows(
