@@ -92,7 +92,12 @@ def invert_true_grids(gen, n: int) -> dict | None:
     lattice = store.lattice[:n].astype(np.float64)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     with ThreadPoolExecutor(max_workers=gen.threads) as pool:
-        rows = list(pool.map(_one, species, lattice, [gen.padding] * n, [gen.inverse_settings] * n))
+        rows = list(
+            pool.map(
+                _one, species, lattice, [None] * n, [gen.padding] * n,
+                [gen.inverse_settings] * n, [None] * n,
+            )
+        )  # fmt: skip
     wall = time.perf_counter() - wall0
     cpu = time.process_time() - cpu0
     return {
