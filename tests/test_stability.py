@@ -353,7 +353,7 @@ def test_judge_stages_end_to_end(tmp_path, snapshot_table, monkeypatch):
     section = {
         "run": True, "threshold_ev_per_atom": 0.1, "max_relax": 5, "draws_per_structure": 4,
         "symprec_angstrom": 0.1, "batch_size": 1, "fmax_ev_per_angstrom": 0.05,
-        "max_steps": 200, "rattle_angstrom": 0.01,
+        "max_steps": 200, "rattle_angstrom": 0.01, "polymorph_window_ev_per_atom": 0.5,
     }  # fmt: skip
     settings = {"seed": 3, "stability": section, "train": {"device": "cpu"}}
     results = tmp_path / "results" / "stability"
