@@ -67,7 +67,7 @@ def test_an_invalid_read_takes_the_most_probable_valid_combination():
     # K O (invalid), then K F (p 0.5 x 0.417) beats Ca O (0.4 x 0.5)
     assert picked.rank == 2 and picked.structure.composition.reduced_formula == "KF"
     assert picked.formula_unconstrained == Composition("KO").reduced_formula  # K2O2
-    assert not picked.valid_unconstrained
+    assert not picked.valid_unconstrained and picked.valid
     assert [o["elements"] for o in json.loads(picked.alternatives_json)] == [
         ["K", "Ca", "Sr"],
         ["O", "F", "Cl"],
@@ -86,7 +86,7 @@ def test_no_valid_combination_keeps_the_read_with_rank_minus_one():
     structure = rocksalt(5.3, "K", "O")
     soft = soft_rows([{19: 1.0}] * 4 + [{8: 1.0}] * 4)
     picked = charge_aware(structure, soft, valid=strict)
-    assert picked.rank == -1 and picked.structure is structure
+    assert picked.rank == -1 and picked.structure is structure and not picked.valid
 
 
 def test_invert_sums_the_class_probabilities_of_each_atoms_voxels():

@@ -514,12 +514,12 @@ def _charge_aware(result: Any, counts: dict[str, int]) -> Any:
     if not result.ok or result.soft is None:
         return result
     from matdisc.segment.readback import charge_aware
-    from matdisc.stability.validity import is_valid
+    from matdisc.stability.validity import is_strict_valid
 
-    picked = charge_aware(result.structure, result.soft, valid=lambda f: is_valid(f, "strict"))
+    picked = charge_aware(result.structure, result.soft, valid=is_strict_valid)
     counts["structures"] += 1
     counts["as_read"] += int(picked.valid_unconstrained)
-    counts["charge_aware"] += int(is_valid(picked.structure.composition.reduced_formula, "strict"))
+    counts["charge_aware"] += int(picked.valid)
     return dataclasses.replace(result, structure=picked.structure)
 
 

@@ -129,11 +129,12 @@ def _one(
     }
     if result.ok and reader is None and result.soft is not None:
         from matdisc.segment.readback import charge_aware
+        from matdisc.stability.validity import is_strict_valid
 
         picked = charge_aware(
             result.structure,
             result.soft,
-            valid=_strict_valid,
+            valid=is_strict_valid,
             choose=choice == "charge_aware",
         )
         result = dataclasses.replace(result, structure=picked.structure)
@@ -181,12 +182,6 @@ def _one(
     row["_t_invert"] = mid - started
     row["_t_distance"] = time.perf_counter() - mid
     return row
-
-
-def _strict_valid(formula: str) -> bool:
-    from matdisc.stability.validity import is_valid
-
-    return is_valid(formula, "strict")
 
 
 class Generator:

@@ -99,6 +99,11 @@ class Choice:
     rank: int
     alternatives_json: str
 
+    @property
+    def valid(self) -> bool:
+        """Does the structure returned pass the rule (a changed one always does)?"""
+        return self.rank > 0 or (self.rank == 0 and self.valid_unconstrained)
+
 
 def charge_aware(
     structure: Structure,

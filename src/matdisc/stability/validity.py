@@ -46,3 +46,8 @@ def is_valid(formula: str, rule: str) -> bool:
     if rule not in OXIDATION_SETS:
         raise ValueError(f"unknown composition validity rule {rule!r}; use one of {RULES}")
     return _smact_valid(Composition(formula).reduced_formula, OXIDATION_SETS[rule])
+
+
+def is_strict_valid(formula: str) -> bool:
+    """:func:`is_valid` under the ``strict`` rule (the species read-back's rule)."""
+    return is_valid(formula, "strict")
