@@ -140,3 +140,54 @@ def test_energy_has_no_jump_where_an_edge_enters(model: ContinuousEnergy) -> Non
     assert counts[0] != counts[3]  # the pairs straddle the crossing
     diffs = np.abs(e[:3] - e[3:])
     assert diffs[1] < 0.2 * diffs[0] and diffs[2] < 0.2 * diffs[1], diffs
+
+
+def test_hand_written_backwards_match_autograd() -> None:
+    """The fast edge layers give the same energy as autograd's, gradients in frac, lattice
+    and weights equal to float rounding, and refuse a second derivative out loud."""
+    torch.manual_seed(2)
+    model = ContinuousEnergy(node_features=8, edge_features=8, n_conv=2)
+    from matdisc.csp.sampler import random_crystals
+
+    species = [np.array([38, 22, 8, 8, 8]), np.array([11, 17]), np.array([3, 3, 8])]
+    batch = random_crystals(species, generator=torch.Generator().manual_seed(4))
+    results = []
+    for twice in (False, True):
+        frac = batch.frac.clone().requires_grad_(True)
+        lattice = batch.lattice.clone().requires_grad_(True)
+        leaf = CrystalBatch(frac, lattice, batch.numbers, batch.node_graph)
+        model.zero_grad()
+        network, _ = model.energy_parts(leaf, differentiable_twice=twice)
+        network.sum().backward()
+        weights = torch.cat([p.grad.flatten() for p in model.parameters()])
+        results.append((network.detach(), frac.grad, lattice.grad, weights))
+    (e1, f1, l1, w1), (e2, f2, l2, w2) = results
+    assert torch.equal(e1, e2)
+    for fast, ref in ((f1, f2), (l1, l2), (w1, w2)):
+        assert float(ref.abs().max()) > 1e-4
+        torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-6 * float(ref.abs().max()))
+    leaf = CrystalBatch(
+        batch.frac.clone().requires_grad_(True), batch.lattice, batch.numbers, batch.node_graph
+    )
+    (g,) = torch.autograd.grad(model.energy_parts(leaf)[0].sum(), [leaf.frac], create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        g.pow(2).sum().backward()
+
+
+def test_hand_written_backwards_pass_gradcheck() -> None:
+    """In float64 the fast path's gradients in frac and lattice are the energy's derivative."""
+    torch.manual_seed(3)
+    model = ContinuousEnergy(node_features=4, edge_features=4, n_conv=2).double()
+    from matdisc.csp.sampler import random_crystals
+
+    batch = random_crystals(
+        [np.array([38, 22, 8, 8, 8]), np.array([11, 17])],
+        generator=torch.Generator().manual_seed(6),
+    )
+    frac = batch.frac.clone().requires_grad_(True)
+    lattice = batch.lattice.clone().requires_grad_(True)
+
+    def energy(f: torch.Tensor, lat: torch.Tensor) -> torch.Tensor:
+        return model(CrystalBatch(f, lat, batch.numbers, batch.node_graph))
+
+    assert torch.autograd.gradcheck(energy, (frac, lattice))

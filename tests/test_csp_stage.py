@@ -130,7 +130,7 @@ def test_squared_gradient_is_the_samplers_gradient_and_trains() -> None:
         0, batch.node_graph, (g_frac**2).sum(1)
     ) + (g_lat**2).sum((1, 2))
     leaf = _with_grad(batch)
-    network, _ = model.energy_parts(leaf)
+    network, _ = model.energy_parts(leaf, differentiable_twice=True)
     # the density penalty has no parameters: the term regularises the learned part only
     slope = squared_gradient(network, leaf)
     _, g_frac_n, g_lat_n = energy_and_grad(lambda b: model.energy_parts(b)[0], batch)
@@ -164,7 +164,8 @@ def test_gradient_penalty_flattens_the_learned_energy() -> None:
         starts = _with_grad(
             random_crystals(crystals.numbers * 4, generator=torch.Generator().manual_seed(5))
         )
-        slopes.append(float(squared_gradient(model.energy_parts(starts)[0], starts).detach()))
+        network = model.energy_parts(starts, differentiable_twice=True)[0]
+        slopes.append(float(squared_gradient(network, starts).detach()))
     assert slopes[1] < 0.5 * slopes[0], slopes
 
 

@@ -20,6 +20,7 @@ from matdisc.csp.train import train_ebm as fit_ebm
 from matdisc.errors import UserError
 from matdisc.graphs import CrystalArrays, parse_structures
 from matdisc.io import read_table, write_table
+from matdisc.memory import retain_freed_memory
 from matdisc.stage import StageCall
 from matdisc.train import load_model, save_model, seed_everything
 
@@ -77,6 +78,7 @@ def _arrays(frame: pd.DataFrame) -> tuple[CrystalArrays, pd.DataFrame]:
 
 def _device_threads(call: StageCall) -> None:
     torch.set_num_threads(max(call.threads, 1))
+    retain_freed_memory()  # MALA allocates the same large tensors every step
 
 
 def train_ebm(call: StageCall) -> None:

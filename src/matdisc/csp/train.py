@@ -170,8 +170,9 @@ def train_ebm(
             data_batch = CrystalBatch.from_arrays(data.lattices, data.frac_coords, data.numbers)
             if settings.grad_penalty > 0:
                 data_batch, negatives = _with_grad(data_batch), _with_grad(negatives)
-            n_data, p_data = model.energy_parts(data_batch)
-            n_sample, p_sample = model.energy_parts(negatives)
+            twice = settings.grad_penalty > 0
+            n_data, p_data = model.energy_parts(data_batch, differentiable_twice=twice)
+            n_sample, p_sample = model.energy_parts(negatives, differentiable_twice=twice)
             e_data, e_sample = n_data + p_data, n_sample + p_sample
             loss = e_data.mean() - e_sample.mean()
             if settings.energy_l2 > 0:
