@@ -16,7 +16,7 @@ from pymatgen.core import Lattice, Structure
 from matdisc.config import default_section, load_config
 from matdisc.csp.energy import ContinuousEnergy
 from matdisc.csp.sampler import energy_and_grad, random_crystals
-from matdisc.csp.stage import evaluate_csp, predict_structures, train_ebm
+from matdisc.csp.stage import evaluate_csp, predict_structures, select_structures, train_ebm
 from matdisc.csp.train import (
     EBMSettings,
     _negatives,
@@ -211,6 +211,31 @@ def test_train_and_evaluate_stages(tmp_path: Path) -> None:
     assert metrics["material_id"].tolist() == ["mp-0"]
     assert metrics["n_samples"].tolist() == [2]
     assert (metrics["n_matched"] <= 2).all()
+    # one sample (K = 1) or the lowest-energy one match only where some of the K does
+    assert (metrics["matched"] >= metrics["matched_k1"]).all()
+    assert (metrics["matched"] >= metrics["matched_lowest_energy"]).all()
+
+
+def test_csp_split_is_seeded_and_keeps_the_fractions() -> None:
+    table = pd.DataFrame(
+        {
+            "material_id": [f"mp-{i}" for i in range(1000)],
+            "nsites": np.arange(1000) % 30 + 1,
+            "split": "train",
+            "structure_class": "other",
+            "crystal_system": "cubic",
+        }
+    )
+    section = {"max_sites": 20, "structure_class": None, "crystal_system": None}
+    kept = select_structures(table, section)
+    assert (kept["split"] == "train").all() and len(kept) == (table["nsites"] <= 20).sum()
+    resplit = {**section, "split": [0.6, 0.2, 0.2]}
+    a, b = select_structures(table, resplit, seed=1), select_structures(table, resplit, seed=1)
+    other = select_structures(table, resplit, seed=2)
+    assert a.equals(b) and not a["material_id"].equals(other["material_id"])
+    counts = a["split"].value_counts()
+    assert (counts["train"], counts["val"], counts["test"]) == (402, 134, 134)  # of 670
+    assert sorted(a["material_id"]) == sorted(kept["material_id"])
 
 
 @pytest.mark.slow

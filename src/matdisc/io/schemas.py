@@ -335,6 +335,10 @@ CSP_METRICS = pa.schema(
         pa.field("n_matched", pa.int32(), nullable=False),  # samples matching the crystal
         pa.field("matched", pa.bool_(), nullable=False),  # at least one sample matches
         pa.field("rms_dist", pa.float64()),  # smallest get_rms_dist RMS over matches; null if none
+        pa.field("matched_k1", pa.bool_(), nullable=False),  # K = 1: the first sample matches
+        pa.field("rms_dist_k1", pa.float64()),  # its RMS; null if it does not match
+        pa.field("matched_lowest_energy", pa.bool_(), nullable=False),  # the lowest-energy sample
+        pa.field("rms_dist_lowest_energy", pa.float64()),
         pa.field("best_energy", pa.float64()),  # lowest EBM energy among the samples
     ]
 )
