@@ -170,7 +170,8 @@ def test_random_crystals_have_the_seed_density_on_average() -> None:
 
 
 def test_energies_do_not_depend_on_the_evaluation_parts() -> None:
-    """energy_and_grad in parts of a few sites gives what one evaluation gives."""
+    """energy_and_grad in parts of a few sites gives what one evaluation gives (to float32
+    rounding: matrix products of other sizes may sum in another order)."""
     from matdisc.csp.energy import ContinuousEnergy
     from matdisc.csp.sampler import energy_and_grad
 
@@ -182,4 +183,4 @@ def test_energies_do_not_depend_on_the_evaluation_parts() -> None:
     parts = energy_and_grad(model, batch, max_nodes=6)
     assert len(batch.split(6)) == 6  # each 5-site crystal alone, each 2 + 3 together
     for a, b in zip(whole, parts, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

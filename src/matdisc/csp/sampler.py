@@ -187,7 +187,7 @@ def niggli_reduce(
 #: Sites per energy evaluation: larger batches are evaluated in parts of this size, whose
 #: (edges x features) tensors stay in cache (1,024 five-site chains at once ran 780
 #: chain-steps/s, in parts of 320 sites 990; benchmarks/bench_mala.py). Each crystal's
-#: energy is its own (no batch statistics), so the split changes no result.
+#: energy is its own (no batch statistics): the parts change results by float rounding only.
 MAX_NODES_PER_EVALUATION = 320
 
 
