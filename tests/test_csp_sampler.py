@@ -184,3 +184,30 @@ def test_energies_do_not_depend_on_the_evaluation_parts() -> None:
     assert len(batch.split(6)) == 6  # each 5-site crystal alone, each 2 + 3 together
     for a, b in zip(whole, parts, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_flat_cells_are_counted_not_logged_per_step(caplog: pytest.LogCaptureFixture) -> None:
+    """A needle-like cell bounds its neighbour search; MALA counts such evaluations."""
+    from matdisc.csp.energy import ContinuousEnergy
+
+    torch.manual_seed(0)
+    model = ContinuousEnergy(node_features=4, edge_features=4, n_conv=1)
+    needle = CrystalBatch.from_arrays(
+        [np.diag([0.3, 9.0, 9.0])],
+        [np.array([[0.0, 0.0, 0.0], [0.5, 0.5, 0.5]])],
+        [np.array([8, 8])],
+    )
+    schedule = Schedule(
+        steps=3,
+        beta_start=1.0,
+        beta_end=1.0,
+        step_start=1e-6,
+        step_end=1e-6,
+        target_acceptance=None,
+    )
+    with caplog.at_level("WARNING"):
+        result = mala(
+            model, needle, schedule, niggli=False, generator=torch.Generator().manual_seed(0)
+        )
+    assert result.flat_cells == 4  # the start and three proposals
+    assert not caplog.records

@@ -52,6 +52,20 @@ MAX_IMAGES_PER_AXIS = 16
 _MAX_CANDIDATES = 2_000_000
 
 
+class _Counter:
+    """A running count (cells whose neighbour search was bounded; see periodic_edges)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def add(self, n: int) -> None:
+        self.total += n
+
+
+#: Cell evaluations with a neighbour search bounded at MAX_IMAGES_PER_AXIS, since import.
+FLAT_CELLS = _Counter()
+
+
 @dataclass
 class CrystalBatch:
     """Crystals as tensors (the state the sampler moves).
@@ -178,12 +192,9 @@ def periodic_edges(
     flat = (ranges > MAX_IMAGES_PER_AXIS).any(dim=1)
     if bool(flat.any()):
         # a near-degenerate (flat) cell would need millions of images: bound the search
-        # (its far images are dropped; the density penalty pushes such cells away)
-        log.warning(
-            "%d near-degenerate cells: neighbour search limited to ±%d cells per axis",
-            int(flat.sum()),
-            MAX_IMAGES_PER_AXIS,
-        )
+        # (its far images are dropped; the density penalty pushes such cells away). Counted
+        # here, reported once per MALA run (random starts make a few at every step).
+        FLAT_CELLS.add(int(flat.sum()))
         ranges = ranges.clamp(max=MAX_IMAGES_PER_AXIS)
     n_images = (2 * ranges + 1).prod(dim=1)
     parts = []

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from matdisc.csp.energy import CrystalBatch
+from matdisc.csp.energy import FLAT_CELLS, MAX_IMAGES_PER_AXIS, CrystalBatch
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +83,14 @@ class Schedule:
 
 @dataclass
 class SampleResult:
-    """Final states, their energies (B,), and the acceptance rate of each chain (B,)."""
+    """Final states, their energies (B,), the acceptance rate of each chain (B,), and the
+    count of near-degenerate cell evaluations."""
 
     batch: CrystalBatch
     energy: torch.Tensor
     acceptance: torch.Tensor
+    #: cell evaluations whose neighbour search was bounded (flat cells; see periodic_edges)
+    flat_cells: int = 0
 
 
 def random_crystals(
@@ -230,13 +233,28 @@ def mala(
     frozen = [p for p in getattr(energy_fn, "parameters", list)() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
+    flat_before = FLAT_CELLS.total
     try:
-        return _mala(
+        result = _mala(
             energy_fn, start, schedule, niggli=niggli, generator=generator, progress=progress
         )
     finally:
         for p in frozen:
             p.requires_grad_(True)
+    result.flat_cells = FLAT_CELLS.total - flat_before
+    return result
+
+
+def log_flat_cells(count: int, what: str) -> None:
+    """One warning for ``count`` near-degenerate cell evaluations (none: nothing)."""
+    if count:
+        log.warning(
+            "%s: %d evaluations of near-degenerate cells had their neighbour search "
+            "limited to ±%d cells per axis",
+            what,
+            count,
+            MAX_IMAGES_PER_AXIS,
+        )
 
 
 def _mala(

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from matdisc.csp.energy import ContinuousEnergy, CrystalBatch
-from matdisc.csp.sampler import Schedule, mala, random_crystals
+from matdisc.csp.energy import FLAT_CELLS, ContinuousEnergy, CrystalBatch
+from matdisc.csp.sampler import Schedule, log_flat_cells, mala, random_crystals
 from matdisc.graphs import CrystalArrays
 from matdisc.io.atomic import atomic_path
 from matdisc.progress import progress
@@ -155,6 +155,7 @@ def train_ebm(
         sums = {"loss": 0.0, "energy_data": 0.0, "energy_sample": 0.0, "acceptance": 0.0}
         sums["squared_gradient"] = 0.0 if settings.grad_penalty > 0 else math.nan
         n_batches = 0
+        flat_before = FLAT_CELLS.total
         batches = range(0, len(order), settings.batch_size)
         for start in progress(batches, desc=f"EBM epoch {epoch + 1}", unit="batch"):
             idx = order[start : start + settings.batch_size]
@@ -200,6 +201,7 @@ def train_ebm(
             row["energy_sample"],
             row["acceptance"],
         )
+        log_flat_cells(FLAT_CELLS.total - flat_before, f"EBM epoch {epoch + 1} negatives")
         stop = settings.max_minutes is not None and row["seconds"] > 60 * settings.max_minutes
         if resume_path is not None:
             state = {
@@ -306,6 +308,7 @@ def sample_structures(
     model.eval()
     parts: list[CrystalBatch] = []
     energies: list[torch.Tensor] = []
+    flat = 0
     for start in progress(range(0, len(all_species), chunk), desc="CSP sampling"):
         part = all_species[start : start + chunk]
         result = mala(
@@ -313,6 +316,8 @@ def sample_structures(
         )
         parts.append(result.batch)
         energies.append(result.energy)
+        flat += result.flat_cells
+    log_flat_cells(flat, "CSP sampling")
     frac = torch.cat([p.frac for p in parts])
     lattice = torch.cat([p.lattice for p in parts])
     numbers = torch.cat([p.numbers for p in parts])
