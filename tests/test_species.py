@@ -13,6 +13,7 @@ from matdisc.segment.species import (
     fit_charges,
     nearest_elements,
     read_descriptors,
+    site_gaussians,
     species_from_descriptors,
     table_position,
 )
@@ -94,3 +95,15 @@ def test_reference_points_replace_the_table_for_the_elements_they_name():
     assert read[0] != 19
     read, dist = nearest_elements(shrunk[None], "table_position", [9, 19, 20, 26], {19: shrunk})
     assert read[0] == 19 and dist[0] == pytest.approx(0.0)
+
+
+def test_fit_from_the_normal_equations_is_the_lstsq_of_the_basis():
+    """The separable normal equations give lstsq's Z on the full (n, d³) basis."""
+    rng = np.random.default_rng(0)
+    for n in (1, 4, 12):
+        lattice, frac = rng.uniform(4, 9, 3), rng.random((n, 3))
+        sigma, density = rng.uniform(0.5, 1.5, n), rng.random((32, 32, 32))
+        basis = site_gaussians(lattice, frac, sigma, 32, PADDING)
+        expected, *_ = np.linalg.lstsq(basis.T, density.ravel(), rcond=None)
+        got = fit_charges(density, lattice, frac, sigma, padding=PADDING)
+        np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
