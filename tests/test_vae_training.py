@@ -385,6 +385,22 @@ def test_stages_end_to_end(store, tmp_path, monkeypatch):
     first = metrics.set_index(["pipeline", "metric"])["value"]
     for key in (("vae", "density_mse"), ("vae_unet_chain", "mask_iou")):
         assert again[key] == pytest.approx(first[key], rel=1e-5)
+    # asked for, the whole store
+    whole_out = {"metrics": tmp_path / "eval_all.parquet"}
+    everything = {**settings, "vae": {**settings["vae"], "evaluate_split": "all"}}
+    stage.evaluate_vae(
+        StageCall(
+            settings=everything,
+            inputs={**inputs, "unet": unet_out["model"], "vae": vae_out["model"]},
+            outputs=whole_out,
+        )
+    )
+    whole = read_table(whole_out["metrics"])
+    assert set(whole["split"]) == {"all"}
+    scored = whole[(whole.pipeline == "unet_true_density") & (whole.metric == "mask_iou")]
+    assert int(scored["n_structures"].iloc[0]) == len(np.asarray(store.split)) > len(
+        load_split(store, "val").index
+    )
 
 
 def test_channels_last_auto_follows_bf16():

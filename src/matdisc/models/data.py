@@ -95,11 +95,13 @@ def with_species_channels(store: Any, data: VoxelSplit, kind: str) -> VoxelSplit
 
 
 def load_split(store: Any, split: str, *, limit: int | None = None) -> VoxelSplit:
-    """Read the items of ``split`` (train/val/test) from an open voxel store.
+    """Read the items of ``split`` (train/val/test, or all: the whole store) from an open
+    voxel store.
 
     ``limit`` keeps the first ``limit`` items (in store order) for quick runs.
     """
-    index = np.flatnonzero(np.asarray(store.split) == split)
+    splits = np.asarray(store.split)
+    index = np.arange(len(splits)) if split == "all" else np.flatnonzero(splits == split)
     if limit is not None:
         index = index[:limit]
     density = np.asarray(store.density[:], dtype=np.float32)[index]

@@ -401,18 +401,22 @@ def evaluate_chain(
         dens_np = dens_out.float().cpu().numpy()
         logits, mask = unet(dens_out)
         pred = UNet3D.classes_from_logits(logits, mask).cpu().numpy()
-        probs = torch.softmax(logits[:, 1:].float(), dim=1).flatten(2).cpu().numpy()
+        element_logits = logits[:, 1:].flatten(2)  # (B, classes, voxels)
         confusion.add(lut[data.species[sl]], pred)
         atomic = unet.atomic_numbers.cpu().numpy()[pred]
         abc_all = np.asarray(lattice_from_coords(coords_out.float().cpu().numpy(), data.padding))
         for j, i in enumerate(idx):
             occupied = np.flatnonzero(pred[j].ravel())
+            # class probabilities of the occupied voxels only (the softmax of all 32³ voxels
+            # of a batch took a tenth of the evaluation)
+            occ_logits = element_logits[j][:, torch.from_numpy(occupied)].float()
+            probs = torch.softmax(occ_logits, dim=0).T.cpu().numpy()
             result = invert(
                 atomic[j],
                 lattice_abc=abc_all[j],
                 padding=data.padding,
                 settings=inverse_settings,
-                scores=ClassScores(occupied, probs[j][:, occupied].T, class_numbers),
+                scores=ClassScores(occupied, probs, class_numbers),
             )
             scores.add(result, truth[i], abc_all[j], data.lattice[i])
             aware_scores.add(

@@ -85,23 +85,35 @@ def _evaluation_rows(
     val: Any,
     device: Any,
     chain_unet: Any = None,
+    split: str = "val",
 ) -> list[dict]:
     """UNet rows on the true density (``unet``) and chain rows (``chain_unet``, by default
-    the same UNet; its maps of decoded densities inverted with their own noise threshold)."""
+    the same UNet; its maps of decoded densities inverted with their own noise threshold)
+    of the structures ``val`` (the store's ``split``)."""
     from matdisc.models.evaluate import evaluate_chain, evaluate_unet, true_structures
 
     started = time.perf_counter()
     truth = true_structures(store, val)
-    rows = evaluate_unet(unet, val, truth, device=device, inverse_settings=inverse_settings(call))
+    rows = evaluate_unet(
+        unet, val, truth, device=device, split=split, inverse_settings=inverse_settings(call)
+    )
     rows += evaluate_chain(
         vae,
         chain_unet or unet,
         val,
         truth,
         device=device,
+        split=split,
         inverse_settings=inverse_settings(call, decoded=True),
     )
-    log.info("evaluation of %d structures took %.0f s", len(val), time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    log.info(
+        "evaluation of %d structures (%s) took %.0f s: %.1f structures/s",
+        len(val),
+        split,
+        seconds,
+        len(val) / max(seconds, 1e-9),
+    )
     return rows
 
 
@@ -215,7 +227,8 @@ def train_vae(call: StageCall) -> None:
 
 
 def evaluate_vae(call: StageCall) -> None:
-    """Score given UNet and VAE checkpoints on the store's val split (no training)."""
+    """Score given UNet and VAE checkpoints on the store's ``vae.evaluate_split`` (val by
+    default; ``all``: the whole store) without training."""
     from matdisc.train import load_model, resolve_device
 
     device = resolve_device(call.section("train")["device"])
@@ -225,9 +238,14 @@ def evaluate_vae(call: StageCall) -> None:
 
     unet, _ = load_model(call.input("unet"), device=device)
     vae, _ = load_model(call.input("vae"), device=device)
-    val = with_species_channels(store, load_split(store, "val"), vae.species_channels)
+    split = call.section("vae")["evaluate_split"]
+    data = with_species_channels(store, load_split(store, split), vae.species_channels)
+    if not len(data):
+        raise UserError(f"the voxel store has no {split} structures; set vae.evaluate_split.")
     chain_unet = None
     if "unet_chain" in call.inputs:
         chain_unet, _ = load_model(call.input("unet_chain"), device=device)
-    rows = _evaluation_rows(call, vae, unet, store, val, device, chain_unet=chain_unet)
+    rows = _evaluation_rows(
+        call, vae, unet, store, data, device, chain_unet=chain_unet, split=split
+    )
     _write_metrics(call.output("metrics"), rows, {"seed": call.seed})
