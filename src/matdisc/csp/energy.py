@@ -246,7 +246,9 @@ def _crystal_pairs(
     shifts = shifts.to(dtype)
     trans = torch.einsum("tk,tkl->tl", shifts, lattice[owner])  # Cartesian translations
     # drop translations no pair can use: |d| >= |t| - (longest cell diagonal)
-    signs = torch.tensor([[1, 1, 1], [1, 1, -1], [1, -1, 1], [-1, 1, 1]], dtype=dtype)
+    signs = torch.tensor(
+        [[1, 1, 1], [1, 1, -1], [1, -1, 1], [-1, 1, 1]], dtype=dtype, device=device
+    )
     diag = torch.linalg.norm(signs @ lattice, dim=-1).max(dim=1).values  # (C,)
     needed = torch.linalg.norm(trans, dim=1) - diag[owner] <= radius[owner]
     shifts, trans, owner = shifts[needed], trans[needed], owner[needed]
@@ -503,8 +505,8 @@ class ContinuousEnergy(nn.Module):
         differentiable_twice: build the graph from autograd's own operations, so that a
         gradient of the energy can itself be differentiated (the gradient penalty);
         otherwise the edge layers use hand-written backwards (:class:`_EdgeEmbedding`,
-        :class:`_Messages`: the same energy, gradients equal to float rounding, MALA
-        about 1.3 times faster).
+        :class:`_Messages`: the same energy, gradients equal to float rounding, fewer
+        passes over the (edges x features) tensors).
         """
         fused = not differentiable_twice
         dtype = self.embedding.weight.dtype

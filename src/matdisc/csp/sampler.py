@@ -177,7 +177,7 @@ def niggli_reduce(
     if len(todo) == 0:
         return batch, {}
     m = reduction_matrices(lattice[todo])
-    m_all = torch.eye(3, dtype=lattice.dtype).repeat(batch.n_graphs, 1, 1)
+    m_all = torch.eye(3, dtype=lattice.dtype, device=lattice.device).repeat(batch.n_graphs, 1, 1)
     m_all[todo] = m
     new_lat = m_all @ lattice
     inv = torch.linalg.inv(m_all)
@@ -226,7 +226,8 @@ def mala(
     """Run MALA chains from ``start`` (one chain per crystal of the batch); see the module doc.
 
     energy_fn must be invariant under re-description if ``niggli`` is on. The energy is
-    evaluated once (with gradient) per step for all chains together.
+    evaluated once (with gradient) per step for all chains, in parts of
+    :data:`MAX_NODES_PER_EVALUATION` sites; an ``nn.Module``'s weights are frozen meanwhile.
     """
     # The chains need gradients in the positions only: frozen parameters spare every
     # backward the weight gradients (which hand-written backwards cannot skip otherwise).
@@ -311,7 +312,7 @@ def _mala(
         if niggli:
             batch, changed = niggli_reduce(batch)
             if changed:  # gradients of the re-described cells: ∇f' = ∇f Mᵀ, ∇L' = M⁻ᵀ ∇L
-                m_all = torch.eye(3, dtype=dtype).repeat(n_chains, 1, 1)
+                m_all = torch.eye(3, dtype=dtype, device=g_l.device).repeat(n_chains, 1, 1)
                 m_all[list(changed)] = torch.stack(list(changed.values()))
                 g_f = torch.einsum("nk,nlk->nl", g_f, m_all[graph])
                 g_l = torch.linalg.inv(m_all).transpose(1, 2) @ g_l
