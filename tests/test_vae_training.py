@@ -164,6 +164,11 @@ def test_datasets_items(store):
     d, c, onehot, abc = VAEDataset(train, augment=True)[1]
     assert d.shape == (1, GRID, GRID, GRID) and c.shape == (3, GRID, GRID, GRID)
     assert onehot.sum() == 1 and onehot.argmax() == train.decile[1]
+    # unknown deciles: left out, or kept with an all-zero condition when asked
+    unknown = dataclasses.replace(train, decile=np.where(np.arange(len(train)) % 2, -1, 3))
+    assert len(VAEDataset(unknown, augment=False)) == (len(train) + 1) // 2
+    kept = VAEDataset(unknown, augment=False, unknown="unconditioned")
+    assert len(kept) == len(train) and kept[1][2].sum() == 0 and kept[0][2][3] == 1
     # A rotated cube keeps its coordinate grid, so the read-back cell length holds.
     from matdisc.segment import lattice_from_coords
 
@@ -339,6 +344,16 @@ def test_stages_end_to_end(store, tmp_path, monkeypatch):
             for metric in ("nonzero_recall", "same_composition_fraction"):
                 assert (pipeline, f"{metric}:{cls}") in got
     assert not any(m.endswith(":other") for m in metrics.metric)
+    # the density reader, without UNet, on the true and on the decoded maps (its own
+    # accuracy is tested in test_density_reader.py: F, Br and Zr of the val crystals are
+    # not among the training elements it chooses from)
+    for pipeline in ("density_true_density", "vae_density_chain"):
+        rows = metrics[metrics.pipeline == pipeline].set_index("metric")["value"]
+        for metric in ("nonzero_recall", "same_composition_fraction", "site_emd_mean_angstrom"):
+            assert metric in rows.index
+        assert 0.0 <= rows["nonzero_recall"] <= 1.0 and rows["seconds_per_structure"] > 0
+    true_read = metrics[metrics.pipeline == "density_true_density"].set_index("metric")["value"]
+    assert true_read["delta_n_sites_mean"] <= 1.0  # the sites are found on true maps
     seg = metrics[metrics.pipeline == "unet_true_density"].set_index("metric")["value"]
     # The true coordinate grid gives the cell back to float precision.
     assert seg["a_mae_angstrom"] < 1e-3

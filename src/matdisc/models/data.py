@@ -134,8 +134,11 @@ def class_counts(species: np.ndarray, classes: Sequence[int]) -> np.ndarray:
 
 
 def onehot(decile: int, n: int = N_DECILES) -> np.ndarray:
+    """(n,) float32 one-hot of ``decile``; all zeros for an unknown decile (-1), the
+    condition of maps trained unconditioned (``vae.unknown_decile: unconditioned``)."""
     out = np.zeros(n, dtype=np.float32)
-    out[int(decile)] = 1.0
+    if decile >= 0:
+        out[int(decile)] = 1.0
     return out
 
 
@@ -300,11 +303,26 @@ def coords_of(lattice: np.ndarray, grid_size: int, padding: float) -> np.ndarray
     return np.asarray(grid, dtype=np.float32)[0]
 
 
+#: What the VAE does with maps whose formation-energy decile is unknown (``vae.unknown_decile``).
+UNKNOWN_DECILE = ("skip", "unconditioned")
+
+
+def known_deciles(data: VoxelSplit, unknown: str = "skip") -> np.ndarray:
+    """Indices of the maps of ``data`` the VAE trains on: those with a known decile
+    (``unknown="skip"``) or all of them (``"unconditioned"``: an unknown decile is the
+    all-zero condition)."""
+    if unknown not in UNKNOWN_DECILE:
+        raise ValueError(f"unknown must be one of {UNKNOWN_DECILE}, got {unknown!r}")
+    if unknown == "unconditioned":
+        return np.arange(len(data))
+    return np.flatnonzero(data.decile >= 0)
+
+
 def vae_batch(
     data: VoxelSplit, start: int, stop: int, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Maps ``start:stop`` of ``data`` as the VAE takes them: density (B, d, d, d), coords
-    (B, 3, d, d, d) Å, one-hot deciles (B, 10) (every decile must be known) and the
+    (B, 3, d, d, d) Å, one-hot deciles (B, 10) (zeros for an unknown decile) and the
     species channels (B, 1 + k, d, d, d) or None."""
     idx = range(start, min(stop, len(data)))
     coords = np.stack([coords_of(data.lattice[i], data.grid_size, data.padding) for i in idx])
@@ -323,12 +341,14 @@ class VAEDataset(Dataset):
     """Items (density (1, d, d, d), coords (3, d, d, d) Å, one-hot decile (10,), lattice (3,) Å
     [, species channels (1 + k, d, d, d) when ``data`` has them]).
 
-    Items whose formation-energy decile is unknown (-1) cannot be conditioned and are
-    left out; their number is logged.
+    Items whose formation-energy decile is unknown (-1) are left out (their number is
+    logged), or with ``unknown="unconditioned"`` kept with an all-zero condition.
     """
 
-    def __init__(self, data: VoxelSplit, *, augment: bool, name: str = "") -> None:
-        keep = np.flatnonzero(data.decile >= 0)
+    def __init__(
+        self, data: VoxelSplit, *, augment: bool, name: str = "", unknown: str = "skip"
+    ) -> None:
+        keep = known_deciles(data, unknown)
         skipped = len(data) - keep.size
         if skipped:
             log.info(

@@ -22,6 +22,11 @@ pipeline ``vae_species_chain``: the chain's structures with each species group's
 read from the decoded channels, its voxel scores taken on the species map of the read
 structures. Every pipeline also reports its recall and composition shares per structure
 class of the truth (``metric:class`` rows).
+
+The density reader (:mod:`matdisc.segment.density`, ``vae.evaluate_density_reader``)
+reads the same maps without a UNet: ``density_true_density`` on the true densities (the
+reader's own limit), ``vae_density_chain`` on the VAE's decoded densities (what the
+decoder still carries of the sites and elements, apart from any UNet).
 """
 
 from __future__ import annotations
@@ -338,6 +343,72 @@ def evaluate_unet(
     return _rows("unet", "unet_true_density", split, rows)
 
 
+def evaluate_density_reader(
+    maps: Sequence[np.ndarray],
+    lattices: Sequence[np.ndarray],
+    data: VoxelSplit,
+    truth: Sequence[Any],
+    *,
+    classes: Sequence[int],
+    pipeline: str,
+    max_sites: int,
+    split: str = "val",
+) -> list[dict]:
+    """Rows of ``pipeline``: the crystals :func:`matdisc.segment.density.read_density`
+    reads from ``maps`` (d, d, d) e/Å³ with cell lengths ``lattices``, scored against the
+    items of ``data`` (same order) like the UNet's: voxel recall on the label spheres of
+    the sites read, site EMD, Δsites, composition shares, per structure class. The
+    candidate elements are ``classes`` (those the models know); a crystal has at most
+    ``max_sites`` sites."""
+    import time
+
+    from matdisc.segment.density import read_density
+    from matdisc.segment.invert import InversionResult
+
+    started = time.perf_counter()
+    lut = class_lookup(classes)
+    candidates = np.asarray(list(classes), dtype=np.int64)
+    radii = radius_lookup()[candidates]
+    confusion = Confusion(len(candidates) + 1)
+    scores = StructureScores()
+    per_class = PerClass(len(candidates) + 1)
+    for i, (grid, abc) in enumerate(
+        tqdm(
+            zip(maps, lattices, strict=True),
+            total=len(maps),
+            desc=pipeline,
+            leave=False,
+            disable=None,
+        )
+    ):
+        read = read_density(grid, abc, data.padding, candidates, radii, max_sites=max_sites)
+        if len(read.numbers):
+            result = InversionResult(read.structure(abc), None, len(read.numbers))
+            pred = lut[species_map(result.structure, data)]
+        else:
+            result = InversionResult(None, "no_atoms", 0)
+            pred = np.zeros_like(data.species[i], dtype=np.int64)
+        true = lut[data.species[i]]
+        confusion.add(true, pred)
+        scores.add(result, truth[i], abc, data.lattice[i])
+        per_class.add(true, pred, result, truth[i], abc, data.lattice[i])
+    seconds = time.perf_counter() - started
+    log.info(
+        "density reader (%s): %d maps in %.0f s, voxel recall %.3f",
+        pipeline, len(maps), seconds, confusion.nonzero_recall(),
+    )  # fmt: skip
+    confusion.log_elements(classes, f"density reader ({pipeline})")
+    rows = {
+        "nonzero_recall": (confusion.nonzero_recall(), len(maps)),
+        "mask_iou": (confusion.mask_iou(), len(maps)),
+        "macro_f1_nonzero": (confusion.macro_f1(include_background=False), len(maps)),
+        **scores.rows(),
+        **per_class.rows(),
+        "seconds_per_structure": (seconds / max(len(maps), 1), len(maps)),
+    }
+    return _rows("density", pipeline, split, rows)
+
+
 @torch.no_grad()
 def evaluate_chain(
     vae: CondVAE3D,
@@ -349,8 +420,10 @@ def evaluate_chain(
     batch_size: int = 8,
     split: str = "val",
     inverse_settings: InverseSettings,
+    density_reader: bool = False,
 ) -> list[dict]:
-    """Rows of the VAE alone (``vae``) and of the ``vae_unet_chain`` pipeline.
+    """Rows of the VAE alone (``vae``) and of the ``vae_unet_chain`` pipeline, and with
+    ``density_reader`` of ``vae_density_chain`` (the decoded densities read without UNet).
 
     Structures with an unknown decile cannot be conditioned and are left out (logged).
     inverse_settings: how the UNet's maps of decoded densities are read back into crystals.
@@ -384,6 +457,8 @@ def evaluate_chain(
     strict_valid = {"as_read": 0, "charge_aware": 0, "structures": 0}
     class_numbers = unet.atomic_numbers[1:].cpu().numpy()
     radii = radius_lookup()
+    decoded: list[np.ndarray] = []
+    decoded_abc: list[np.ndarray] = []
     for start in tqdm(
         range(0, len(data), batch_size), desc="evaluate chain", leave=False, disable=None
     ):
@@ -405,6 +480,9 @@ def evaluate_chain(
         confusion.add(lut[data.species[sl]], pred)
         atomic = unet.atomic_numbers.cpu().numpy()[pred]
         abc_all = np.asarray(lattice_from_coords(coords_out.float().cpu().numpy(), data.padding))
+        if density_reader:
+            decoded.extend(dens_np)
+            decoded_abc.extend(abc_all)
         for j, i in enumerate(idx):
             occupied = np.flatnonzero(pred[j].ravel())
             # class probabilities of the occupied voxels only (the softmax of all 32³ voxels
@@ -505,11 +583,23 @@ def evaluate_chain(
         **aware_scores.rows(),
         "strict_valid_fraction": _share(strict_valid["charge_aware"], strict_valid["structures"]),
     }
-    return (
+    rows = (
         vae_rows
         + _rows("vae", "vae_unet_chain", split, chain)
         + _rows("vae", "vae_unet_chain_charge_aware", split, aware)
     )
+    if density_reader:
+        rows += evaluate_density_reader(
+            decoded,
+            decoded_abc,
+            data,
+            truth,
+            classes=unet.classes,
+            pipeline="vae_density_chain",
+            max_sites=inverse_settings.max_sites,
+            split=split,
+        )
+    return rows
 
 
 def _charge_aware(result: Any, counts: dict[str, int]) -> Any:

@@ -90,13 +90,30 @@ def _evaluation_rows(
     """UNet rows on the true density (``unet``) and chain rows (``chain_unet``, by default
     the same UNet; its maps of decoded densities inverted with their own noise threshold)
     of the structures ``val`` (the store's ``split``)."""
-    from matdisc.models.evaluate import evaluate_chain, evaluate_unet, true_structures
+    from matdisc.models.evaluate import (
+        evaluate_chain,
+        evaluate_density_reader,
+        evaluate_unet,
+        true_structures,
+    )
 
     started = time.perf_counter()
     truth = true_structures(store, val)
+    reader = bool(call.section("vae")["evaluate_density_reader"])
     rows = evaluate_unet(
         unet, val, truth, device=device, split=split, inverse_settings=inverse_settings(call)
     )
+    if reader:
+        rows += evaluate_density_reader(
+            list(val.density),
+            list(val.lattice),
+            val,
+            truth,
+            classes=unet.classes,
+            pipeline="density_true_density",
+            max_sites=inverse_settings(call).max_sites,
+            split=split,
+        )
     rows += evaluate_chain(
         vae,
         chain_unet or unet,
@@ -105,6 +122,7 @@ def _evaluation_rows(
         device=device,
         split=split,
         inverse_settings=inverse_settings(call, decoded=True),
+        density_reader=reader,
     )
     seconds = time.perf_counter() - started
     log.info(
@@ -216,6 +234,7 @@ def train_vae(call: StageCall) -> None:
             config,
             chain_resume,
             patience=section["unet_finetune_patience"],
+            unknown=section["unknown_decile"],
         )
         chain_extra["finetune_history"] = tuned.history
         rows += training_rows("unet_chain", tuned, len(train), len(val))

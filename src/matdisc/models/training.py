@@ -196,12 +196,13 @@ def fit_vae(
     from matdisc.models.vae import CondVAE3D
     from matdisc.train import fit, seed_everything
 
-    train_set = VAEDataset(train, augment=section["augment"], name="train")
+    unknown = section["unknown_decile"]
+    train_set = VAEDataset(train, augment=section["augment"], name="train", unknown=unknown)
     val_set = VAEDataset(val, augment=False, name="val")
     if len(train_set) < 2:
         raise UserError(
             "fewer than 2 training structures have a formation-energy decile; "
-            "the VAE cannot be trained on this data."
+            "set vae.unknown_decile: unconditioned to train on the others too."
         )
     # Coordinates run from -p·L to (1 + p)·L: scale by the largest such extent.
     coord_scale = float(np.ceil(train.lattice.max() * (1 + train.padding)))
@@ -277,14 +278,17 @@ def species_reference(
 
 # -- UNet fine-tuning on VAE reconstructions ---------------------------------------------
 @torch.no_grad()
-def reconstructions(vae: Any, data: Any, device: Any, batch_size: int = 16) -> Any:
-    """The maps of ``data`` (a VoxelSplit) with known decile, their density replaced by the
-    VAE's reconstruction at z = μ (store units; species, lattices, ids unchanged)."""
+def reconstructions(
+    vae: Any, data: Any, device: Any, batch_size: int = 16, unknown: str = "skip"
+) -> Any:
+    """The maps of ``data`` (a VoxelSplit) the VAE trains on (``unknown``: see
+    :func:`matdisc.models.data.known_deciles`), their density replaced by the VAE's
+    reconstruction at z = μ (store units; species, lattices, ids unchanged)."""
     import dataclasses
 
-    from matdisc.models.data import vae_batch
+    from matdisc.models.data import known_deciles, vae_batch
 
-    data = data.subset(np.flatnonzero(data.decile >= 0))
+    data = data.subset(known_deciles(data, unknown))
     vae.eval().to(device)
     out = np.empty_like(data.density)
     for start in range(0, len(data), batch_size):
@@ -304,12 +308,14 @@ def finetune_unet(
     config: Any,
     resume_path: Path,
     patience: int | None = None,
+    unknown: str = "skip",
 ) -> tuple[Any, Any]:
     """Fine-tune a copy of ``unet`` on the VAE's reconstructions of the training maps, the
     kind of density it segments when sampling (a departure from the seed, whose UNet sees
     true densities only). Optimiser settings and loss are the UNet's own
     (``unet_extra["config"]``) except early stopping (``patience``, None = all epochs; the
-    best val epoch is kept either way); returns (fine-tuned UNet, FitResult)."""
+    best val epoch is kept either way); ``unknown``: the training maps of unknown decile
+    too (``"unconditioned"``) or not; returns (fine-tuned UNet, FitResult)."""
     import copy
     import dataclasses
 
@@ -320,7 +326,7 @@ def finetune_unet(
     tuned = copy.deepcopy(unet).to(device)
     tuned.requires_grad_(True)  # the perceptual model of the VAE was frozen
     section = unet_extra["config"]
-    recon_train = reconstructions(vae, train, device)
+    recon_train = reconstructions(vae, train, device, unknown=unknown)
     recon_val = reconstructions(vae, val, device)
     log.info(
         "UNet fine-tuning on %d reconstructed training maps (%d val), %d epochs",
