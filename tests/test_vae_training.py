@@ -413,8 +413,10 @@ def test_stages_end_to_end(store, tmp_path, monkeypatch):
     whole = read_table(whole_out["metrics"])
     assert set(whole["split"]) == {"all"}
     scored = whole[(whole.pipeline == "unet_true_density") & (whole.metric == "mask_iou")]
-    assert int(scored["n_structures"].iloc[0]) == len(np.asarray(store.split)) > len(
-        load_split(store, "val").index
+    assert (
+        int(scored["n_structures"].iloc[0])
+        == len(np.asarray(store.split))
+        > len(load_split(store, "val").index)
     )
 
 
