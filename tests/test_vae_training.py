@@ -297,7 +297,7 @@ def test_stages_end_to_end(store, tmp_path, monkeypatch):
         "voxel": DEFAULTS["voxel"],
         "unet": unet_section(epochs=2, max_minutes=5.0, substitution_probability=0.5),
         # the DFC perceptual term on (off by default), two epochs of chain fine-tuning
-        "vae": vae_section(alpha=1.0, unet_finetune_epochs=2),
+        "vae": vae_section(alpha=1.0, unet_finetune_epochs=2, evaluate_density_reader="both"),
     }
     inputs, unet_out, vae_out = _train_both(settings, tmp_path)
     assert not Path(str(unet_out["model"]) + ".resume").exists()

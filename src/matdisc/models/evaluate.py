@@ -343,6 +343,10 @@ def evaluate_unet(
     return _rows("unet", "unet_true_density", split, rows)
 
 
+#: The density reader's settings on decoded maps (:func:`evaluate_density_reader`).
+DECODED_READ = {"floor": 0.05, "kicks": 1, "rounds": 1, "special_rounds": 1}
+
+
 def evaluate_density_reader(
     maps: Sequence[np.ndarray],
     lattices: Sequence[np.ndarray],
@@ -353,13 +357,16 @@ def evaluate_density_reader(
     pipeline: str,
     max_sites: int,
     split: str = "val",
+    decoded: bool = False,
 ) -> list[dict]:
     """Rows of ``pipeline``: the crystals :func:`matdisc.segment.density.read_density`
     reads from ``maps`` (d, d, d) e/Å³ with cell lengths ``lattices``, scored against the
     items of ``data`` (same order) like the UNet's: voxel recall on the label spheres of
     the sites read, site EMD, Δsites, composition shares, per structure class. The
     candidate elements are ``classes`` (those the models know); a crystal has at most
-    ``max_sites`` sites."""
+    ``max_sites`` sites. ``decoded``: the maps are a decoder's, whose noise shows dozens of
+    small maxima: only maxima above :data:`DECODED_READ` ``floor`` of the map's maximum
+    start sites, and the searches are shorter (:data:`DECODED_READ`)."""
     import time
 
     from matdisc.segment.density import read_density
@@ -381,7 +388,15 @@ def evaluate_density_reader(
             disable=None,
         )
     ):
-        read = read_density(grid, abc, data.padding, candidates, radii, max_sites=max_sites)
+        read = read_density(
+            grid,
+            abc,
+            data.padding,
+            candidates,
+            radii,
+            max_sites=max_sites,
+            **(DECODED_READ if decoded else {}),
+        )
         if len(read.numbers):
             result = InversionResult(read.structure(abc), None, len(read.numbers))
             pred = lut[species_map(result.structure, data)]
@@ -598,6 +613,7 @@ def evaluate_chain(
             pipeline="vae_density_chain",
             max_sites=inverse_settings.max_sites,
             split=split,
+            decoded=True,
         )
     return rows
 

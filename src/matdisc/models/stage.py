@@ -99,11 +99,11 @@ def _evaluation_rows(
 
     started = time.perf_counter()
     truth = true_structures(store, val)
-    reader = bool(call.section("vae")["evaluate_density_reader"])
+    reader = call.section("vae")["evaluate_density_reader"]
     rows = evaluate_unet(
         unet, val, truth, device=device, split=split, inverse_settings=inverse_settings(call)
     )
-    if reader:
+    if reader in ("true_density", "both"):
         rows += evaluate_density_reader(
             list(val.density),
             list(val.lattice),
@@ -122,7 +122,7 @@ def _evaluation_rows(
         device=device,
         split=split,
         inverse_settings=inverse_settings(call, decoded=True),
-        density_reader=reader,
+        density_reader=reader == "both",
     )
     seconds = time.perf_counter() - started
     log.info(
