@@ -101,6 +101,13 @@ def peaks(
         return np.zeros((0, 3))
     heights = grid[tuple(index.T)]
     index = index[np.argsort(-heights, kind="stable")]
+    frac = fraction_of_index(index + _subvoxel(grid, index), d, padding) % 1.0
+    return _merge_images(frac, np.asarray(lattice_abc, np.float64), merge)
+
+
+def _subvoxel(grid: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """(m, 3) offsets (voxels, within ±1/2) of the maxima of a parabola through each
+    interior voxel ``index`` (m, 3) and its two neighbours along each axis."""
     offset = np.zeros(index.shape)
     centre = grid[tuple(index.T)]
     for axis in range(3):
@@ -111,8 +118,7 @@ def peaks(
         curve = up - 2.0 * centre + down
         safe = np.where(curve < 0, curve, -1.0)
         offset[:, axis] = np.where(curve < 0, np.clip(0.5 * (down - up) / safe, -0.5, 0.5), 0.0)
-    frac = fraction_of_index(index + offset, d, padding) % 1.0
-    return _merge_images(frac, np.asarray(lattice_abc, np.float64), merge)
+    return offset
 
 
 def _merge_images(frac: np.ndarray, abc: np.ndarray, merge: float) -> np.ndarray:
@@ -493,15 +499,7 @@ def _polished(
         if not window.size:
             continue
         best = lo + np.array(np.unravel_index(int(window.argmax()), window.shape))
-        offset = np.zeros(3)
-        for axis in range(3):
-            step = np.zeros(3, dtype=np.int64)
-            step[axis] = 1
-            up, mid, down = own[tuple(best + step)], own[tuple(best)], own[tuple(best - step)]
-            curve = up - 2.0 * mid + down
-            if curve < 0:
-                offset[axis] = np.clip(0.5 * (down - up) / curve, -0.5, 0.5)
-        out[i] = fraction_of_index(best + offset, d, padding) % 1.0
+        out[i] = fraction_of_index(best + _subvoxel(own, best[None])[0], d, padding) % 1.0
     return out
 
 
