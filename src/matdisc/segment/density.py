@@ -51,6 +51,7 @@ from scipy import ndimage
 from scipy.linalg import cholesky, solve_triangular
 from scipy.optimize import nnls
 
+from matdisc.segment.species import normal_equations, project
 from matdisc.voxel.core import site_profiles
 from matdisc.voxel.grid import fraction_of_index, voxel_fractions
 
@@ -145,10 +146,7 @@ def _profiles(
 def _project(grid: np.ndarray, gx: np.ndarray, gy: np.ndarray, gz: np.ndarray) -> np.ndarray:
     """<map, Gaussian> for every (site, width) of the profiles: (n, S)."""
     n, s, d = gx.shape
-    flat = (a.reshape(n * s, d) for a in (gx, gy, gz))
-    x, y, z = flat
-    projected = np.einsum("nk,nj,ijk->ni", z, y, grid, optimize=True)
-    return np.einsum("ni,ni->n", x, projected).reshape(n, s)
+    return project(grid, *(a.reshape(n * s, d) for a in (gx, gy, gz))).reshape(n, s)
 
 
 def _moments(
@@ -160,8 +158,7 @@ def _moments(
     gx, gy, gz = (
         a.reshape(-1, a.shape[-1]) for a in _profiles(abc, frac, widths, len(grid), padding)
     )
-    gram = (gx @ gx.T) * (gy @ gy.T) * (gz @ gz.T)
-    rhs = _project(grid, *(a[:, None, :] for a in (gx, gy, gz))).ravel()
+    gram, rhs = normal_equations(grid, gx, gy, gz)
     # the widths are nearly collinear: a small ridge keeps the factorisation stable
     ridge = 1e-6 * np.trace(gram) / len(gram)
     chol = cholesky(gram + ridge * np.eye(len(gram)), lower=True)

@@ -122,11 +122,26 @@ def fit_charges(
         u,
         padding,
     )
-    gram = (gx @ gx.T) * (gy @ gy.T) * (gz @ gz.T)
-    projected = np.einsum("nk,nj,ijk->ni", gz, gy, density, optimize=True)
-    rhs = np.einsum("ni,ni->n", gx, projected)
+    gram, rhs = normal_equations(density, gx, gy, gz)
     z, *_ = np.linalg.lstsq(gram, rhs, rcond=None)
     return z
+
+
+def normal_equations(
+    grid: np.ndarray, gx: np.ndarray, gy: np.ndarray, gz: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The Gram matrix (m, m) of m 3-D Gaussians given by their axis profiles (m, d) each,
+    and their inner products with ``grid`` (d, d, d): (m,), the grid contracted one axis
+    at a time."""
+    gram = (gx @ gx.T) * (gy @ gy.T) * (gz @ gz.T)
+    return gram, project(grid, gx, gy, gz)
+
+
+def project(grid: np.ndarray, gx: np.ndarray, gy: np.ndarray, gz: np.ndarray) -> np.ndarray:
+    """(m,) inner products of ``grid`` (d, d, d) with the 3-D Gaussians of axis profiles
+    (m, d) each."""
+    projected = np.einsum("nk,nj,ijk->ni", gz, gy, grid, optimize=True)
+    return np.einsum("ni,ni->n", gx, projected)
 
 
 class Fidelity:
