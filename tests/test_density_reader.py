@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from matdisc.segment.density import _special_groups, choose_elements, read_density
+from matdisc.segment.density import _orbits, _special_groups, choose_elements, read_density
 from matdisc.segment.metrics import site_emd
 from matdisc.voxel import voxelize
 from matdisc.voxel.radii import radius_lookup
@@ -29,6 +29,10 @@ CASES = {
     "Cu2MnAl": _cell("Fm-3m", 5.95, ["Cu", "Mn", "Al"], [[0.25] * 3, [0, 0, 0], [0.5] * 3]),
     "ZrNiSn": _cell("F-43m", 6.11, ["Zr", "Ni", "Sn"], [[0, 0, 0], [0.25] * 3, [0.5] * 3]),
     "CaF2": _cell("Fm-3m", 5.46, ["Ca", "F"], [[0, 0, 0], [0.25] * 3]),
+    # a wide, light anion beside a small cation (no maximum of its own) and beside heavy ones
+    "MgO": _cell("Fm-3m", 4.21, ["Mg", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+    "BaTiO3": _cell("Pm-3m", 4.0, ["Ba", "Ti", "O"], [[0, 0, 0], [0.5] * 3, [0.5, 0.5, 0]]),
+    "CaZrO3": _cell("Pm-3m", 4.02, ["Ca", "Zr", "O"], [[0, 0, 0], [0.5] * 3, [0.5, 0.5, 0]]),
 }
 
 
@@ -64,6 +68,32 @@ def test_true_sites_get_their_elements_and_an_empty_site_is_emptied():
     np.testing.assert_array_equal(numbers[:-1], v.cell.numbers)
     np.testing.assert_allclose(sigma[:-1], RADII[v.cell.numbers])
     assert numbers[-1] == 0
+
+
+@pytest.mark.parametrize("name", ["MgO", "BaTiO3", "CaZrO3"])
+def test_orbits_take_their_element_together(name):
+    # site by site, Mg or Ba took the anions' density (MgO read as S and Cr, the O²⁻ as
+    # Li/K); the sites of an orbit choose together, and pairs of orbits are tried jointly
+    v = voxelize(CASES[name])
+    numbers, _ = choose_elements(
+        v.density, v.lattice, v.cell.frac, PADDING, CANDIDATES, RADII[CANDIDATES]
+    )
+    np.testing.assert_array_equal(numbers, v.cell.numbers)
+
+
+def test_orbits_of_sites_follow_symmetry_and_labels():
+    v = voxelize(CASES["SrTiO3"])
+    same = np.zeros(len(v.cell.frac), dtype=np.int64)
+    orbits = _orbits(v.lattice, v.cell.frac, same, symprec=0.1)
+    by_element = _orbits(v.lattice, v.cell.frac, v.cell.numbers, symprec=0.1)
+    oxygen = v.cell.numbers == 8
+    assert len(set(by_element[oxygen])) == 1 and len(set(by_element)) == 3
+    # unlabelled, Sr and Ti still differ from O (3 neighbours at a/2 against 6 and 2)
+    assert len(set(orbits)) == 3 and len(set(orbits[oxygen])) == 1
+    # an orbit never joins sites of different labels
+    numbers = v.cell.numbers.copy()
+    numbers[np.flatnonzero(oxygen)[0]] = 9
+    assert len(set(_orbits(v.lattice, v.cell.frac, numbers, symprec=0.1))) > 3
 
 
 def test_an_empty_map_reads_as_no_sites():

@@ -10,11 +10,15 @@ Z names the element. :func:`read_density` reads a crystal from the map without t
 2. **Elements** (:func:`choose_elements`): each site's (Z, σ) is first estimated from a
    non-negative fit of the map with Gaussians of a few fixed widths at every site (the
    fitted mass is Z, the mass-weighted mean of σ² is σ²), and the nearest candidate
-   element in (Z, σ) is the start. Then, site by site until nothing changes, each site
-   takes the candidate whose Gaussian, beside the other sites' current ones, leaves the
-   least squared residual; from that local minimum each site's next-best elements are
-   tried (``kicks``), each followed by the same descent, and a move that lowers the
-   residual is kept. On a map drawn from the read sites the residual is zero.
+   element in (Z, σ) is the start. The sites of one orbit (spglib's equivalent atoms of
+   the sites labelled by their estimates) then choose one element together: group by
+   group, each takes the candidate whose Gaussians, beside the others, leave the least
+   squared residual, and every pair of overlapping groups is tried at its best pair of
+   candidates (a wide cation takes its anions' density unless both change at once);
+   first with coarse labels, then with finer ones that split orbits of look-alike
+   elements (Zr and Sn of ZrNiSn). From there each site is free: a site-by-site
+   descent, and each site's next-best elements tried (``kicks``); a move is kept when
+   it lowers the residual. On a map drawn from the read sites the residual is zero.
 3. **Hidden atoms**: a light atom beside a heavy one can have no maximum of its own. It
    shows in the residual (map minus the fitted sites): residual maxima above
    ``residual_floor`` × the peak height of the weakest candidate element, further than
@@ -28,10 +32,13 @@ Z names the element. :func:`read_density` reads a crystal from the map without t
    special positions of the cubic cells (coordinates in {0, 1/4, 1/2, 3/4}: corners, face
    centres, edge centres, quarter positions, ...) is tried as sites beside the others,
    all elements chosen afresh, and the best group is kept if it removes ``special_gain``
-   of the residual (at most ``special_rounds`` groups).
+   of the residual (at most ``special_rounds`` groups). The groups are orbits under the
+   centring of the read sites and under that of the map's maxima (rock salt's anion
+   orbit includes the body centre only with the F centring, which a half-read cell
+   may have lost).
 
 On the val maps of the default data the reader recovers the composition of most crystals
-(``docs/experiments.md``); its failures are atoms of similar (Z, σ) beside heavy ones.
+(``docs/experiments.md``); its failures are light, wide anions (O²⁻) in large cells.
 
 The inner products need no (sites, d³) basis: a site's Gaussian on the grid is the outer
 product of three axis profiles (:func:`matdisc.voxel.core.site_profiles`), so overlaps
@@ -179,15 +186,21 @@ def choose_elements(
     radii: np.ndarray,
     *,
     kicks: int = 4,
+    alike: tuple[float, float] = (0.3, 0.1),
+    symprec: float = 0.1,
     max_sweeps: int = 30,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The element of each site at ``frac`` (n, 3) that best explains ``grid``, among
     ``candidates`` (atomic numbers) with Gaussian widths ``radii`` (Å, same order); see
-    the module (step 2). Site-by-site descent stops in local minima where a neighbour's
-    element explains part of a site's density; from there each site's ``kicks`` next-best
-    elements are tried, each followed by a descent, and a move that lowers the residual
-    is kept. Returns ((n,) atomic numbers, (n,) their widths Å); 0 for a site that no
-    candidate improves (the fit is better without an atom there)."""
+    the module (step 2). Returns ((n,) atomic numbers, (n,) their widths Å); 0 for a site
+    that no candidate improves (the fit is better without an atom there).
+
+    Sites whose (mass, width) moments agree within ``alike`` (relative) are first given one
+    element together (the sites of one orbit look alike in the map): a descent over these
+    groups, then every pair of groups tried exhaustively (a wide cation can take its
+    anions' density only while the anions change with it). From there each site is free:
+    a site-by-site descent, and each site's ``kicks`` next-best elements tried, each
+    followed by a descent; a move is kept when it lowers the residual."""
     grid = np.asarray(grid, dtype=np.float64)
     abc = np.asarray(lattice_abc, dtype=np.float64)
     cand = np.asarray(list(candidates), dtype=np.int64)
@@ -195,36 +208,66 @@ def choose_elements(
     if len(frac) == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0)
     mass, width = _moments(grid, abc, frac, padding)
-    cost = ((cand[None] - mass[:, None]) / _Z_UNIT) ** 2
-    cost += ((sig[None] - width[:, None]) / _SIGMA_UNIT) ** 2
     # the last candidate is "no atom" (Z = 0): a site no element improves is emptied
     cand = np.append(cand, 0)
     sig = np.append(sig, sig[0])
-    fit = _ElementFit(grid, abc, frac, padding, cand, sig)
-    choice = fit.descend(cost.argmin(axis=1), max_sweeps)
-    best = fit.objective(choice)
-    for _ in range(3 if kicks else 0):
-        improved = False
-        for i in range(len(frac)):
-            change = fit.change(choice, i)
-            change[choice[i]] = np.inf
-            for alternative in np.argsort(change)[:kicks]:
-                trial = choice.copy()
-                trial[i] = alternative
-                # the others adapt to the kicked site first, then all descend
-                trial = fit.descend(trial, max_sweeps)
-                value = fit.objective(trial)
-                if value < best - 1e-9 * abs(best):
-                    choice, best, improved = trial, value, True
-                    break
-        if not improved:
-            break
+    sites = _ElementFit(grid, abc, frac, padding, cand, sig)
+    coarse = _orbits(abc, frac, _alike_groups(mass, width, alike), symprec)
+    # finer orbits split sites of different elements that look alike (Zr and Sn of ZrNiSn)
+    fine_alike = _alike_groups(mass, width, tuple(t / 4.0 for t in alike))
+    fine = _orbits(
+        abc, frac, np.unique(coarse * len(frac) + fine_alike, return_inverse=True)[1], symprec
+    )
+    count = np.bincount(coarse)
+    cost = ((cand[None] - (np.bincount(coarse, mass) / count)[:, None]) / _Z_UNIT) ** 2
+    cost += ((sig[None] - (np.bincount(coarse, width) / count)[:, None]) / _SIGMA_UNIT) ** 2
+    cost[:, -1] = np.inf  # a peak starts as an atom
+    choice = cost.argmin(axis=1)[coarse]
+    for label in (coarse, fine):
+        group_choice = np.zeros(int(label.max()) + 1, dtype=np.int64)
+        group_choice[label] = choice
+        tied = sites.grouped(label)
+        choice = tied.search(group_choice, max_sweeps, pairs=True, kicks=0)[label]
+    choice = sites.search(choice, max_sweeps, pairs=False, kicks=kicks)
     return cand[choice], sig[choice]
 
 
+def _alike_groups(
+    mass: np.ndarray, width: np.ndarray, tolerance: tuple[float, float]
+) -> np.ndarray:
+    """(n,) group labels 0..K-1 of sites whose mass and width agree within ``tolerance``
+    (relative, each) with the group's first site."""
+    key = np.column_stack([np.log(np.maximum(mass, 1e-9)), np.log(np.maximum(width, 1e-9))])
+    label = np.full(len(key), -1, dtype=np.int64)
+    for i in range(len(key)):
+        if label[i] < 0:
+            alike = (np.abs(key - key[i]) <= np.asarray(tolerance)).all(axis=1)
+            label[(label < 0) & alike] = label.max() + 1
+    return label
+
+
+def _orbits(abc: np.ndarray, frac: np.ndarray, label: np.ndarray, symprec: float) -> np.ndarray:
+    """(n,) labels 0..K-1 of the orbits of the sites labelled ``label`` in the orthogonal
+    cell ``abc`` (spglib's equivalent atoms within ``symprec`` Å; every site its own
+    orbit where spglib finds no symmetry)."""
+    from matdisc.voxel.cell import symmetry_dataset
+
+    dataset = symmetry_dataset(
+        (np.diag(abc), np.asarray(frac) % 1.0, np.asarray(label) + 1), symprec
+    )
+    if dataset is None:
+        return np.arange(len(frac))
+    return np.unique(np.asarray(dataset.equivalent_atoms), return_inverse=True)[1]
+
+
 class _ElementFit:
-    """The squared residual of a map explained by one candidate Gaussian per site, as a
-    function of the choice (n,) of candidate per site (up to the map's constant norm)."""
+    """The squared residual of a map explained by one candidate Gaussian per group of
+    sites (all sites of a group take the same candidate), as a function of the choice (K,)
+    of candidate per group, up to the map's constant norm.
+
+    Overlaps are held per pair of groups and pair of distinct widths: ``overlap`` (K, K,
+    W, W) between the groups' unit Gaussians (summed over their sites), ``proj`` (K, W)
+    their inner products with the map; a candidate is its charge and its width's index."""
 
     def __init__(
         self,
@@ -235,31 +278,44 @@ class _ElementFit:
         cand: np.ndarray,
         sig: np.ndarray,
     ) -> None:
-        profiles = _profiles(abc, frac, sig, len(grid), padding)  # 3 x (n, S, d)
-        self.g = np.stack(profiles)  # (3, n, S, d)
-        self.b = _project(grid, *profiles)  # (n, S): <map, Gaussian>
-        self.norm = (self.g**2).sum(-1).prod(axis=0)
+        widths, self.width_of = np.unique(sig, return_inverse=True)
+        profiles = _profiles(abc, frac, widths, len(grid), padding)  # 3 x (n, W, d)
+        self.proj = _project(grid, *profiles)  # (n, W)
+        self.overlap = np.ones((len(frac), len(frac), len(widths), len(widths)))
+        for axis in profiles:
+            self.overlap *= np.einsum("isd,jtd->ijst", axis, axis, optimize=True)
         self.z = cand.astype(np.float64)
-        self.sites = np.arange(len(frac))
 
-    def change(self, choice: np.ndarray, i: int) -> np.ndarray:
-        """(S,) the residual, up to a constant, with site i taking each candidate."""
-        others = self.sites != i
-        cur = choice[others]
-        chosen = self.g[:, others, cur]  # (3, n-1, d)
-        overlap = (self.g[:, i] @ chosen.transpose(0, 2, 1)).prod(axis=0)  # (S, n-1)
-        cross = overlap @ self.z[cur]
-        return self.z**2 * self.norm[i] - 2.0 * self.z * self.b[i] + 2.0 * self.z * cross
+    def grouped(self, label: np.ndarray) -> _ElementFit:
+        """The same fit with the sites of each label (n,) tied to one candidate."""
+        onehot = np.zeros((int(label.max()) + 1, len(label)))
+        onehot[label, np.arange(len(label))] = 1.0
+        fit = object.__new__(_ElementFit)
+        fit.width_of, fit.z = self.width_of, self.z
+        fit.proj = onehot @ self.proj
+        fit.overlap = np.einsum("ki,lj,ijst->klst", onehot, onehot, self.overlap, optimize=True)
+        return fit
+
+    def _terms(self, choice: np.ndarray, k: int, skip: Sequence[int] = ()) -> np.ndarray:
+        """(C,) the residual terms of group k taking each candidate, beside the groups
+        other than k and ``skip`` at their current choice."""
+        w, z = self.width_of, self.z
+        own = self.overlap[k, k][w, w] * z**2 - 2.0 * z * self.proj[k][w]
+        others = np.array([m for m in range(len(choice)) if m != k and m not in skip], dtype=int)
+        if len(others):
+            cross = self.overlap[k][others, :, w[choice[others]]]  # (m, W)
+            own = own + 2.0 * z * (z[choice[others]] @ cross)[w]
+        return own
 
     def descend(self, choice: np.ndarray, max_sweeps: int) -> np.ndarray:
-        """Site by site, the best candidate given the others, until nothing changes."""
+        """Group by group, the best candidate given the others, until nothing changes."""
         choice = choice.copy()
         for _ in range(max_sweeps):
             changed = False
-            for i in self.sites:
-                best = int(self.change(choice, i).argmin())
-                if best != choice[i]:
-                    choice[i] = best
+            for k in range(len(choice)):
+                best = int(self._terms(choice, k).argmin())
+                if best != choice[k]:
+                    choice[k] = best
                     changed = True
             if not changed:
                 break
@@ -267,10 +323,65 @@ class _ElementFit:
 
     def objective(self, choice: np.ndarray) -> float:
         """||map - model||² - ||map||²."""
-        chosen = self.g[:, self.sites, choice]  # (3, n, d)
-        amp = self.z[choice]
-        gram = (chosen @ chosen.transpose(0, 2, 1)).prod(axis=0)
-        return float(amp @ gram @ amp - 2.0 * (amp * self.b[self.sites, choice]).sum())
+        w, z, k = self.width_of[choice], self.z[choice], np.arange(len(choice))
+        gram = self.overlap[k[:, None], k[None], w[:, None], w[None]]
+        return float(z @ gram @ z - 2.0 * (z * self.proj[k, w]).sum())
+
+    def _pair(self, choice: np.ndarray, k: int, m: int) -> np.ndarray:
+        """The choice with groups k and m at their best pair of candidates, given the others."""
+        w, z = self.width_of, self.z
+        both = (
+            self._terms(choice, k, skip=(m,))[:, None]
+            + self._terms(choice, m, skip=(k,))[None]
+            + 2.0 * np.outer(z, z) * self.overlap[k, m][w][:, w]
+        )
+        trial = choice.copy()
+        trial[k], trial[m] = np.unravel_index(int(both.argmin()), both.shape)
+        return trial
+
+    def _neighbours(self, share: float = 0.05) -> list[tuple[int, int]]:
+        """Pairs of groups whose Gaussians overlap (at some width, ``share`` of the
+        geometric mean of their norms): only these can trade density."""
+        diagonal = np.einsum("kkst->kst", self.overlap)  # (K, W, W)
+        norm = np.sqrt(np.einsum("kss->ks", diagonal))  # (K, W)
+        scale = np.einsum("ks,lt->klst", norm, norm)
+        close = (np.abs(self.overlap) > share * scale).any(axis=(2, 3))
+        return [(k, m) for k, m in zip(*np.nonzero(np.triu(close, 1)), strict=True)]
+
+    def search(self, choice: np.ndarray, max_sweeps: int, *, pairs: bool, kicks: int) -> np.ndarray:
+        """From ``choice``: a descent, then moves (every pair of groups at its best pair
+        of candidates; each group's ``kicks`` next-best candidates), each followed by a
+        descent, kept when they lower the residual, until none does (at most 3 rounds)."""
+        choice = self.descend(choice, max_sweeps)
+        best = self.objective(choice)
+        for _ in range(3):
+            improved = False
+            trials = []
+            if pairs:
+                trials += self._neighbours()
+            if kicks:
+                trials += [(k,) for k in range(len(choice))]
+            for move in trials:
+                if len(move) == 2:
+                    options = [self._pair(choice, *move)]
+                else:
+                    change = self._terms(choice, move[0])
+                    change[choice[move[0]]] = np.inf
+                    options = []
+                    for alternative in np.argsort(change)[:kicks]:
+                        trial = choice.copy()
+                        trial[move[0]] = alternative
+                        options.append(trial)
+                for trial in options:
+                    # the others adapt to the move first, then all descend
+                    trial = self.descend(trial, max_sweeps)
+                    value = self.objective(trial)
+                    if value < best - 1e-9 * abs(best):
+                        choice, best, improved = trial, value, True
+                        break
+            if not improved:
+                break
+        return choice
 
 
 def model_map(
@@ -331,6 +442,8 @@ def read_density(
     norm = float((grid**2).sum())
     fit = dict(candidates=candidates, radii=radii, polish=polish, kicks=kicks)
     frac = peaks(grid, abc, padding, floor=floor, merge=merge)[:max_sites]
+    # the maxima's own centring, whatever their elements (the read may break it)
+    peak_centring = _centring(frac, np.zeros(len(frac), dtype=np.int64), abc, merge)
     frac, numbers, sigma = _fit_sites(grid, abc, frac, padding, **fit)
     added = 0
     for _ in range(rounds):
@@ -348,7 +461,8 @@ def read_density(
         # residual peak. Each group of special positions is tried with every element
         # chosen afresh; the best is kept if it removes ``special_gain`` of the residual.
         trials = []
-        for group in _special_groups(_centring(frac, numbers, abc, merge)):
+        centrings = {_centring(frac, numbers, abc, merge), peak_centring}
+        for group in _unique_groups(*(_special_groups(c) for c in sorted(centrings))):
             group = _far_from(group, frac, abc, min_distance)
             if not len(group) or len(frac) + len(group) > max_sites:
                 continue
@@ -408,6 +522,19 @@ def _centring(frac: np.ndarray, numbers: np.ndarray, abc: np.ndarray, tolerance:
         if len(frac) and np.all((np.where(same, dist, np.inf)).min(axis=1) < tolerance):
             found.append(t)
     return tuple(found)
+
+
+def _unique_groups(*families: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+    """The distinct groups of positions of several families of groups, in order."""
+    seen: set[tuple] = set()
+    out = []
+    for family in families:
+        for group in family:
+            key = tuple(sorted(map(tuple, np.round(group, 6).tolist())))
+            if key not in seen:
+                seen.add(key)
+                out.append(group)
+    return out
 
 
 @functools.cache

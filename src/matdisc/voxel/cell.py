@@ -347,7 +347,10 @@ def _require_cubic_symmetry(cell: CubicCell, symprec: float) -> None:
         )
 
 
-def _dataset(cell: tuple[np.ndarray, np.ndarray, np.ndarray], symprec: float) -> Any:
+def symmetry_dataset(cell: tuple[np.ndarray, np.ndarray, np.ndarray], symprec: float) -> Any:
+    """spglib's symmetry dataset of ``cell`` (lattice rows, fractional positions, type
+    numbers) at ``symprec`` Å and the download stage's angle tolerance; None when spglib
+    finds none (overlapping atoms)."""
     import warnings
 
     import spglib
@@ -355,9 +358,11 @@ def _dataset(cell: tuple[np.ndarray, np.ndarray, np.ndarray], symprec: float) ->
     with warnings.catch_warnings():
         # spglib 2.x warns that returning None on failure is deprecated; None is handled.
         warnings.simplefilter("ignore", DeprecationWarning)
-        dataset = spglib.get_symmetry_dataset(
-            cell, symprec=symprec, angle_tolerance=ANGLE_TOLERANCE
-        )
+        return spglib.get_symmetry_dataset(cell, symprec=symprec, angle_tolerance=ANGLE_TOLERANCE)
+
+
+def _dataset(cell: tuple[np.ndarray, np.ndarray, np.ndarray], symprec: float) -> Any:
+    dataset = symmetry_dataset(cell, symprec)
     if dataset is None:
         raise VoxelizeError(
             "not_cubic",
