@@ -498,3 +498,69 @@ def training_arrays(store, split, i):
     from matdisc.voxel.cell import arrays_from_structure
 
     return arrays_from_structure(store.structure(int(split.index[i])))
+
+
+def test_species_fit_loss_is_the_fidelity_metric_of_the_true_sites(store):
+    """Items carry their true sites, rotated with the maps: the fit at those sites returns
+    every Z from a rotated map, so the loss is zero on the target itself and the relative
+    squared Z error of a scaled map."""
+    from matdisc.models.data import with_sites
+    from matdisc.models.losses import fitted_charges, species_fit_loss
+    from matdisc.segment.density import model_map
+    from matdisc.voxel.radii import radius_lookup
+
+    train = with_sites(store, load_split(store, "train"))
+    assert train.sites.shape[0] == len(train) and train.sites.shape[2] == 4
+    _, _, numbers = training_arrays(store, train, 0)
+    np.testing.assert_allclose(
+        train.sites[0, : len(numbers), 3], radius_lookup()[numbers], rtol=1e-6
+    )
+    assert (train.sites[0, len(numbers) :, 3] == 0).all()
+    # the store's cells are cubic-symmetric, so a rotation leaves their maps unchanged:
+    # item 0 becomes three atoms in general positions
+    frac = np.array([[0.1, 0.2, 0.35], [0.6, 0.15, 0.8], [0.3, 0.7, 0.55]])
+    numbers = np.array([38, 22, 8])
+    sigma = radius_lookup()[numbers]
+    sites = np.zeros_like(train.sites[:1])
+    sites[0, :3, :3], sites[0, :3, 3] = frac, sigma
+    density = model_map(train.lattice[0], frac, numbers, sigma, GRID, PADDING)
+    general = dataclasses.replace(
+        train.subset(np.array([0])), density=density[None].astype(np.float32), sites=sites
+    )
+    plain = VAEDataset(general, augment=False)[0]
+    torch.manual_seed(3)
+    turned = 0
+    for _ in range(6):
+        density, _, _, lattice, item_sites = VAEDataset(general, augment=True)[0]
+        grid, abc, s = density[None, 0], lattice[None], item_sites[None]
+        charges = fitted_charges(grid, s, abc, PADDING)[0]
+        np.testing.assert_allclose(charges[:3].numpy(), numbers, rtol=1e-3)
+        assert float(charges[3:].abs().sum()) == 0.0
+        if not torch.equal(density, plain[0]):
+            turned += 1
+            wrong = fitted_charges(grid, plain[4][None], abc, PADDING)[0][:3].numpy()
+            assert not np.allclose(wrong, numbers, rtol=1e-2)
+        assert float(species_fit_loss(grid, grid, s, abc, PADDING)) == 0.0
+        loss = species_fit_loss(1.1 * grid, grid, s, abc, PADDING)
+        assert float(loss) == pytest.approx(0.01, rel=1e-4)
+    assert turned > 0
+    # the loss has gradients for the decoder
+    grid = density[None, 0].clone().requires_grad_(True)
+    species_fit_loss(1.05 * grid, density[None, 0], s, abc, PADDING).backward()
+    assert grid.grad is not None and float(grid.grad.abs().sum()) > 0
+
+
+def test_vae_trains_with_the_species_fit_term(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(stage, "_open", lambda call: store)
+    settings = {
+        "seed": 1,
+        "train": {"device": "cpu", "bf16": False},
+        "voxel": DEFAULTS["voxel"],
+        "unet": unet_section(epochs=1, max_minutes=None),
+        "vae": vae_section(species_fit_weight=1.0, unet_finetune_epochs=0),
+    }
+    _, _, vae_out = _train_both(settings, tmp_path)
+    _, extra = load_model(vae_out["model"])
+    assert extra["config"]["species_fit_weight"] == 1.0
+    metrics = read_table(vae_out["metrics"]).set_index(["pipeline", "metric"])["value"]
+    assert 0.0 <= metrics[("vae", "species_fit_within_3")] <= 1.0

@@ -12,7 +12,7 @@ from pymatgen.core import Lattice, Structure
 from matdisc.segment import invert, lattice_from_coords
 from matdisc.segment.metrics import site_emd
 from matdisc.voxel import VoxelizeError, coordinate_grid, voxelize
-from matdisc.voxel.augment import ROTATIONS, apply_rotation, random_rot90
+from matdisc.voxel.augment import ROTATIONS, apply_rotation, random_rot90, rotate_fractions
 from matdisc.voxel.cell import CubicCell, arrays_from_structure, conventional_cubic
 from matdisc.voxel.core import density_and_species, voxelize_cell
 from matdisc.voxel.grid import voxel_fractions
@@ -330,3 +330,16 @@ def test_disordered_structure_is_rejected_with_a_reason():
     with pytest.raises(VoxelizeError) as info:
         voxelize(alloy)
     assert info.value.reason == "disordered"
+
+
+def test_rotated_fractions_are_where_the_rotated_map_puts_the_atoms():
+    from matdisc.segment.density import model_map
+
+    abc = np.full(3, 5.0)
+    frac = np.array([[0.1, 0.2, 0.3], [0.6, 0.05, 0.9]])
+    numbers, sigma = np.array([20, 8]), np.array([0.8, 1.1])
+    grid = model_map(abc, frac, numbers, sigma, 24, 0.25)
+    for index in range(len(ROTATIONS)):
+        (turned,) = apply_rotation(index, grid)
+        drawn = model_map(abc, rotate_fractions(frac, index), numbers, sigma, 24, 0.25)
+        np.testing.assert_allclose(turned, drawn, atol=1e-12)

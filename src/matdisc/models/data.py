@@ -31,7 +31,9 @@ class VoxelSplit:
     density (n, d, d, d) float32 store units; species (n, d, d, d) uint8 atomic numbers
     (0 = background); lattice (n, 3) float32 a, b, c Å; decile (n,) int64 (-1 = unknown);
     index (n,) the items' rows in the store; channels: the VAE's species channels
-    (n, 1 + k, d, d, d) float32 (:func:`with_species_channels`) or None.
+    (n, 1 + k, d, d, d) float32 (:func:`with_species_channels`) or None; sites: each item's
+    sites (n, m, 4) float32, fractional x, y, z and the Gaussian's σ Å, padded with σ = 0
+    (:func:`with_sites`), or None.
     """
 
     index: np.ndarray
@@ -43,6 +45,7 @@ class VoxelSplit:
     grid_size: int
     padding: float
     channels: np.ndarray | None = None
+    sites: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.material_id)
@@ -58,6 +61,7 @@ class VoxelSplit:
             grid_size=self.grid_size,
             padding=self.padding,
             channels=None if self.channels is None else self.channels[index],
+            sites=None if self.sites is None else self.sites[index],
         )
 
 
@@ -92,6 +96,22 @@ def with_species_channels(store: Any, data: VoxelSplit, kind: str) -> VoxelSplit
     import dataclasses
 
     return dataclasses.replace(data, channels=species_channels_of(store, data.index, kind))
+
+
+def with_sites(store: Any, data: VoxelSplit) -> VoxelSplit:
+    """``data`` with every item's sites (fractional position and σ) from the store's cells."""
+    import dataclasses
+
+    from matdisc.voxel.cell import arrays_from_structure
+    from matdisc.voxel.radii import radius_lookup
+
+    radii = radius_lookup()
+    cells = [arrays_from_structure(store.structure(int(i)))[1:] for i in data.index]
+    sites = np.zeros((len(cells), max((len(n) for _, n in cells), default=0), 4), np.float32)
+    for k, (frac, numbers) in enumerate(cells):
+        sites[k, : len(numbers), :3] = frac % 1.0
+        sites[k, : len(numbers), 3] = radii[numbers]
+    return dataclasses.replace(data, sites=sites)
 
 
 def load_split(store: Any, split: str, *, limit: int | None = None) -> VoxelSplit:
@@ -339,7 +359,8 @@ def vae_batch(
 
 class VAEDataset(Dataset):
     """Items (density (1, d, d, d), coords (3, d, d, d) Å, one-hot decile (10,), lattice (3,) Å
-    [, species channels (1 + k, d, d, d) when ``data`` has them]).
+    [, species channels (1 + k, d, d, d) when ``data`` has them] [, sites (m, 4) when
+    ``data`` has them, rotated with the maps]).
 
     Items whose formation-energy decile is unknown (-1) are left out (their number is
     logged), or with ``unknown="unconditioned"`` kept with an all-zero condition.
@@ -369,8 +390,14 @@ class VAEDataset(Dataset):
         grids = [d.density[i], coords_of(d.lattice[i], d.grid_size, d.padding)]
         if d.channels is not None:
             grids.extend(d.channels[i])
+        sites = None if d.sites is None else d.sites[i].copy()
         if self.augment:
-            grids = list(_rotate(*grids))
+            from matdisc.voxel.augment import apply_rotation, draw_rotation, rotate_fractions
+
+            turn = draw_rotation(_rng())
+            grids = [np.ascontiguousarray(a) for a in apply_rotation(turn, *grids)]
+            if sites is not None:
+                sites[:, :3] = rotate_fractions(sites[:, :3], turn) % 1.0
         density, coords, *species = grids
         item = (
             torch.from_numpy(np.ascontiguousarray(density, dtype=np.float32))[None],
@@ -379,5 +406,7 @@ class VAEDataset(Dataset):
             torch.from_numpy(d.lattice[i].astype(np.float32)),
         )
         if species:
-            return (*item, torch.from_numpy(np.stack(species).astype(np.float32)))
+            item = (*item, torch.from_numpy(np.stack(species).astype(np.float32)))
+        if sites is not None:
+            item = (*item, torch.from_numpy(sites))
         return item

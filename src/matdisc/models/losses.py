@@ -161,6 +161,67 @@ def perceptual_loss(
     )
 
 
+def site_profiles_torch(
+    sites: torch.Tensor, lattice: torch.Tensor, grid_size: int, padding: float
+) -> torch.Tensor:
+    """Axis profiles (B, m, 3, d) 1/Å of each site's normalised Gaussian (periodic images
+    summed) at the voxel centres: sites (B, m, 4) fractional x, y, z and σ Å (σ = 0: no
+    site, zero profile), lattice (B, 3) Å. The torch twin of
+    :func:`matdisc.voxel.core.site_profiles`."""
+    frac, sigma = sites[..., :3].double(), sites[..., 3].double()
+    real = sigma > 0
+    sigma = torch.where(real, sigma, torch.ones_like(sigma))
+    a = lattice.double()
+    u = (
+        -padding
+        + (1.0 + 2.0 * padding)
+        * (torch.arange(grid_size, dtype=torch.float64, device=sites.device) + 0.5)
+        / grid_size
+    )
+    reach = float((8.0 * sigma.max() / a.min()).item()) if real.any() else 0.0
+    n_img = int(np.ceil(padding + reach)) + 1
+    shifts = torch.arange(-n_img, n_img + 1, dtype=torch.float64, device=sites.device)
+    # (B, m, 3, images, d): signed distance Å from every 1-D image to every voxel centre
+    delta = u - frac[..., None, None] - shifts[:, None]
+    delta = delta * a[:, None, :, None, None]
+    s = sigma[..., None, None, None]
+    profile = torch.exp(-0.5 * (delta / s) ** 2).sum(dim=3) / (np.sqrt(2.0 * np.pi) * s[..., 0])
+    return profile * real[..., None, None]
+
+
+def fitted_charges(
+    grids: torch.Tensor, sites: torch.Tensor, lattice: torch.Tensor, padding: float
+) -> torch.Tensor:
+    """(B, m) float64: each map of ``grids`` (B, d, d, d) least-squares fitted with unit
+    Gaussians at ``sites`` (B, m, 4: fractional x, y, z and σ Å; σ = 0 pads, fitted 0) in
+    cells ``lattice`` (B, 3) Å. On a true map at its own sites this returns each Z (in
+    the map's units): the species-fidelity metric's fit, differentiable."""
+    g = site_profiles_torch(sites, lattice, grids.shape[-1], padding)
+    gx, gy, gz = g[:, :, 0], g[:, :, 1], g[:, :, 2]  # (B, m, d)
+    gram = (gx @ gx.transpose(1, 2)) * (gy @ gy.transpose(1, 2)) * (gz @ gz.transpose(1, 2))
+    gram = gram + torch.diag_embed((sites[..., 3] <= 0).double())  # padding: identity rows
+    projected = torch.einsum("bxyz,bmz->bmxy", grids.double(), gz)
+    projected = torch.einsum("bmxy,bmy->bmx", projected, gy)
+    rhs = torch.einsum("bmx,bmx->bm", projected, gx)
+    return torch.linalg.solve(gram, rhs[..., None])[..., 0]
+
+
+def species_fit_loss(
+    reconstruction: torch.Tensor,
+    target: torch.Tensor,
+    sites: torch.Tensor,
+    lattice: torch.Tensor,
+    padding: float,
+) -> torch.Tensor:
+    """The species-fidelity metric as a loss: the squared error of the charges
+    :func:`fitted_charges` finds in the reconstruction (B, d, d, d) at the true sites,
+    over the target's squared charges (per batch), i.e. the relative squared error of
+    the Z a reader would fit."""
+    true = fitted_charges(target, sites, lattice, padding)
+    error = fitted_charges(reconstruction, sites, lattice, padding) - true
+    return ((error**2).sum() / (true**2).sum().clamp_min(1e-12)).float()
+
+
 def vae_loss(
     reconstruction: torch.Tensor,
     target: torch.Tensor,
@@ -172,13 +233,19 @@ def vae_loss(
     unet: UNet3D | None,
     density_scale: float,
     species_weight: float = 1.0,
+    fit_weight: float = 0.0,
+    sites: torch.Tensor | None = None,
+    lattice: torch.Tensor | None = None,
+    padding: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """MSE + β·KLD + α·perceptual on normalised grids (B, 4 [+ species], d, d, d) from the VAE.
 
     The MSE is over the density and coordinate channels; ``mse_density`` (also reported)
     is the density channel alone, the seed's "VAE reconstruction MSE". Species channels,
     when present, add ``species_weight`` × their own MSE. The perceptual term feeds the
-    UNet densities in store units (normalised × ``density_scale``).
+    UNet densities in store units (normalised × ``density_scale``). With ``fit_weight``
+    > 0 and the true ``sites`` (B, m, 4) and ``lattice`` (B, 3), ``fit_weight`` ×
+    :func:`species_fit_loss` of the density channel is added (``species_fit``).
     """
     reconstruction = reconstruction.float()
     mse = F.mse_loss(reconstruction[:, :4], target[:, :4])
@@ -195,6 +262,10 @@ def vae_loss(
         mse_species = F.mse_loss(reconstruction[:, 4:], target[:, 4:])
         loss = loss + species_weight * mse_species
         metrics["mse_species"] = float(mse_species.detach())
+    if fit_weight > 0 and sites is not None and lattice is not None:
+        fit = species_fit_loss(reconstruction[:, 0], target[:, 0], sites, lattice, padding)
+        loss = loss + fit_weight * fit
+        metrics["species_fit"] = float(fit.detach())
     if unet is not None and alpha > 0:
         perc = perceptual_loss(
             unet, target[:, :1] * density_scale, reconstruction[:, :1] * density_scale

@@ -24,7 +24,7 @@ import torch
 
 from matdisc.errors import UserError
 from matdisc.io import write_table
-from matdisc.models.data import with_species_channels
+from matdisc.models.data import with_sites, with_species_channels
 from matdisc.models.training import (
     finetune_unet,
     fit_unet,
@@ -200,6 +200,8 @@ def train_vae(call: StageCall) -> None:
     unet, unet_extra = load_model(call.input("unet"), device=device)
     model_path = call.output("model")
     resume = _resume_path(model_path)
+    if section["species_fit_weight"] > 0:
+        train, val = with_sites(store, train), with_sites(store, val)
     vae, result, extra = fit_vae(train, val, unet, section, config, resume)
     if vae.n_species:
         from matdisc.models.evaluate import true_structures

@@ -151,15 +151,25 @@ def fit_unet(
 
 
 # -- VAE ---------------------------------------------------------------------------------
-def vae_loss_fn(unet: Any, *, alpha: float, beta: float, species_weight: float):
-    """``loss_fn`` for :func:`matdisc.train.fit` over :class:`VAEDataset` batches."""
+def vae_loss_fn(
+    unet: Any,
+    *,
+    alpha: float,
+    beta: float,
+    species_weight: float,
+    fit_weight: float = 0.0,
+    padding: float = 0.0,
+):
+    """``loss_fn`` for :func:`matdisc.train.fit` over :class:`VAEDataset` batches (whose
+    items end with the true sites when ``fit_weight`` > 0)."""
     from matdisc.models.losses import vae_loss
 
     def loss_fn(model, batch, device):
-        density, coords, cond, _, *species = (t.to(device, non_blocking=True) for t in batch)
+        density, coords, cond, lattice, *rest = (t.to(device, non_blocking=True) for t in batch)
+        sites = rest.pop() if fit_weight > 0 else None
         if unet is not None and next(unet.parameters()).device != device:
             unet.to(device)
-        recon, target, mu, logvar = model(density, coords, cond, *species)
+        recon, target, mu, logvar = model(density, coords, cond, *rest)
         return vae_loss(
             recon,
             target,
@@ -170,6 +180,10 @@ def vae_loss_fn(unet: Any, *, alpha: float, beta: float, species_weight: float):
             unet=unet,
             density_scale=model.density_scale,
             species_weight=species_weight,
+            fit_weight=fit_weight,
+            sites=sites,
+            lattice=lattice,
+            padding=padding,
         )
 
     return loss_fn
@@ -233,6 +247,8 @@ def fit_vae(
             alpha=section["alpha"],
             beta=section["beta"],
             species_weight=section["species_weight"],
+            fit_weight=section["species_fit_weight"],
+            padding=train.padding,
         ),
         train_set=train_set,
         val_set=val_set,

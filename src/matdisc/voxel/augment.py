@@ -54,6 +54,22 @@ def apply_rotation(index: int, *arrays: Any) -> tuple[Any, ...]:
     return tuple(_rotate(a, plan) for a in arrays)
 
 
+def rotate_fractions(frac: np.ndarray, index: int) -> np.ndarray:
+    """Fractional positions (n, 3) of points of a cubic cell after rotation ``index`` of
+    :data:`ROTATIONS`, as the voxels of its maps move: a quarter turn on axes (a0, a1)
+    takes (f0, f1) to (1 - f1, f0) (see :func:`_quarter_turn_field`)."""
+    out = np.array(frac, dtype=np.float64, copy=True)
+    for k, (a0, a1) in ROTATIONS[index]:
+        for _ in range(k):
+            out[:, a0], out[:, a1] = 1.0 - out[:, a1], out[:, a0].copy()
+    return out
+
+
+def draw_rotation(rng: Any) -> int:
+    """A uniform random index into :data:`ROTATIONS` (the draw :func:`random_rot90` makes)."""
+    return _draw(rng)
+
+
 def _draw(rng: Any) -> int:
     if rng is None:
         rng = np.random.default_rng()
