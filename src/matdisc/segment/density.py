@@ -267,7 +267,9 @@ class _ElementFit:
 
     Overlaps are held per pair of groups and pair of distinct widths: ``overlap`` (K, K,
     W, W) between the groups' unit Gaussians (summed over their sites), ``proj`` (K, W)
-    their inner products with the map; a candidate is its charge and its width's index."""
+    their inner products with the map; a candidate is its charge and its width's index.
+    A descent keeps the field (K, W) of the current choice, Σ_l z_l <group k at each
+    width, group l>, and updates it when a group changes."""
 
     def __init__(
         self,
@@ -277,44 +279,84 @@ class _ElementFit:
         padding: float,
         cand: np.ndarray,
         sig: np.ndarray,
+        share: float = 0.05,
     ) -> None:
         widths, self.width_of = np.unique(sig, return_inverse=True)
         profiles = _profiles(abc, frac, widths, len(grid), padding)  # 3 x (n, W, d)
-        self.proj = _project(grid, *profiles)  # (n, W)
-        self.overlap = np.ones((len(frac), len(frac), len(widths), len(widths)))
+        n, w = len(frac), len(widths)
+        overlap = np.ones((n * w, n * w))
         for axis in profiles:
-            self.overlap *= np.einsum("isd,jtd->ijst", axis, axis, optimize=True)
+            flat = axis.reshape(n * w, -1)
+            overlap *= flat @ flat.T
         self.z = cand.astype(np.float64)
+        # sites whose Gaussians overlap (at some width, ``share`` of the geometric mean of
+        # their norms) can trade density: only their pairs are tried jointly
+        norm = np.sqrt(np.diagonal(overlap)).reshape(n, w)
+        self.overlap = overlap.reshape(n, w, n, w).transpose(0, 2, 1, 3)
+        close = np.abs(self.overlap) > share * norm[:, None, :, None] * norm[None, :, None, :]
+        self.close = close.any(axis=(2, 3))
+        self._setup(_project(grid, *profiles))
+
+    def _setup(self, proj: np.ndarray) -> None:
+        w, z = self.width_of, self.z
+        k = np.arange(len(proj))
+        self.proj = proj
+        diagonal = self.overlap[k, k][:, w][:, :, w]  # (K, C, C)
+        self.own = np.diagonal(diagonal, axis1=1, axis2=2) * z**2 - 2.0 * z * proj[:, w]
 
     def grouped(self, label: np.ndarray) -> _ElementFit:
         """The same fit with the sites of each label (n,) tied to one candidate."""
-        onehot = np.zeros((int(label.max()) + 1, len(label)))
-        onehot[label, np.arange(len(label))] = 1.0
+        order = np.argsort(label, kind="stable")
+        starts = np.flatnonzero(np.diff(label[order], prepend=-1))
         fit = object.__new__(_ElementFit)
         fit.width_of, fit.z = self.width_of, self.z
-        fit.proj = onehot @ self.proj
-        fit.overlap = np.einsum("ki,lj,ijst->klst", onehot, onehot, self.overlap, optimize=True)
+        half = np.add.reduceat(self.overlap[order], starts, axis=0)  # (K, n, W, W)
+        fit.overlap = np.add.reduceat(half[:, order], starts, axis=1)
+        close = np.add.reduceat(self.close[order].astype(np.int64), starts, axis=0)
+        fit.close = np.add.reduceat(close[:, order], starts, axis=1) > 0
+        fit._setup(np.add.reduceat(self.proj[order], starts, axis=0))
         return fit
 
-    def _terms(self, choice: np.ndarray, k: int, skip: Sequence[int] = ()) -> np.ndarray:
+    def _field(self, choice: np.ndarray) -> np.ndarray:
+        """(K, W): Σ_l z_l <group k at each width, group l at its chosen width>."""
+        groups = np.arange(len(choice))
+        columns = self.overlap[:, groups, :, self.width_of[choice]]  # (K_l, K, W)
+        return np.einsum("lkw,l->kw", columns, self.z[choice])
+
+    def _column(self, k: int, c: int) -> np.ndarray:
+        """(K, W) group k's term in the field when it takes candidate c."""
+        return self.z[c] * self.overlap[:, k, :, self.width_of[c]]
+
+    def _terms(
+        self, choice: np.ndarray, field: np.ndarray, k: int, skip: Sequence[int] = ()
+    ) -> np.ndarray:
         """(C,) the residual terms of group k taking each candidate, beside the groups
         other than k and ``skip`` at their current choice."""
-        w, z = self.width_of, self.z
-        own = self.overlap[k, k][w, w] * z**2 - 2.0 * z * self.proj[k][w]
-        others = np.array([m for m in range(len(choice)) if m != k and m not in skip], dtype=int)
-        if len(others):
-            cross = self.overlap[k][others, :, w[choice[others]]]  # (m, W)
-            own = own + 2.0 * z * (z[choice[others]] @ cross)[w]
-        return own
+        cross = field[k].copy()
+        for m in (k, *skip):
+            cross -= self.z[choice[m]] * self.overlap[k, m, :, self.width_of[choice[m]]]
+        return self.own[k] + 2.0 * self.z * cross[self.width_of]
 
-    def descend(self, choice: np.ndarray, max_sweeps: int) -> np.ndarray:
-        """Group by group, the best candidate given the others, until nothing changes."""
+    def _moved(self, field: np.ndarray, choice: np.ndarray, trial: np.ndarray) -> np.ndarray:
+        """The field of ``trial`` from that of ``choice``."""
+        field = field.copy()
+        for k in np.flatnonzero(trial != choice):
+            field += self._column(k, trial[k]) - self._column(k, choice[k])
+        return field
+
+    def descend(
+        self, choice: np.ndarray, max_sweeps: int, field: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Group by group, the best candidate given the others, until nothing changes
+        (``field``: the choice's, when known)."""
         choice = choice.copy()
+        field = self._field(choice) if field is None else field.copy()
         for _ in range(max_sweeps):
             changed = False
             for k in range(len(choice)):
-                best = int(self._terms(choice, k).argmin())
+                best = int(self._terms(choice, field, k).argmin())
                 if best != choice[k]:
+                    field += self._column(k, best) - self._column(k, choice[k])
                     choice[k] = best
                     changed = True
             if not changed:
@@ -327,45 +369,38 @@ class _ElementFit:
         gram = self.overlap[k[:, None], k[None], w[:, None], w[None]]
         return float(z @ gram @ z - 2.0 * (z * self.proj[k, w]).sum())
 
-    def _pair(self, choice: np.ndarray, k: int, m: int) -> np.ndarray:
+    def _pair(self, choice: np.ndarray, field: np.ndarray, k: int, m: int) -> np.ndarray:
         """The choice with groups k and m at their best pair of candidates, given the others."""
         w, z = self.width_of, self.z
         both = (
-            self._terms(choice, k, skip=(m,))[:, None]
-            + self._terms(choice, m, skip=(k,))[None]
+            self._terms(choice, field, k, skip=(m,))[:, None]
+            + self._terms(choice, field, m, skip=(k,))[None]
             + 2.0 * np.outer(z, z) * self.overlap[k, m][w][:, w]
         )
         trial = choice.copy()
         trial[k], trial[m] = np.unravel_index(int(both.argmin()), both.shape)
         return trial
 
-    def _neighbours(self, share: float = 0.05) -> list[tuple[int, int]]:
-        """Pairs of groups whose Gaussians overlap (at some width, ``share`` of the
-        geometric mean of their norms): only these can trade density."""
-        diagonal = np.einsum("kkst->kst", self.overlap)  # (K, W, W)
-        norm = np.sqrt(np.einsum("kss->ks", diagonal))  # (K, W)
-        scale = np.einsum("ks,lt->klst", norm, norm)
-        close = (np.abs(self.overlap) > share * scale).any(axis=(2, 3))
-        return [(k, m) for k, m in zip(*np.nonzero(np.triu(close, 1)), strict=True)]
-
     def search(self, choice: np.ndarray, max_sweeps: int, *, pairs: bool, kicks: int) -> np.ndarray:
-        """From ``choice``: a descent, then moves (every pair of groups at its best pair
-        of candidates; each group's ``kicks`` next-best candidates), each followed by a
-        descent, kept when they lower the residual, until none does (at most 3 rounds)."""
+        """From ``choice``: a descent, then moves (every pair of overlapping groups at its
+        best pair of candidates; each group's ``kicks`` next-best candidates), each
+        followed by a descent, kept when they lower the residual, until none does (at
+        most 3 rounds)."""
         choice = self.descend(choice, max_sweeps)
         best = self.objective(choice)
         for _ in range(3):
             improved = False
-            trials = []
+            trials: list[tuple[int, ...]] = []
             if pairs:
-                trials += self._neighbours()
+                trials += [tuple(p) for p in np.argwhere(np.triu(self.close, 1)).tolist()]
             if kicks:
                 trials += [(k,) for k in range(len(choice))]
+            field = self._field(choice)
             for move in trials:
                 if len(move) == 2:
-                    options = [self._pair(choice, *move)]
+                    options = [self._pair(choice, field, *move)]
                 else:
-                    change = self._terms(choice, move[0])
+                    change = self._terms(choice, field, move[0])
                     change[choice[move[0]]] = np.inf
                     options = []
                     for alternative in np.argsort(change)[:kicks]:
@@ -374,10 +409,11 @@ class _ElementFit:
                         options.append(trial)
                 for trial in options:
                     # the others adapt to the move first, then all descend
-                    trial = self.descend(trial, max_sweeps)
+                    trial = self.descend(trial, max_sweeps, self._moved(field, choice, trial))
                     value = self.objective(trial)
                     if value < best - 1e-9 * abs(best):
                         choice, best, improved = trial, value, True
+                        field = self._field(choice)
                         break
             if not improved:
                 break
