@@ -33,6 +33,8 @@ CASES = {
     "MgO": _cell("Fm-3m", 4.21, ["Mg", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
     "BaTiO3": _cell("Pm-3m", 4.0, ["Ba", "Ti", "O"], [[0, 0, 0], [0.5] * 3, [0.5, 0.5, 0]]),
     "CaZrO3": _cell("Pm-3m", 4.02, ["Ca", "Zr", "O"], [[0, 0, 0], [0.5] * 3, [0.5, 0.5, 0]]),
+    # antifluorite: the Li⁺ cube is F- and I-centred, the hidden O²⁻ only F-centred
+    "Li2O": _cell("Fm-3m", 4.65, ["Li", "O"], [[0.25] * 3, [0, 0, 0]]),
 }
 
 

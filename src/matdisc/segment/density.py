@@ -497,8 +497,8 @@ def read_density(
         # residual peak. Each group of special positions is tried with every element
         # chosen afresh; the best is kept if it removes ``special_gain`` of the residual.
         trials = []
-        centrings = {_centring(frac, numbers, abc, merge), peak_centring}
-        for group in _unique_groups(*(_special_groups(c) for c in sorted(centrings))):
+        centrings = _sub_centrings(_centring(frac, numbers, abc, merge), peak_centring)
+        for group in _unique_groups(*(_special_groups(c) for c in centrings)):
             group = _far_from(group, frac, abc, min_distance)
             if not len(group) or len(frac) + len(group) > max_sites:
                 continue
@@ -558,6 +558,18 @@ def _centring(frac: np.ndarray, numbers: np.ndarray, abc: np.ndarray, tolerance:
         if len(frac) and np.all((np.where(same, dist, np.inf)).min(axis=1) < tolerance):
             found.append(t)
     return tuple(found)
+
+
+def _sub_centrings(*found: tuple) -> list[tuple]:
+    """Every centring of ``found`` (tuples of :data:`_CENTRINGS`), and its F part and its
+    I part alone: the sites of antifluorite Li2O are both F- and I-centred as a set, but
+    its hidden O²⁻ fill an orbit of the F centring only."""
+    out = {()}
+    for centring in found:
+        out.add(centring)
+        out.add(tuple(t for t in centring if t != _CENTRINGS[3]))
+        out.add(tuple(t for t in centring if t == _CENTRINGS[3]))
+    return sorted(out)
 
 
 def _unique_groups(*families: tuple[np.ndarray, ...]) -> list[np.ndarray]:
