@@ -12,7 +12,7 @@ from pymatgen.core import Composition, Lattice, Structure
 from matdisc.config import validate_config
 from matdisc.segment import InverseSettings, invert
 from matdisc.segment.invert import ClassScores
-from matdisc.segment.readback import charge_aware, combinations, orbit_alternatives
+from matdisc.segment.readback import charge_aware, combinations, orbit_alternatives, sampled
 from matdisc.stability.validity import is_valid
 
 
@@ -128,3 +128,43 @@ def test_segment_scored_probabilities_agree_with_the_species_map():
         np.testing.assert_allclose(scores.probs.sum(axis=1), 1.0, rtol=1e-5)
         top = np.array([8, 11, 17])[scores.probs.argmax(axis=1)]
         np.testing.assert_array_equal(top, grid[scores.index])
+
+
+def test_sampled_reads_draw_each_orbit_in_proportion_and_pass_the_rule():
+    """A rock salt whose cation orbit is K 0.5 / Na 0.3 / Ca 0.2 and anion orbit F 0.7 /
+    O 0.3: draws follow the probabilities among the charge-balanced compositions (KF,
+    NaF, CaO), never KO or CaF; the same generator seed gives the same draw."""
+    structure = rocksalt(5.0, "K", "F")
+    soft = soft_rows([{19: 5.0, 11: 3.0, 20: 2.0}] * 4 + [{9: 7.0, 8: 3.0}] * 4)
+    seen: dict[str, int] = {}
+    for i in range(400):
+        picked = sampled(structure, soft, valid=strict, rng=np.random.default_rng([7, i]))
+        assert picked.valid and strict(picked.structure.composition.reduced_formula)
+        formula = picked.structure.composition.reduced_formula
+        seen[formula] = seen.get(formula, 0) + 1
+        assert (picked.rank == 0) == (formula == "KF")
+    assert set(seen) == {"KF", "NaF", "CaO"}
+    # P(KF) : P(NaF) : P(CaO) = 0.35 : 0.21 : 0.06 among the valid pairs
+    total = sum(seen.values())
+    np.testing.assert_allclose(
+        [seen["KF"] / total, seen["NaF"] / total, seen["CaO"] / total],
+        np.array([0.35, 0.21, 0.06]) / 0.62,
+        atol=0.06,
+    )
+    again = [
+        sampled(structure, soft, valid=strict, rng=np.random.default_rng([7, i])).structure
+        for i in range(5)
+    ]
+    first = [
+        sampled(structure, soft, valid=strict, rng=np.random.default_rng([7, i])).structure
+        for i in range(5)
+    ]
+    assert [s.composition for s in again] == [s.composition for s in first]
+
+
+def test_sampled_read_without_a_valid_draw_keeps_the_crystal():
+    structure = rocksalt(5.0, "K", "O")
+    soft = soft_rows([{19: 1.0}] * 4 + [{8: 1.0}] * 4)  # only K and O: never balanced
+    picked = sampled(structure, soft, valid=strict, rng=np.random.default_rng(0), max_tries=5)
+    assert picked.rank == -1 and not picked.valid
+    assert picked.formula_unconstrained == "K2O2" and picked.structure == structure

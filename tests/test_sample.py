@@ -227,6 +227,36 @@ def test_the_read_and_its_alternatives_are_recorded_and_charge_aware_keeps_posit
     assert read["valid_after"] > read["valid_as_read"] and read["changed"] > 0
 
 
+def test_sampled_species_are_seeded_per_draw_and_keep_positions(inputs, tmp_path, monkeypatch):
+    """species_choice: sampled draws each orbit's element: the same seed gives the same
+    samples whatever the threads, positions stay the argmax read's, every
+    structure read passes the strict rule unless no draw did, and the draws spread over
+    more compositions than the argmax read."""
+    import dataclasses
+
+    from matdisc.stability.validity import is_valid
+
+    true_maps_with_a_wrong_first_choice(inputs, monkeypatch)
+    sample_structures(call_for(inputs, tmp_path / "a.parquet", n_samples=40))
+    sample_structures(
+        call_for(inputs, tmp_path / "s.parquet", n_samples=40, species_choice="sampled")
+    )
+    other = call_for(inputs, tmp_path / "t.parquet", n_samples=40, species_choice="sampled")
+    sample_structures(dataclasses.replace(other, threads=2))
+    argmax = read_table(tmp_path / "a.parquet", "samples")
+    drawn = read_table(tmp_path / "s.parquet", "samples")
+    pd.testing.assert_series_equal(drawn["formula"], read_table(tmp_path / "t.parquet")["formula"])
+    pd.testing.assert_series_equal(argmax["formula_unconstrained"], drawn["formula_unconstrained"])
+    ok = drawn["reason"].isna()
+    found = drawn.loc[ok & (drawn["choice_rank"] >= 0), "formula"]
+    assert len(found) > 5 and all(is_valid(f, "strict") for f in found)
+    assert drawn.loc[ok, "formula"].nunique() > argmax.loc[ok, "formula"].nunique()
+    for (_, a), (_, b) in zip(argmax[ok].iterrows(), drawn[ok].iterrows(), strict=True):
+        sa = Structure.from_dict(json.loads(a["structure_json"]))
+        sb = Structure.from_dict(json.loads(b["structure_json"]))
+        np.testing.assert_allclose(sa.frac_coords, sb.frac_coords)
+
+
 def test_sampling_inverts_with_the_decoded_settings(inputs, tmp_path):
     from matdisc.sample.stage import load_chain
     from matdisc.voxel.store import open_store

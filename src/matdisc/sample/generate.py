@@ -110,6 +110,7 @@ def _one(
     reader: tuple[str, list[int], dict | None] | None,
     scores: ClassScores | None = None,
     choice: str = "argmax",
+    rng: np.random.Generator | None = None,
 ) -> dict[str, Any]:
     """Invert one grid (species (d, d, d), cell lengths abc (3,) Å) and measure its
     structure; with ``reader`` (descriptor set, candidate elements, the VAE's reference
@@ -117,8 +118,8 @@ def _one(
     element its decoded species ``channels`` (1 + k, d, d, d) read as. With the UNet's
     class ``scores`` the orbits' alternatives and the validity of the read are recorded,
     and with ``choice="charge_aware"`` an invalid composition takes the most probable
-    valid combination (:mod:`matdisc.segment.readback`). Returns a samples-table row
-    fragment."""
+    valid combination, with ``choice="sampled"`` every orbit's element is drawn with
+    ``rng`` (:mod:`matdisc.segment.readback`). Returns a samples-table row fragment."""
     started = time.perf_counter()
     result = invert(species, lattice_abc=abc, padding=padding, settings=settings, scores=scores)
     read: dict[str, Any] = {
@@ -128,15 +129,20 @@ def _one(
         "species_alternatives_json": None,
     }
     if result.ok and reader is None and result.soft is not None:
-        from matdisc.segment.readback import charge_aware
+        from matdisc.segment.readback import charge_aware, sampled
         from matdisc.stability.validity import is_strict_valid
 
-        picked = charge_aware(
-            result.structure,
-            result.soft,
-            valid=is_strict_valid,
-            choose=choice == "charge_aware",
-        )
+        if choice == "sampled":
+            if rng is None:
+                raise ValueError("species_choice 'sampled' needs a random generator")
+            picked = sampled(result.structure, result.soft, valid=is_strict_valid, rng=rng)
+        else:
+            picked = charge_aware(
+                result.structure,
+                result.soft,
+                valid=is_strict_valid,
+                choose=choice == "charge_aware",
+            )
         result = dataclasses.replace(result, structure=picked.structure)
         read.update(
             formula_unconstrained=picked.formula_unconstrained,
@@ -189,8 +195,8 @@ class Generator:
     ``device``); padding: the grid padding fraction; inverse_settings: how the grids are
     read back into crystals (:meth:`matdisc.segment.InverseSettings.from_config`, usually
     with ``decoded=True``); species_reader: ``unet`` or ``channels`` (see the module);
-    species_choice: ``argmax`` (each orbit takes the UNet's majority element) or
-    ``charge_aware`` (:mod:`matdisc.segment.readback`; UNet reader only)."""
+    species_choice: ``argmax`` (each orbit takes the UNet's majority element),
+    ``charge_aware`` or ``sampled`` (:mod:`matdisc.segment.readback`; UNet reader only)."""
 
     def __init__(
         self,
@@ -279,10 +285,18 @@ class Generator:
         return species_np, abc, None if channels is None else channels.cpu().numpy(), scores
 
     def run(
-        self, z: np.ndarray, condition: np.ndarray, *, batch_size: int = 32, desc: str | None = None
+        self,
+        z: np.ndarray,
+        condition: np.ndarray,
+        *,
+        batch_size: int = 32,
+        desc: str | None = None,
+        seed: int = 0,
     ) -> list[dict[str, Any]]:
         """One row fragment per latent (same order): reason, n_sites, lattice lengths,
-        min distance, formulas and the pymatgen ``structure`` (None when no structure)."""
+        min distance, formulas and the pymatgen ``structure`` (None when no structure).
+        ``seed``: the species draws of ``species_choice: sampled`` (draw i uses the
+        generator of (seed, i), so threads and batch sizes do not change them)."""
         rows: list[dict[str, Any]] = []
         with ThreadPoolExecutor(max_workers=self.threads) as pool:
             batches = range(0, len(z), batch_size)
@@ -294,9 +308,19 @@ class Generator:
                 reader, choice = repeat(self.reader), repeat(self.species_choice)
                 per_item = repeat(None) if channels is None else channels
                 per_scores = repeat(None) if scores is None else scores
+                rngs = (np.random.default_rng([seed, i]) for i in range(start, start + len(abc)))
                 part = list(
                     pool.map(
-                        _one, species, abc, per_item, padding, settings, reader, per_scores, choice
+                        _one,
+                        species,
+                        abc,
+                        per_item,
+                        padding,
+                        settings,
+                        reader,
+                        per_scores,
+                        choice,
+                        rngs,
                     )
                 )
                 wall = time.perf_counter() - t0

@@ -212,7 +212,11 @@ def sample_structures(call: StageCall) -> None:
     started = time.perf_counter()
     draws = draws_for(section, base, call.seed, gen, store, index)
     rows = gen.run(
-        draws.z, draws.condition, batch_size=int(section["batch_size"]), desc=f"sample {base}"
+        draws.z,
+        draws.condition,
+        batch_size=int(section["batch_size"]),
+        desc=f"sample {base}",
+        seed=int(latent.rng_for(call.seed, f"{base} species").integers(2**62)),
     )
     seconds = time.perf_counter() - started
     frame = samples_frame(base, section["mode"], draws, rows)

@@ -14,6 +14,9 @@ orbit completion every site of an orbit carries the orbit's sum). Here:
   ``max_tries`` of them; a valid crystal keeps its elements. The composition read
   before the choice and its validity are kept beside it, so the validity of the argmax
   read stays measurable.
+* :func:`sampled` (``sample.species_choice: sampled``): each orbit's element drawn from
+  its alternatives in proportion to their probabilities, redrawn until the composition
+  passes the rule.
 """
 
 from __future__ import annotations
@@ -128,14 +131,58 @@ def charge_aware(
     for rank, (choice, _) in enumerate(combinations(orbits), start=1):
         if rank > max_tries:
             break
-        trial = numbers.copy()
-        for orbit, i in zip(orbits, choice, strict=True):
-            trial[list(orbit.sites)] = orbit.numbers[i]
-        counts: dict[str, float] = {}
-        for z in trial:
-            symbol = Element.from_Z(int(z)).symbol
-            counts[symbol] = counts.get(symbol, 0) + 1
-        if valid(Composition(counts).reduced_formula):
+        trial = _assigned(numbers, orbits, choice)
+        if valid(_reduced_formula(trial)):
             chosen = Structure(structure.lattice, trial.tolist(), structure.frac_coords)
             return Choice(chosen, formula, passes, rank, alternatives)
     return Choice(structure, formula, passes, -1, alternatives)
+
+
+def sampled(
+    structure: Structure,
+    soft: np.ndarray,
+    *,
+    valid: Callable[[str], bool],
+    rng: np.random.Generator,
+    top: int = 3,
+    max_tries: int = 32,
+) -> Choice:
+    """The crystal with each orbit's element drawn from its ``top`` alternatives in
+    proportion to their probabilities (``sample.species_choice: sampled``), until a
+    composition passes ``valid`` (at most ``max_tries`` draws): the chain's own
+    uncertainty about the elements, where the argmax read keeps only its mode. The rank
+    is the draw taken (0 when it equals the crystal as read, -1 when no draw passes: the
+    crystal is kept as read)."""
+    orbits = orbit_alternatives(soft, top)
+    formula = structure.composition.reduced_formula
+    passes = valid(formula)
+    alternatives = json.dumps([o.as_dict() for o in orbits])
+    if not orbits:
+        return Choice(structure, formula, passes, 0 if passes else -1, alternatives)
+    numbers = np.asarray(structure.atomic_numbers)
+    weights = [np.asarray(o.probabilities) / np.sum(o.probabilities) for o in orbits]
+    for draw in range(1, max_tries + 1):
+        choice = tuple(int(rng.choice(len(w), p=w)) for w in weights)
+        trial = _assigned(numbers, orbits, choice)
+        if valid(_reduced_formula(trial)):
+            if np.array_equal(trial, numbers):
+                return Choice(structure, formula, passes, 0, alternatives)
+            chosen = Structure(structure.lattice, trial.tolist(), structure.frac_coords)
+            return Choice(chosen, formula, passes, draw, alternatives)
+    return Choice(structure, formula, passes, -1, alternatives)
+
+
+def _assigned(numbers: np.ndarray, orbits: list[Orbit], choice: tuple[int, ...]) -> np.ndarray:
+    """Atomic numbers with each orbit's sites at its ``choice``-th alternative."""
+    trial = numbers.copy()
+    for orbit, i in zip(orbits, choice, strict=True):
+        trial[list(orbit.sites)] = orbit.numbers[i]
+    return trial
+
+
+def _reduced_formula(numbers: np.ndarray) -> str:
+    counts: dict[str, float] = {}
+    for z in numbers:
+        symbol = Element.from_Z(int(z)).symbol
+        counts[symbol] = counts.get(symbol, 0) + 1
+    return Composition(counts).reduced_formula
