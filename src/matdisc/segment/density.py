@@ -195,11 +195,13 @@ def choose_elements(
     the module (step 2). Returns ((n,) atomic numbers, (n,) their widths Å); 0 for a site
     that no candidate improves (the fit is better without an atom there).
 
-    Sites whose (mass, width) moments agree within ``alike`` (relative) are first given one
-    element together (the sites of one orbit look alike in the map): a descent over these
-    groups, then every pair of groups tried exhaustively (a wide cation can take its
-    anions' density only while the anions change with it). From there each site is free:
-    a site-by-site descent, and each site's ``kicks`` next-best elements tried, each
+    The sites of an orbit first take one element together: orbits are spglib's equivalent
+    atoms (within ``symprec`` Å) of the sites labelled by their (mass, width) moments, alike
+    within ``alike`` (differences of the logarithms), then within a quarter of that (which
+    splits orbits of look-alike elements). At each level a descent over the orbits, then
+    every pair of overlapping orbits at its best pair of elements (a wide cation can take
+    its anions' density only while the anions change with it). From there each site is
+    free: a site-by-site descent, and each site's ``kicks`` next-best elements tried, each
     followed by a descent; a move is kept when it lowers the residual."""
     grid = np.asarray(grid, dtype=np.float64)
     abc = np.asarray(lattice_abc, dtype=np.float64)
@@ -235,8 +237,8 @@ def choose_elements(
 def _alike_groups(
     mass: np.ndarray, width: np.ndarray, tolerance: tuple[float, float]
 ) -> np.ndarray:
-    """(n,) group labels 0..K-1 of sites whose mass and width agree within ``tolerance``
-    (relative, each) with the group's first site."""
+    """(n,) group labels 0..K-1 of sites whose log mass and log width differ by at most
+    ``tolerance`` (each) from the group's first site's."""
     key = np.column_stack([np.log(np.maximum(mass, 1e-9)), np.log(np.maximum(width, 1e-9))])
     label = np.full(len(key), -1, dtype=np.int64)
     for i in range(len(key)):
