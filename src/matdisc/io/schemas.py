@@ -176,7 +176,7 @@ SCREENING = pa.schema(
 #: name -> schema; the name is what :func:`write_table` and :func:`read_table` take.
 #: results/metrics/{unet,vae}.parquet: one row per (pipeline, metric), long form.
 #: pipeline: training | unet_true_density | vae | vae_unet_chain |
-#: vae_unet_chain_charge_aware (the chain's most probable strict-valid read,
+#: vae_unet_chain_charge_aware (the chain read as sampling reads it by default,
 #: sample.species_choice: charge_aware; see matdisc.models.evaluate); paper_value: the seed's figure (NaN where none).
 RECONSTRUCTION_METRICS = pa.schema(
     [
