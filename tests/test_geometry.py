@@ -80,3 +80,21 @@ def test_components_of_chains_in_any_order_and_isolated_nodes():
     path = np.zeros((50, 50), dtype=bool)
     path[order[:-1], order[1:]] = path[order[1:], order[:-1]] = True
     assert components(path).tolist() == [0] * 50
+
+
+def test_nearest_sites_agree_with_the_dense_distances():
+    from matdisc.geometry import nearest_sites
+
+    rng = np.random.default_rng(3)
+    cell = np.array([5.0, 6.5, 7.25])
+    sites = rng.random((23, 3))
+    # points on the cell's faces and just outside them (x % 1 can round up to 1.0)
+    points = np.concatenate([rng.random((4, 40, 3)) * 3 - 1, np.full((4, 2, 3), -1e-17)], axis=1)
+    points[0, 0] = [1.0, 0.0, 0.999999999999]
+    d2, index = nearest_sites(points, sites, cell)
+    dense = squared_distances(points, sites, cell)
+    assert d2.shape == index.shape == (4, 42)
+    np.testing.assert_allclose(d2, dense.min(axis=-1), atol=1e-12)
+    assert np.array_equal(index, dense.argmin(axis=-1))
+    empty_d2, _ = nearest_sites(points[0], np.zeros((0, 3)), cell)
+    assert np.isinf(empty_d2).all()

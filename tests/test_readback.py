@@ -111,8 +111,8 @@ def test_invert_sums_the_class_probabilities_of_each_atoms_voxels():
 
 
 def test_segment_scored_probabilities_agree_with_the_species_map():
+    from matdisc.models.inference import class_scores, segment_masked, segment_scored
     from matdisc.models.unet import UNet3D
-    from matdisc.sample.generate import class_scores, segment_masked, segment_scored
 
     torch.manual_seed(0)
     unet = UNet3D(classes=[8, 11, 17], base_channels=4, depth=2).eval()

@@ -350,8 +350,8 @@ def test_random_sampling_table():
 
 
 def test_folded_batchnorm_gives_the_same_segmentation():
+    from matdisc.models.inference import fold_batchnorm
     from matdisc.models.unet import UNet3D
-    from matdisc.sample.generate import fold_batchnorm
 
     torch.manual_seed(1)
     unet = UNet3D(classes=[8, 11, 17], base_channels=2, depth=2).eval()
@@ -368,8 +368,8 @@ def test_folded_batchnorm_gives_the_same_segmentation():
 
 
 def test_masked_segmentation_equals_the_unet_segment():
+    from matdisc.models.inference import segment_masked
     from matdisc.models.unet import UNet3D
-    from matdisc.sample.generate import segment_masked
 
     torch.manual_seed(2)
     for channels_last in (False, True):

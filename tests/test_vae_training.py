@@ -96,6 +96,9 @@ class FakeStore:
     def structure(self, index: int):
         return self.cells[index]
 
+    def structures(self, indices) -> list:
+        return [self.cells[int(i)] for i in indices]
+
 
 @pytest.fixture(scope="module")
 def store():
@@ -413,6 +416,25 @@ def test_stages_end_to_end(store, tmp_path, monkeypatch):
     first = metrics.set_index(["pipeline", "metric"])["value"]
     for key in (("vae", "density_mse"), ("vae_unet_chain", "mask_iou")):
         assert again[key] == pytest.approx(first[key], rel=1e-5)
+    # the maps read on two threads: the same rows, in the same order
+    threaded_out = {"metrics": tmp_path / "eval_threads.parquet"}
+    stage.evaluate_vae(
+        StageCall(
+            settings=settings,
+            inputs={
+                **inputs,
+                "unet": unet_out["model"],
+                "vae": vae_out["model"],
+                "unet_chain": vae_out["unet_chain"],
+            },
+            outputs=threaded_out,
+            threads=2,
+        )
+    )
+    threaded = read_table(threaded_out["metrics"]).set_index(["pipeline", "metric"])["value"]
+    assert list(threaded.index) == list(again.index)
+    timing = threaded.index.get_level_values("metric") == "seconds_per_structure"
+    np.testing.assert_array_equal(threaded[~timing].to_numpy(), again[~timing].to_numpy())
     # asked for, the whole store
     whole_out = {"metrics": tmp_path / "eval_all.parquet"}
     everything = {**settings, "vae": {**settings["vae"], "evaluate_split": "all"}}

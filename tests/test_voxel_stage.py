@@ -132,6 +132,12 @@ def test_stage_writes_the_store_with_counted_skips(structures_table, tmp_path):
     assert np.array_equal(store.mask(4), ref.species > 0)
     assert np.allclose(store.coords(4), ref.coords)
     assert store.structure(4).composition.reduced_formula == "MnAlCu2"
+    # read in one pass, in the order asked for, repeats included
+    many = store.structures([5, 1, 4, 1])
+    assert [s.composition.reduced_formula for s in many] == [
+        store.structure(i).composition.reduced_formula for i in (5, 1, 4, 1)
+    ]
+    assert many[2] == store.structure(4) and store.structures([]) == []
 
 
 def test_nothing_to_voxelize_is_a_user_error(tmp_path):

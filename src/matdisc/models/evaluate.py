@@ -35,7 +35,9 @@ import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -44,6 +46,7 @@ import torch
 from tqdm.auto import tqdm
 
 from matdisc.models.data import VoxelSplit, class_lookup, coords_of, vae_batch
+from matdisc.models.inference import class_scores, inference_copy, segment_masked, segment_scored
 from matdisc.models.unet import UNet3D
 from matdisc.models.vae import CondVAE3D
 from matdisc.segment import InverseSettings, invert, lattice_from_coords
@@ -75,7 +78,7 @@ PAPER = {
 
 def true_structures(store: Any, split: VoxelSplit) -> list[Any]:
     """The voxelized conventional cells (pymatgen Structures) of the items of ``split``."""
-    return [store.structure(int(i)) for i in split.index]
+    return store.structures(split.index)
 
 
 @dataclass
@@ -164,6 +167,49 @@ class Confusion:
         return float((2 * tp / np.maximum(both, 1))[present].mean())
 
 
+@dataclass(frozen=True)
+class Scored:
+    """One structure's scores against its truth, computed once (the site EMD is a linear
+    program) and added to every tally it belongs to (:class:`StructureScores`)."""
+
+    ok: bool
+    reason: str | None
+    lattice_err: np.ndarray
+    has_truth: bool
+    dn: int = 0
+    emd: float = float("nan")
+    same_stoichiometry: bool = False
+    same_composition: bool = False
+
+
+def score(
+    result: Any, true: Any, abc_pred: np.ndarray, abc_true: np.ndarray, *, emd: float | None = None
+) -> Scored:
+    """The scores of one inversion ``result`` against the true structure (None: no truth).
+    ``emd``: the site EMD when it is already known (a result whose species alone changed
+    has its sites')."""
+    from matdisc.segment.metrics import delta_n_sites, site_emd
+
+    err = np.abs(np.asarray(abc_pred, float) - np.asarray(abc_true, float))
+    if true is None:
+        return Scored(result.ok, result.reason, err, False)
+    # Every input counts: a grid with no atom found has 0 sites.
+    dn = delta_n_sites(int(result.n_sites), len(true))
+    if not result.ok:
+        return Scored(False, result.reason, err, True, dn)
+    got, want = result.structure.composition, true.composition
+    return Scored(
+        True,
+        None,
+        err,
+        True,
+        dn,
+        site_emd(result.structure, true) if emd is None else float(emd),
+        got.anonymized_formula == want.anonymized_formula,
+        got.reduced_formula == want.reduced_formula,
+    )
+
+
 @dataclass
 class StructureScores:
     """Running per-structure scores of one pipeline."""
@@ -178,23 +224,23 @@ class StructureScores:
     reasons: Counter = field(default_factory=Counter)
 
     def add(self, result: Any, true: Any, abc_pred: np.ndarray, abc_true: np.ndarray) -> None:
-        from matdisc.segment.metrics import delta_n_sites, site_emd
+        """Score ``result`` against ``true`` (:func:`score`) and add it."""
+        self.add_scored(score(result, true, abc_pred, abc_true))
 
+    def add_scored(self, scored: Scored) -> None:
         self.total += 1
-        self.lattice_err.append(np.abs(np.asarray(abc_pred, float) - np.asarray(abc_true, float)))
-        if result.ok:
+        self.lattice_err.append(scored.lattice_err)
+        if scored.ok:
             self.valid += 1
         else:
-            self.reasons[result.reason] += 1
-        if true is None:
+            self.reasons[scored.reason] += 1
+        if not scored.has_truth:
             return
-        # Every input counts: a grid with no atom found has 0 sites.
-        self.dn.append(delta_n_sites(int(result.n_sites), len(true)))
-        if result.ok:
-            self.emd.append(site_emd(result.structure, true))
-            got, want = result.structure.composition, true.composition
-            self.same_stoichiometry += got.anonymized_formula == want.anonymized_formula
-            self.same_composition += got.reduced_formula == want.reduced_formula
+        self.dn.append(scored.dn)
+        if scored.ok:
+            self.emd.append(scored.emd)
+            self.same_stoichiometry += scored.same_stoichiometry
+            self.same_composition += scored.same_composition
 
     def rows(self) -> dict[str, tuple[float, int]]:
         err = np.array(self.lattice_err).reshape(-1, 3)
@@ -237,17 +283,15 @@ class PerClass:
         self.confusion: dict[str, Confusion] = {}
         self.scores: dict[str, StructureScores] = {}
 
-    def add(
-        self, true: np.ndarray, pred: np.ndarray, result: Any, truth: Any, abc: Any, abc_true: Any
-    ) -> None:
-        """One map: true/predicted class indices (d, d, d) and its inversion."""
+    def add(self, true: np.ndarray, pred: np.ndarray, scored: Scored, truth: Any) -> None:
+        """One map: true/predicted class indices (d, d, d) and its inversion's scores."""
         from matdisc.data.records import structure_class
 
         if truth is None:
             return
         cls = structure_class(truth.composition)
         self.confusion.setdefault(cls, Confusion(self.n_classes)).add(true, pred)
-        self.scores.setdefault(cls, StructureScores()).add(result, truth, abc, abc_true)
+        self.scores.setdefault(cls, StructureScores()).add_scored(scored)
 
     def rows(self) -> dict[str, tuple[float, int]]:
         out: dict[str, tuple[float, int]] = {}
@@ -294,6 +338,21 @@ def _rows(
     ]
 
 
+def _invert_scored(
+    species: np.ndarray,
+    abc: np.ndarray,
+    truth: Any,
+    abc_true: np.ndarray,
+    padding: float,
+    settings: InverseSettings,
+    scores: ClassScores | None = None,
+) -> tuple[Any, Scored]:
+    """Invert one species map (cell lengths ``abc``) and score it against ``truth``: the
+    per-structure work of the evaluation, run on a thread pool."""
+    result = invert(species, lattice_abc=abc, padding=padding, settings=settings, scores=scores)
+    return result, score(result, truth, abc, abc_true)
+
+
 @torch.no_grad()
 def evaluate_unet(
     unet: UNet3D,
@@ -304,32 +363,48 @@ def evaluate_unet(
     batch_size: int = 8,
     split: str = "val",
     inverse_settings: InverseSettings,
+    threads: int = 1,
 ) -> list[dict]:
     """Rows of the ``unet_true_density`` pipeline (voxel scores + inversion scores);
-    inverse_settings: how the UNet's maps are read back into crystals."""
+    inverse_settings: how the UNet's maps are read back into crystals. The UNet runs as
+    sampling runs it (:mod:`matdisc.models.inference`); ``threads`` invert and score the
+    maps of a batch in parallel (the scores are added in order)."""
     unet.eval().to(device)
+    fast = inference_copy(unet)
     lut = class_lookup(unet.classes)
     confusion = Confusion(unet.n_classes)
     scores = StructureScores()
     per_class = PerClass(unet.n_classes)
-    for start in tqdm(
-        range(0, len(data), batch_size), desc="evaluate UNet", leave=False, disable=None
-    ):
-        sl = slice(start, start + batch_size)
-        density = torch.from_numpy(data.density[sl]).to(device)
-        logits, mask = unet(density)
-        pred = UNet3D.classes_from_logits(logits, mask).cpu().numpy()
-        confusion.add(lut[data.species[sl]], pred)
-        atomic = unet.atomic_numbers.cpu().numpy()[pred]
-        for j in range(len(pred)):
-            i = start + j
-            coords = coords_of(data.lattice[i], data.grid_size, data.padding)
-            abc = np.asarray(lattice_from_coords(coords, data.padding), dtype=np.float64)
-            result = invert(
-                atomic[j], lattice_abc=abc, padding=data.padding, settings=inverse_settings
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        for start in tqdm(
+            range(0, len(data), batch_size), desc="evaluate UNet", leave=False, disable=None
+        ):
+            idx = range(start, min(start + batch_size, len(data)))
+            density = torch.from_numpy(data.density[start : idx.stop]).to(device)
+            atomic = segment_masked(fast, density).cpu().numpy()
+            pred = lut[atomic]
+            true = lut[data.species[start : idx.stop]]
+            confusion.add(true, pred)
+            lattices = [data.lattice[i] for i in idx]
+            abc = [
+                np.asarray(
+                    lattice_from_coords(coords_of(lat, data.grid_size, data.padding), data.padding),
+                    dtype=np.float64,
+                )
+                for lat in lattices
+            ]
+            done = pool.map(
+                _invert_scored,
+                atomic,
+                abc,
+                [truth[i] for i in idx],
+                lattices,
+                repeat(data.padding),
+                repeat(inverse_settings),
             )
-            scores.add(result, truth[i], abc, data.lattice[i])
-            per_class.add(lut[data.species[i]], pred[j], result, truth[i], abc, data.lattice[i])
+            for j, (i, (_, scored)) in enumerate(zip(idx, done, strict=True)):
+                scores.add_scored(scored)
+                per_class.add(true[j], pred[j], scored, truth[i])
     voxel = {
         "nonzero_recall": (confusion.nonzero_recall(), len(data)),
         "mask_iou": (confusion.mask_iou(), len(data)),
@@ -405,8 +480,9 @@ def evaluate_density_reader(
             pred = np.zeros_like(data.species[i], dtype=np.int64)
         true = lut[data.species[i]]
         confusion.add(true, pred)
-        scores.add(result, truth[i], abc, data.lattice[i])
-        per_class.add(true, pred, result, truth[i], abc, data.lattice[i])
+        scored = score(result, truth[i], abc, data.lattice[i])
+        scores.add_scored(scored)
+        per_class.add(true, pred, scored, truth[i])
     seconds = time.perf_counter() - started
     log.info(
         "density reader (%s): %d maps in %.0f s, voxel recall %.3f",
@@ -436,12 +512,15 @@ def evaluate_chain(
     split: str = "val",
     inverse_settings: InverseSettings,
     density_reader: bool = False,
+    threads: int = 1,
 ) -> list[dict]:
     """Rows of the VAE alone (``vae``) and of the ``vae_unet_chain`` pipeline, and with
     ``density_reader`` of ``vae_density_chain`` (the decoded densities read without UNet).
 
     Structures with an unknown decile cannot be conditioned and are left out (logged).
     inverse_settings: how the UNet's maps of decoded densities are read back into crystals.
+    The UNet runs as sampling runs it (:mod:`matdisc.models.inference`); ``threads``
+    invert and score the maps of a batch in parallel (added in order).
     """
     keep = np.flatnonzero(data.decile >= 0)
     if len(keep) < len(data):
@@ -471,88 +550,91 @@ def evaluate_chain(
     aware_scores = StructureScores()
     strict_valid = {"as_read": 0, "charge_aware": 0, "structures": 0}
     class_numbers = unet.atomic_numbers[1:].cpu().numpy()
-    radii = radius_lookup()
     decoded: list[np.ndarray] = []
     decoded_abc: list[np.ndarray] = []
-    for start in tqdm(
-        range(0, len(data), batch_size), desc="evaluate chain", leave=False, disable=None
-    ):
-        sl = slice(start, start + batch_size)
-        idx = range(start, min(start + batch_size, len(data)))
-        density, coords, cond, species = vae_batch(data, start, start + batch_size, device)
-        recon, target, _, _ = vae(density, coords, cond, species)
-        sq_density += float(((recon[:, 0] - target[:, 0]) ** 2).sum())
-        sq_coords += float(((recon[:, 1:4] - target[:, 1:4]) ** 2).sum()) / 3
-        voxels += target[:, 0].numel()
-        correlations.extend(_pearson(recon[:, 0].float(), target[:, 0].float()))
-        dens_out = (recon[:, 0] * vae.density_scale).clamp_min(0.0)
-        coords_out = recon[:, 1:4] * vae.coord_scale
-        channels_out = recon[:, 4:].float().clamp_min(0.0).cpu().numpy()
-        dens_np = dens_out.float().cpu().numpy()
-        logits, mask = unet(dens_out)
-        pred = UNet3D.classes_from_logits(logits, mask).cpu().numpy()
-        element_logits = logits[:, 1:].flatten(2)  # (B, classes, voxels)
-        confusion.add(lut[data.species[sl]], pred)
-        atomic = unet.atomic_numbers.cpu().numpy()[pred]
-        abc_all = np.asarray(lattice_from_coords(coords_out.float().cpu().numpy(), data.padding))
-        if density_reader:
-            decoded.extend(dens_np)
-            decoded_abc.extend(abc_all)
-        for j, i in enumerate(idx):
-            occupied = np.flatnonzero(pred[j].ravel())
-            # class probabilities of the occupied voxels only (the softmax of all 32³ voxels
-            # of a batch took a tenth of the evaluation)
-            occ_logits = element_logits[j][:, torch.from_numpy(occupied)].float()
-            probs = torch.softmax(occ_logits, dim=0).T.cpu().numpy()
-            result = invert(
-                atomic[j],
-                lattice_abc=abc_all[j],
-                padding=data.padding,
-                settings=inverse_settings,
-                scores=ClassScores(occupied, probs, class_numbers),
+    fast = inference_copy(unet)
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        for start in tqdm(
+            range(0, len(data), batch_size), desc="evaluate chain", leave=False, disable=None
+        ):
+            idx = range(start, min(start + batch_size, len(data)))
+            density, coords, cond, species = vae_batch(data, start, start + batch_size, device)
+            recon, target, _, _ = vae(density, coords, cond, species)
+            sq_density += float(((recon[:, 0] - target[:, 0]) ** 2).sum())
+            sq_coords += float(((recon[:, 1:4] - target[:, 1:4]) ** 2).sum()) / 3
+            voxels += target[:, 0].numel()
+            correlations.extend(_pearson(recon[:, 0].float(), target[:, 0].float()))
+            dens_out = (recon[:, 0] * vae.density_scale).clamp_min(0.0)
+            coords_out = recon[:, 1:4] * vae.coord_scale
+            channels_out = recon[:, 4:].float().clamp_min(0.0).cpu().numpy()
+            dens_np = dens_out.float().cpu().numpy()
+            atomic_t, where, logits = segment_scored(fast, dens_out)
+            atomic = atomic_t.cpu().numpy()
+            pred = lut[atomic]
+            true = lut[data.species[start : idx.stop]]
+            confusion.add(true, pred)
+            probs = class_scores(where, logits, class_numbers, len(idx), data.grid_size)
+            abc_all = np.asarray(
+                lattice_from_coords(coords_out.float().cpu().numpy(), data.padding)
             )
-            scores.add(result, truth[i], abc_all[j], data.lattice[i])
-            aware_scores.add(
-                _charge_aware(result, strict_valid), truth[i], abc_all[j], data.lattice[i]
+            if density_reader:
+                decoded.extend(dens_np)
+                decoded_abc.extend(abc_all)
+            done = pool.map(
+                _chain_item,
+                atomic,
+                abc_all,
+                probs,
+                dens_np,
+                [data.density[i] for i in idx],
+                [truth[i] for i in idx],
+                [data.lattice[i] for i in idx],
+                repeat(data.padding),
+                repeat(inverse_settings),
             )
-            true_classes = lut[data.species[i]]
-            chain_classes.add(true_classes, pred[j], result, truth[i], abc_all[j], data.lattice[i])
-            if truth[i] is None:
-                continue
-            _, frac, numbers = arrays_from_structure(truth[i])
-            lat = np.asarray(data.lattice[i], dtype=np.float64)
-            for name, grid in (("vae", dens_np[j]), ("true_density", data.density[i])):
-                fitted = fit_charges(grid, lat, frac, radii[numbers], padding=data.padding)
-                fidelity[name].add(fitted, numbers)
-            if not vae.n_species:
-                continue
-            # true channels against the table, decoded ones against the decoder's reference
-            for name, grid, reference in (
-                ("vae", channels_out[j], vae.species_reference),
-                ("true_density", data.channels[i], None),
-            ):
-                values = read_descriptors(grid, lat, frac, padding=data.padding)
-                read, _ = nearest_elements(values, vae.species_channels, unet.classes, reference)
-                channel_hits[name][0] += int((read == numbers).sum())
-                channel_hits[name][1] += len(numbers)
-            if result.ok:
-                read = species_from_descriptors(
-                    result.structure,
-                    channels_out[j],
-                    kind=vae.species_channels,
-                    candidates=unet.classes,
-                    padding=data.padding,
-                    reference=vae.species_reference,
-                )
-                result = dataclasses.replace(result, structure=read)
-                read_classes = lut[species_map(read, data)]
-            else:
-                read_classes = np.zeros_like(true_classes)
-            reader_confusion.add(true_classes, read_classes)
-            reader_scores.add(result, truth[i], abc_all[j], data.lattice[i])
-            reader_classes.add(
-                true_classes, read_classes, result, truth[i], abc_all[j], data.lattice[i]
-            )
+            for j, (i, item) in enumerate(zip(idx, done, strict=True)):
+                result = item.result
+                scores.add_scored(item.scored)
+                aware_scores.add_scored(item.aware)
+                if item.valid_as_read is not None:
+                    strict_valid["structures"] += 1
+                    strict_valid["as_read"] += int(item.valid_as_read)
+                    strict_valid["charge_aware"] += int(item.valid_after)
+                chain_classes.add(true[j], pred[j], item.scored, truth[i])
+                for name, fitted in item.fitted.items():
+                    fidelity[name].add(fitted, item.numbers)
+                if truth[i] is None or not vae.n_species:
+                    continue
+                _, frac, numbers = arrays_from_structure(truth[i])
+                lat = np.asarray(data.lattice[i], dtype=np.float64)
+                # true channels against the table, decoded ones against the decoder's reference
+                for name, grid, reference in (
+                    ("vae", channels_out[j], vae.species_reference),
+                    ("true_density", data.channels[i], None),
+                ):
+                    values = read_descriptors(grid, lat, frac, padding=data.padding)
+                    read, _ = nearest_elements(
+                        values, vae.species_channels, unet.classes, reference
+                    )
+                    channel_hits[name][0] += int((read == numbers).sum())
+                    channel_hits[name][1] += len(numbers)
+                if result.ok:
+                    read = species_from_descriptors(
+                        result.structure,
+                        channels_out[j],
+                        kind=vae.species_channels,
+                        candidates=unet.classes,
+                        padding=data.padding,
+                        reference=vae.species_reference,
+                    )
+                    result = dataclasses.replace(result, structure=read)
+                    read_classes = lut[species_map(read, data)]
+                else:
+                    read_classes = np.zeros_like(true[j])
+                read_scored = score(result, truth[i], abc_all[j], data.lattice[i])
+                reader_confusion.add(true[j], read_classes)
+                reader_scores.add_scored(read_scored)
+                reader_classes.add(true[j], read_classes, read_scored, truth[i])
     confusion.log_elements(unet.classes, "VAE→UNet chain")
     if scores.reasons:
         log.info("VAE→UNet chain: no structure for %s", dict(scores.reasons))
@@ -618,19 +700,58 @@ def evaluate_chain(
     return rows
 
 
-def _charge_aware(result: Any, counts: dict[str, int]) -> Any:
-    """``result`` with its structure read charge-aware (:mod:`matdisc.segment.readback`,
-    the strict rule); counts the structures and how many pass the rule before and after."""
-    if not result.ok or result.soft is None:
-        return result
-    from matdisc.segment.readback import charge_aware
-    from matdisc.stability.validity import is_strict_valid
+@dataclass(frozen=True)
+class _ChainItem:
+    """One decoded map's evaluation (:func:`_chain_item`)."""
 
-    picked = charge_aware(result.structure, result.soft, valid=is_strict_valid)
-    counts["structures"] += 1
-    counts["as_read"] += int(picked.valid_unconstrained)
-    counts["charge_aware"] += int(picked.valid)
-    return dataclasses.replace(result, structure=picked.structure)
+    result: Any
+    scored: Scored
+    #: the scores after the charge-aware species choice (the same sites, so the same EMD)
+    aware: Scored
+    #: strict validity of the composition as read and after the choice; None: not read
+    valid_as_read: bool | None
+    valid_after: bool | None
+    #: the true sites' Z fitted on the decoded ("vae") and true ("true_density") maps
+    fitted: dict[str, np.ndarray]
+    numbers: np.ndarray | None
+
+
+def _chain_item(
+    species: np.ndarray,
+    abc: np.ndarray,
+    probs: ClassScores,
+    decoded: np.ndarray,
+    density: np.ndarray,
+    truth: Any,
+    lattice: np.ndarray,
+    padding: float,
+    settings: InverseSettings,
+) -> _ChainItem:
+    """The per-structure work of :func:`evaluate_chain`, run on a thread pool: invert the
+    UNet's map of a decoded density with its class probabilities, score it as read and as
+    sampling reads it by default (an invalid composition read charge-aware,
+    :mod:`matdisc.segment.readback`, the strict rule), and fit the true sites' Z on the
+    decoded and the true density (the species fidelity)."""
+    result, scored = _invert_scored(species, abc, truth, lattice, padding, settings, probs)
+    aware, aware_scored = result, scored
+    as_read = after = None
+    if result.ok and result.soft is not None:
+        from matdisc.segment.readback import charge_aware
+        from matdisc.stability.validity import is_strict_valid
+
+        picked = charge_aware(result.structure, result.soft, valid=is_strict_valid)
+        as_read, after = picked.valid_unconstrained, picked.valid
+        aware = dataclasses.replace(result, structure=picked.structure)
+        aware_scored = score(aware, truth, abc, lattice, emd=scored.emd)
+    fitted: dict[str, np.ndarray] = {}
+    numbers = None
+    if truth is not None:
+        _, frac, numbers = arrays_from_structure(truth)
+        lat = np.asarray(lattice, dtype=np.float64)
+        sigma = radius_lookup()[numbers]
+        for name, grid in (("vae", decoded), ("true_density", density)):
+            fitted[name] = fit_charges(grid, lat, frac, sigma, padding=padding)
+    return _ChainItem(result, scored, aware_scored, as_read, after, fitted, numbers)
 
 
 def training_rows(

@@ -168,7 +168,7 @@ def site_profiles_torch(
     summed) at the voxel centres: sites (B, m, 4) fractional x, y, z and σ Å (σ = 0: no
     site, zero profile), lattice (B, 3) Å. The torch twin of
     :func:`matdisc.voxel.core.site_profiles`."""
-    from matdisc.voxel.core import _TAIL_SIGMAS
+    from matdisc.voxel.core import TAIL_SIGMAS
     from matdisc.voxel.grid import voxel_fractions
 
     frac, sigma = sites[..., :3].double(), sites[..., 3].double()
@@ -176,7 +176,7 @@ def site_profiles_torch(
     sigma = torch.where(real, sigma, torch.ones_like(sigma))
     a = lattice.double()
     u = torch.as_tensor(voxel_fractions(grid_size, padding), device=sites.device)
-    reach = float((_TAIL_SIGMAS * sigma.max() / a.min()).item()) if real.any() else 0.0
+    reach = float((TAIL_SIGMAS * sigma.max() / a.min()).item()) if real.any() else 0.0
     n_img = int(np.ceil(padding + reach)) + 1
     shifts = torch.arange(-n_img, n_img + 1, dtype=torch.float64, device=sites.device)
     # (B, m, 3, images, d): signed distance Å from every 1-D image to every voxel centre

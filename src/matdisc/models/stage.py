@@ -101,7 +101,13 @@ def _evaluation_rows(
     truth = true_structures(store, val)
     reader = call.section("vae")["evaluate_density_reader"]
     rows = evaluate_unet(
-        unet, val, truth, device=device, split=split, inverse_settings=inverse_settings(call)
+        unet,
+        val,
+        truth,
+        device=device,
+        split=split,
+        inverse_settings=inverse_settings(call),
+        threads=call.threads,
     )
     if reader in ("true_density", "both"):
         rows += evaluate_density_reader(
@@ -123,6 +129,7 @@ def _evaluation_rows(
         split=split,
         inverse_settings=inverse_settings(call, decoded=True),
         density_reader=reader == "both",
+        threads=call.threads,
     )
     seconds = time.perf_counter() - started
     log.info(
@@ -177,6 +184,7 @@ def train_unet(call: StageCall) -> None:
         true_structures(store, val),
         device=resolve_device(config.device),
         inverse_settings=inverse_settings(call),
+        threads=call.threads,
     )
     _write_metrics(call.output("metrics"), rows, {"history": result.history, "seed": call.seed})
     resume.unlink(missing_ok=True)

@@ -40,11 +40,10 @@ class _Encoder:
     def __init__(self, vae: Any, device: Any) -> None:
         import torch
 
-        from matdisc.sample.generate import Generator, fold_batchnorm
+        from matdisc.models.inference import inference_copy
+        from matdisc.sample.generate import Generator
 
-        self.vae = fold_batchnorm(vae)
-        self.vae.channels_last = True
-        self.vae.to(memory_format=torch.channels_last_3d)
+        self.vae = inference_copy(vae)
         self.device = torch.device(device)
         self._encode = Generator.encode
 

@@ -8,97 +8,30 @@ the atoms.
 :class:`Generator` runs the chain in batches and keeps the time spent in each step
 (``decode``, ``segment``, ``invert``, ``distance``; seconds) in :attr:`Generator.timings`.
 The inverse runs on a thread pool: scikit-image/scipy release the GIL for most of it.
-For inference the BatchNorm layers are folded into the convolutions before them
-(:func:`fold_batchnorm`; same outputs to float rounding, ~15% faster UNet on CPU), and
-the species head is evaluated only on the voxels the mask head marks
-(:func:`segment_masked`; the same map as ``UNet3D.segment``, about 40% faster: the full
-(B, K, d, d, d) logits tensor is never built).
+The models run as :mod:`matdisc.models.inference` prepares them (BatchNorm folded,
+channels-last, the species head only on the voxels the mask marks).
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from itertools import pairwise, repeat
+from itertools import repeat
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from matdisc.geometry import shortest_distance
+from matdisc.models.inference import class_scores, inference_copy, segment_scored
 from matdisc.progress import progress
 from matdisc.segment import InverseSettings, invert, lattice_from_coords
 from matdisc.segment.invert import ClassScores
 
 log = logging.getLogger(__name__)
-
-
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` in eval mode with every Conv3d -> BatchNorm3d pair inside an
-    ``nn.Sequential`` replaced by one convolution (the BatchNorm becomes Identity)."""
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    model = copy.deepcopy(model).eval()
-    for module in model.modules():
-        if not isinstance(module, nn.Sequential):
-            continue
-        for i in range(len(module) - 1):
-            if isinstance(module[i], nn.Conv3d) and isinstance(module[i + 1], nn.BatchNorm3d):
-                module[i] = fuse_conv_bn_eval(module[i], module[i + 1])
-                module[i + 1] = nn.Identity()
-    return model
-
-
-@torch.inference_mode()
-def segment_masked(unet: Any, density: torch.Tensor) -> torch.Tensor:
-    """``UNet3D.segment`` with the species head applied to occupied voxels only.
-
-    density: (B, [1,] d, d, d). Returns (B, d, d, d) int64 atomic numbers, 0 = empty:
-    equal to ``unet.segment(density)`` (tested), without the dense class-logit tensor.
-    """
-    return segment_scored(unet, density)[0]
-
-
-@torch.inference_mode()
-def segment_scored(
-    unet: Any, density: torch.Tensor
-) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor]:
-    """:func:`segment_masked`, plus the occupied voxels (``nonzero`` indices: batch, x, y,
-    z) and their element-class logits (M, k; background excluded, the columns of
-    ``unet.atomic_numbers[1:]``)."""
-    skips = unet.features(density)
-    h = skips[-1]
-    for block, skip in zip(unet.up, reversed(skips[:-1]), strict=True):
-        h = block(torch.cat([unet.upsample(h), skip], dim=1))
-    occupied = unet.mask_head(h).squeeze(1) > 0
-    where = occupied.nonzero(as_tuple=True)
-    features = h.permute(0, 2, 3, 4, 1)[where]  # (M, C) of the occupied voxels
-    weight = unet.species_head.weight[1:, :, 0, 0, 0]  # background class excluded
-    logits = torch.addmm(unet.species_head.bias[1:], features, weight.t())
-    out = torch.zeros(occupied.shape, dtype=torch.long, device=density.device)
-    out[where] = unet.atomic_numbers[logits.argmax(dim=1) + 1]
-    return out, where, logits
-
-
-def class_scores(
-    where: tuple[torch.Tensor, ...], logits: torch.Tensor, numbers: np.ndarray, batch: int, d: int
-) -> list[ClassScores]:
-    """Per grid of a batch, the probabilities of its occupied voxels (softmax of the
-    element-class ``logits`` of :func:`segment_scored`; ``numbers``: the classes' atomic
-    numbers)."""
-    probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
-    b, x, y, z = (w.cpu().numpy() for w in where)
-    flat = np.ravel_multi_index((x, y, z), (d, d, d))
-    order = np.argsort(b, kind="stable")
-    bounds = np.searchsorted(b[order], np.arange(batch + 1))
-    return [
-        ClassScores(flat[order[lo:hi]], probs[order[lo:hi]], numbers) for lo, hi in pairwise(bounds)
-    ]
 
 
 def _one(
@@ -210,14 +143,9 @@ class Generator:
         species_reader: str = "unet",
         species_choice: str = "argmax",
     ) -> None:
-        self.vae = fold_batchnorm(vae)
+        self.vae = inference_copy(vae)
         self.species_choice = species_choice
-        self.unet = fold_batchnorm(unet)
-        # Inference runs in fp32, where channels-last 3-D is the faster layout whatever
-        # the layout the models were trained in (benchmarks/bench_training.py).
-        for model in (self.vae, self.unet):
-            model.channels_last = True
-            model.to(memory_format=torch.channels_last_3d)
+        self.unet = inference_copy(unet)
         self.padding = float(padding)
         self.device = torch.device(device)
         self.inverse_settings = inverse_settings
@@ -308,7 +236,11 @@ class Generator:
                 reader, choice = repeat(self.reader), repeat(self.species_choice)
                 per_item = repeat(None) if channels is None else channels
                 per_scores = repeat(None) if scores is None else scores
-                rngs = (np.random.default_rng([seed, i]) for i in range(start, start + len(abc)))
+                rngs = (
+                    (np.random.default_rng([seed, i]) for i in range(start, start + len(abc)))
+                    if self.species_choice == "sampled"
+                    else repeat(None)
+                )
                 part = list(
                     pool.map(
                         _one,

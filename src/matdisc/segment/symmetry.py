@@ -21,7 +21,7 @@ import itertools
 
 import numpy as np
 
-from matdisc.geometry import components, min_image, squared_distances
+from matdisc.geometry import components, min_image, nearest_sites, squared_distances
 
 
 def cubic_rotations() -> np.ndarray:
@@ -80,9 +80,9 @@ def partial_symmetries(
     keyed = (np.arange(len(_ROTATIONS))[:, None, None] * n_bins + flat)[:, same]
     counts = np.bincount(keyed.ravel(), minlength=len(_ROTATIONS) * n_bins)
     counts = counts.reshape(len(_ROTATIONS), *bins)
-    near = np.zeros_like(counts)
-    for offset in itertools.product((-1, 0, 1), repeat=3):
-        near += np.roll(counts, offset, axis=(1, 2, 3))
+    near = counts  # the sum over the bin and its 26 neighbours, one axis at a time
+    for axis in (1, 2, 3):
+        near = near + np.roll(near, 1, axis=axis) + np.roll(near, -1, axis=axis)
     hot = (near >= need).reshape(len(_ROTATIONS), -1)
     rot, i, j = np.nonzero(same[None] & hot[np.arange(len(_ROTATIONS))[:, None, None], flat])
     if rot.size == 0:
@@ -92,10 +92,14 @@ def partial_symmetries(
     _, first = np.unique(np.column_stack([rot, fine]), axis=0, return_index=True)
     rot, shift = rot[first], diff[rot[first], i[first], j[first]]
     moved = rx[rot] + shift[:, None, :]  # (c, n, 3)
-    d2 = squared_distances(moved, frac, lattice)
-    d2[:, ~same] = np.inf
-    target = d2.argmin(axis=-1)
-    hit = np.take_along_axis(d2, target[..., None], axis=-1)[..., 0] <= tol * tol
+    # each moved site's nearest site of its own species
+    target = np.zeros(moved.shape[:2], dtype=np.int64)
+    d2 = np.empty(moved.shape[:2])
+    for z in np.unique(numbers):
+        of_z = np.flatnonzero(numbers == z)
+        d2[:, of_z], nearest = nearest_sites(moved[:, of_z], frac[of_z], lattice)
+        target[:, of_z] = of_z[nearest]
+    hit = d2 <= tol * tol
     ok = hit.sum(axis=1) >= need
     # operations that only map atoms onto themselves are no evidence (any rotation about
     # the one atom of each species does that): one must move an atom onto another
@@ -163,8 +167,8 @@ def complete_orbits(
     while True:
         images = (np.einsum("rij,nj->rni", rotations, positions) + translations[:, None]) % 1.0
         flat = images.reshape(-1, 3)
-        d2 = squared_distances(flat, positions, lattice)  # (m * p, p)
-        outside = d2.min(axis=1) > tol2
+        d2, nearest = nearest_sites(flat, positions, lattice)  # (m * p,)
+        outside = d2 > tol2
         if not outside.any():
             break
         new = flat[outside]
@@ -176,7 +180,7 @@ def complete_orbits(
             return unchanged
     # the set is closed: every image lies on a position, the nearest one
     n, p = len(frac), len(positions)
-    nearest = d2.argmin(axis=1).reshape(m, p)
+    nearest = nearest.reshape(m, p)
     linked = np.zeros((p, p), dtype=bool)
     linked[np.broadcast_to(np.arange(p), nearest.shape), nearest] = True
     orbit = components(linked | linked.T)

@@ -35,8 +35,9 @@ MAX_SITES = 40
 LABEL_FRACTION = 0.6
 MIN_LABEL_RADIUS_VOXELS = 1.0
 
-# Gaussian tails beyond this many σ are below exp(-32) of the peak: dropped.
-_TAIL_SIGMAS = 8.0
+#: Gaussian tails beyond this many σ are below exp(-32) of the peak: dropped (the
+#: voxelizer and its torch twin, :func:`matdisc.models.losses.site_profiles_torch`).
+TAIL_SIGMAS = 8.0
 _NO_LABEL = np.iinfo(np.int64).max
 
 
@@ -206,7 +207,7 @@ def site_profiles(
     """Per site and axis, its normalised 1-D Gaussian summed over periodic images at the
     voxel fractions ``u``: three (n, d) arrays in 1/Å (x, y, z); a site's 3-D unit
     Gaussian on the grid is their outer product."""
-    n_img = int(np.ceil(padding + _TAIL_SIGMAS * sigma.max() / lattice.min())) + 1
+    n_img = int(np.ceil(padding + TAIL_SIGMAS * sigma.max() / lattice.min())) + 1
     shifts = np.arange(-n_img, n_img + 1, dtype=np.float64)
     # (n, 3, shifts, d): signed distance (Å) from every 1-D image to every voxel centre.
     delta = u[None, None, None, :] - frac[:, :, None, None] - shifts[None, None, :, None]

@@ -84,6 +84,18 @@ class VoxelStore:
 
         return Structure.from_dict(json.loads(str(self._structure_json[index])))
 
+    def structures(self, indices: Any) -> list[Any]:
+        """:meth:`structure` of many entries, the stored cells read in one pass (a read per
+        entry costs ~5 ms on the zarr array)."""
+        from pymatgen.core import Structure
+
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if not len(indices):
+            return []
+        lo, hi = int(indices.min()), int(indices.max()) + 1
+        block = np.asarray(self._structure_json[lo:hi])
+        return [Structure.from_dict(json.loads(str(block[i - lo]))) for i in indices]
+
 
 def open_store(path: Path | str) -> VoxelStore:
     """Open a store written by the voxelize stage (read-only)."""

@@ -1,0 +1,134 @@
+"""Evaluation speed: the reconstruction metrics of a whole voxel store, on CPU.
+
+    python benchmarks/bench_evaluate.py [--split all] [--threads 2] [--limit N]
+                                        [--store PATH] [--models DIR]
+
+Runs what ``matdisc evaluate-vae`` runs (the UNet on every true map, the VAE -> UNet
+chain on the maps with a formation-energy decile, each map read back and scored) on the
+trained checkpoints of a run (default: this work tree's ``results/``), with the per-map
+read-back on one thread and on ``--threads`` threads side by side, and the model passes
+alone (the same UNet and VAE passes, no read-back): the floor that no read-back speed-up
+passes. Prints one JSON object. Target (issue #26): 50 structures/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET = 50.0
+
+
+@torch.inference_mode()
+def model_passes(unet, chain_unet, vae, data, batch_size: int = 8) -> float:
+    """Seconds of the evaluation's model passes alone: the UNet on every true map, the
+    VAE and the chain's UNet on the maps with a decile."""
+    from matdisc.models.data import vae_batch
+    from matdisc.models.inference import inference_copy, segment_masked, segment_scored
+
+    fast, fast_chain = inference_copy(unet), inference_copy(chain_unet)
+    started = time.perf_counter()
+    for start in range(0, len(data), batch_size):
+        segment_masked(fast, torch.from_numpy(data.density[start : start + batch_size]))
+    chain = data.subset(np.flatnonzero(data.decile >= 0))
+    for start in range(0, len(chain), batch_size):
+        density, coords, cond, species = vae_batch(chain, start, start + batch_size, "cpu")
+        recon, *_ = vae(density, coords, cond, species)
+        segment_scored(fast_chain, (recon[:, 0] * vae.density_scale).clamp_min(0.0))
+    return time.perf_counter() - started
+
+
+def evaluation(unet, chain_unet, vae, data, truth, config, threads: int) -> tuple[float, list]:
+    """Seconds and rows of the evaluation with the read-back on ``threads`` threads."""
+    from matdisc.models.evaluate import evaluate_chain, evaluate_unet
+    from matdisc.segment import InverseSettings
+
+    voxel = config["voxel"]
+    started = time.perf_counter()
+    rows = evaluate_unet(
+        unet, data, truth, device=torch.device("cpu"), split="bench",
+        inverse_settings=InverseSettings.from_config(voxel), threads=threads,
+    )  # fmt: skip
+    rows += evaluate_chain(
+        vae, chain_unet, data, truth, device=torch.device("cpu"), split="bench",
+        inverse_settings=InverseSettings.from_config(voxel, decoded=True), threads=threads,
+    )  # fmt: skip
+    return time.perf_counter() - started, rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--split", default="all", choices=["all", "train", "val", "test"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--limit", type=int, default=None, help="only the first N structures")
+    parser.add_argument("--store", type=Path, default=ROOT / "results/voxels/cubic.zarr")
+    parser.add_argument("--models", type=Path, default=ROOT / "results/models")
+    args = parser.parse_args()
+
+    from matdisc.config import load_config
+    from matdisc.models.data import load_split
+    from matdisc.models.evaluate import true_structures
+    from matdisc.train import load_model
+    from matdisc.voxel.store import open_store
+
+    paths = {name: args.models / f"{name}.pt" for name in ("unet", "unet_chain", "vae")}
+    missing = [str(p) for p in paths.values() if not p.exists()]
+    if missing or not args.store.exists():
+        raise SystemExit(
+            f"no trained run to evaluate ({', '.join(missing) or args.store} missing); run "
+            "`snakemake --cores all all` first or pass --store and --models."
+        )
+    config = load_config(ROOT / "config/config.yaml")
+    torch.set_num_threads(args.threads)
+    unet, _ = load_model(paths["unet"], device="cpu")
+    chain_unet, _ = load_model(paths["unet_chain"], device="cpu")
+    vae, _ = load_model(paths["vae"], device="cpu")
+    store = open_store(args.store)
+    data = load_split(store, args.split, limit=args.limit)
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    truth = true_structures(store, data)
+    truth_seconds = time.perf_counter() - started
+    passes = model_passes(unet, chain_unet, vae, data)
+    runs = {}
+    reference = None
+    for threads in sorted({1, args.threads}):
+        seconds, rows = evaluation(unet, chain_unet, vae, data, truth, config, threads)
+        values = [r["value"] for r in rows]
+        if reference is None:
+            reference = values
+        runs[f"threads_{threads}"] = {
+            "seconds": round(seconds, 2),
+            "structures_per_s": round(len(data) / seconds, 2),
+            # the rows do not depend on the threads
+            "same_rows": bool(np.allclose(values, reference, equal_nan=True, rtol=0, atol=0)),
+        }
+    best = max(r["structures_per_s"] for r in runs.values())
+    out = {
+        "benchmark": "evaluation",
+        "split": args.split,
+        "structures": len(data),
+        "chain_structures": int((data.decile >= 0).sum()),
+        "threads": args.threads,
+        "cpu_count": os.cpu_count(),
+        "load_average_1min": round(load_before, 2),
+        "true_structures_seconds": round(truth_seconds, 2),
+        "runs": runs,
+        "model_passes_seconds": round(passes, 2),
+        "model_passes_structures_per_s": round(len(data) / passes, 2),
+        "best_structures_per_s": best,
+        "target_structures_per_s": TARGET,
+        "meets_target": best >= TARGET,
+    }
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
