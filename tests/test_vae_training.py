@@ -399,39 +399,26 @@ def test_stages_end_to_end(store, tmp_path, monkeypatch):
         mu, _ = vae.encode(torch.from_numpy(train.density[i : i + 1]), coords, cond)
         np.testing.assert_allclose(recon.density[0], vae.decode(mu, cond)[0][0].numpy(), atol=1e-5)
 
-    ev_out = {"metrics": tmp_path / "eval.parquet"}
-    stage.evaluate_vae(
-        StageCall(
-            settings=settings,
-            inputs={
-                **inputs,
-                "unet": unet_out["model"],
-                "vae": vae_out["model"],
-                "unet_chain": vae_out["unet_chain"],
-            },
-            outputs=ev_out,
+    models = {
+        **inputs,
+        "unet": unet_out["model"],
+        "vae": vae_out["model"],
+        "unet_chain": vae_out["unet_chain"],
+    }
+
+    def evaluated(name: str, threads: int = 1):
+        out = {"metrics": tmp_path / name}
+        stage.evaluate_vae(
+            StageCall(settings=settings, inputs=models, outputs=out, threads=threads)
         )
-    )
-    again = read_table(ev_out["metrics"]).set_index(["pipeline", "metric"])["value"]
+        return read_table(out["metrics"]).set_index(["pipeline", "metric"])["value"]
+
+    again = evaluated("eval.parquet")
     first = metrics.set_index(["pipeline", "metric"])["value"]
     for key in (("vae", "density_mse"), ("vae_unet_chain", "mask_iou")):
         assert again[key] == pytest.approx(first[key], rel=1e-5)
     # the maps read on two threads: the same rows, in the same order
-    threaded_out = {"metrics": tmp_path / "eval_threads.parquet"}
-    stage.evaluate_vae(
-        StageCall(
-            settings=settings,
-            inputs={
-                **inputs,
-                "unet": unet_out["model"],
-                "vae": vae_out["model"],
-                "unet_chain": vae_out["unet_chain"],
-            },
-            outputs=threaded_out,
-            threads=2,
-        )
-    )
-    threaded = read_table(threaded_out["metrics"]).set_index(["pipeline", "metric"])["value"]
+    threaded = evaluated("eval_threads.parquet", threads=2)
     assert list(threaded.index) == list(again.index)
     timing = threaded.index.get_level_values("metric") == "seconds_per_structure"
     np.testing.assert_array_equal(threaded[~timing].to_numpy(), again[~timing].to_numpy())

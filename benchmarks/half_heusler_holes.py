@@ -1,0 +1,97 @@
+"""Does the VAE keep a half-Heusler's empty holes? A check on a run's store and VAE.
+
+    python benchmarks/half_heusler_holes.py [--store PATH] [--vae PATH]
+
+A half-Heusler XYZ (F-43m) fills one of the two sets of tetrahedral holes of its cell (4c)
+and leaves the other (4d) empty; a full Heusler X2YZ fills both. For every half-Heusler
+of the store with a formation-energy decile (the maps the VAE conditions), the density at
+the empty holes over the density at the filled ones, each read at the voxel of the site,
+on the true map and on the VAE's reconstruction decoded from μ. Prints one JSON object,
+per split: the maps, the median ratio of each, and the share of decoded maps whose ratio
+stays below 0.6 (their empty holes still look empty).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+#: the two sets of tetrahedral holes of a face-centred cubic cell (fractional)
+HOLES = (
+    np.array([[0.25, 0.25, 0.25], [0.75, 0.75, 0.25], [0.75, 0.25, 0.75], [0.25, 0.75, 0.75]]),
+    np.array([[0.75, 0.75, 0.75], [0.25, 0.25, 0.75], [0.25, 0.75, 0.25], [0.75, 0.25, 0.25]]),
+)
+
+
+def at_sites(grid: np.ndarray, frac: np.ndarray, padding: float) -> float:
+    """Mean of ``grid`` (d, d, d) at the voxels of the fractional positions ``frac``."""
+    from matdisc.voxel.grid import index_of_fraction
+
+    idx = np.round(index_of_fraction(frac, grid.shape[0], padding)).astype(int)
+    return float(grid[idx[:, 0], idx[:, 1], idx[:, 2]].mean())
+
+
+@torch.no_grad()
+def ratios(store, vae, split: str) -> tuple[list[float], list[float]]:
+    """Empty-over-filled density ratios (true, decoded) of the split's half-Heuslers."""
+    from matdisc.models.data import load_split, vae_batch
+
+    data = load_split(store, split)
+    keep = [
+        k
+        for k in range(len(data))
+        if store.structure_class[data.index[k]] == "half_heusler_XYZ" and data.decile[k] >= 0
+    ]
+    true_ratio, decoded_ratio = [], []
+    for k in keep:
+        item = data.subset(np.array([k]))
+        density, coords, cond, species = vae_batch(item, 0, 1, "cpu")
+        recon, *_ = vae(density, coords, cond, species)
+        decoded = (recon[0, 0] * vae.density_scale).numpy()
+        true = np.asarray(item.density[0], dtype=np.float64).squeeze()
+        filled, empty = sorted(HOLES, key=lambda h: -at_sites(true, h, store.padding))
+        true_ratio.append(
+            at_sites(true, empty, store.padding) / at_sites(true, filled, store.padding)
+        )
+        decoded_ratio.append(
+            at_sites(decoded, empty, store.padding) / at_sites(decoded, filled, store.padding)
+        )
+    return true_ratio, decoded_ratio
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", type=Path, default=ROOT / "results/voxels/cubic.zarr")
+    parser.add_argument("--vae", type=Path, default=ROOT / "results/models/vae.pt")
+    args = parser.parse_args()
+    if not args.store.exists() or not args.vae.exists():
+        raise SystemExit(
+            "no trained run here; run `snakemake --cores all all` first or pass --store and --vae."
+        )
+    from matdisc.train import load_model
+    from matdisc.voxel.store import open_store
+
+    store = open_store(args.store)
+    vae, _ = load_model(args.vae, device="cpu")
+    vae.eval()
+    out: dict = {"check": "half_heusler_holes", "vae": str(args.vae)}
+    for split in ("train", "val", "test"):
+        true, decoded = ratios(store, vae, split)
+        out[split] = {
+            "maps": len(true),
+            "true_median_ratio": round(float(np.median(true)), 3) if true else None,
+            "decoded_median_ratio": round(float(np.median(decoded)), 3) if decoded else None,
+            "decoded_share_below_0.6": round(float(np.mean(np.array(decoded) < 0.6)), 3)
+            if decoded
+            else None,
+        }
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
