@@ -9,6 +9,11 @@ the empty holes over the density at the filled ones, each read at the voxel of t
 on the true map and on the VAE's reconstruction decoded from μ. Prints one JSON object,
 per split: the maps, the median ratio of each, and the share of decoded maps whose ratio
 stays below 0.6 (their empty holes still look empty).
+
+And whether the encoder sees which set is filled: the distance between the μ of each
+half-Heusler and the μ of its inversion through the cell centre (which swaps the two sets
+and keeps the rest), beside the median and 5th-percentile distance between the μ of two
+different maps of the split.
 """
 
 from __future__ import annotations
@@ -34,6 +39,32 @@ def at_sites(grid: np.ndarray, frac: np.ndarray, padding: float) -> float:
 
     idx = np.round(index_of_fraction(frac, grid.shape[0], padding)).astype(int)
     return float(grid[idx[:, 0], idx[:, 1], idx[:, 2]].mean())
+
+
+@torch.no_grad()
+def phase_distances(store, vae, split: str) -> dict:
+    """|μ(map) - μ(inverted map)| of the split's half-Heuslers against |μ_i - μ_j| of its
+    maps with a decile (medians and the 5th percentile, latent units)."""
+    from matdisc.models.data import load_split, vae_batch
+
+    data = load_split(store, split)
+    data = data.subset(np.flatnonzero(data.decile >= 0))
+    mus, inverted = [], []
+    for start in range(0, len(data), 32):
+        density, coords, cond, species = vae_batch(data, start, start + 32, "cpu")
+        mus.append(vae.encode(density, coords, cond, species)[0])
+        flipped = torch.flip(density, dims=[-3, -2, -1])  # inversion through the centre
+        inverted.append(vae.encode(flipped, coords, cond, species)[0])
+    mu, mu_inv = torch.cat(mus), torch.cat(inverted)
+    half = [k for k, i in enumerate(data.index) if store.structure_class[i] == "half_heusler_XYZ"]
+    pairs = torch.cdist(mu, mu)[~torch.eye(len(mu), dtype=torch.bool)]
+    return {
+        "median_inversion_distance": round(float((mu - mu_inv)[half].norm(dim=1).median()), 3)
+        if half
+        else None,
+        "median_distance_between_maps": round(float(pairs.median()), 3),
+        "p5_distance_between_maps": round(float(pairs.quantile(0.05)), 3),
+    }
 
 
 @torch.no_grad()
@@ -89,6 +120,7 @@ def main() -> None:
             "decoded_share_below_0.6": round(float(np.mean(np.array(decoded) < 0.6)), 3)
             if decoded
             else None,
+            **(phase_distances(store, vae, split) if true else {}),
         }
     print(json.dumps(out, indent=2))
 
