@@ -605,7 +605,7 @@ def evaluate_chain(
                     fidelity[name].add(fitted, item.numbers)
                 if truth[i] is None or not vae.n_species:
                     continue
-                _, frac, numbers = arrays_from_structure(truth[i])
+                frac, numbers = item.frac, item.numbers
                 lat = np.asarray(data.lattice[i], dtype=np.float64)
                 # true channels against the table, decoded ones against the decoder's reference
                 for name, grid, reference in (
@@ -713,6 +713,8 @@ class _ChainItem:
     valid_after: bool | None
     #: the true sites' Z fitted on the decoded ("vae") and true ("true_density") maps
     fitted: dict[str, np.ndarray]
+    #: the true sites (fractional positions, atomic numbers); None without a truth
+    frac: np.ndarray | None
     numbers: np.ndarray | None
 
 
@@ -744,14 +746,14 @@ def _chain_item(
         aware = dataclasses.replace(result, structure=picked.structure)
         aware_scored = score(aware, truth, abc, lattice, emd=scored.emd)
     fitted: dict[str, np.ndarray] = {}
-    numbers = None
+    frac = numbers = None
     if truth is not None:
         _, frac, numbers = arrays_from_structure(truth)
         lat = np.asarray(lattice, dtype=np.float64)
         sigma = radius_lookup()[numbers]
         for name, grid in (("vae", decoded), ("true_density", density)):
             fitted[name] = fit_charges(grid, lat, frac, sigma, padding=padding)
-    return _ChainItem(result, scored, aware_scored, as_read, after, fitted, numbers)
+    return _ChainItem(result, scored, aware_scored, as_read, after, fitted, frac, numbers)
 
 
 def training_rows(
