@@ -5,10 +5,12 @@
 
 Runs what ``matdisc evaluate-vae`` runs (the UNet on every true map, the VAE -> UNet
 chain on the maps with a formation-energy decile, each map read back and scored) on the
-trained checkpoints of a run (default: this work tree's ``results/``), with the per-map
-read-back on one thread and on ``--threads`` threads side by side, and the model passes
-alone (the same UNet and VAE passes, no read-back): the floor that no read-back speed-up
-passes. Prints one JSON object. Target (issue #26): 50 structures/s.
+trained checkpoints of a run (default: this work tree's ``results/``), side by side: the
+UNet in fp32 and under bf16 autocast (where ``train.bf16: auto`` turns it on: a CPU with
+AMX, a bf16 GPU), the read-back on one worker thread and on ``--threads`` worker
+processes; and the model passes alone (no read-back) in each precision. The rows of one
+precision must not depend on the workers; bf16 against fp32 gives the largest change of
+any metric. Prints one JSON object. Target (issue #26): 50 structures/s.
 """
 
 from __future__ import annotations
@@ -27,13 +29,13 @@ TARGET = 50.0
 
 
 @torch.inference_mode()
-def model_passes(unet, chain_unet, vae, data, batch_size: int = 8) -> float:
+def model_passes(unet, chain_unet, vae, data, bf16: bool, batch_size: int = 8) -> float:
     """Seconds of the evaluation's model passes alone: the UNet on every true map, the
     VAE and the chain's UNet on the maps with a decile."""
     from matdisc.models.data import vae_batch
     from matdisc.models.inference import inference_copy, segment_masked, segment_scored
 
-    fast, fast_chain = inference_copy(unet), inference_copy(chain_unet)
+    fast, fast_chain = inference_copy(unet, bf16=bf16), inference_copy(chain_unet, bf16=bf16)
     started = time.perf_counter()
     for start in range(0, len(data), batch_size):
         segment_masked(fast, torch.from_numpy(data.density[start : start + batch_size]))
@@ -45,8 +47,10 @@ def model_passes(unet, chain_unet, vae, data, batch_size: int = 8) -> float:
     return time.perf_counter() - started
 
 
-def evaluation(unet, chain_unet, vae, data, truth, config, threads: int) -> tuple[float, list]:
-    """Seconds and rows of the evaluation with the read-back on ``threads`` threads."""
+def evaluation(
+    unet, chain_unet, vae, data, truth, config, threads: int, bf16: bool
+) -> tuple[float, list]:
+    """Seconds and rows of the evaluation with the read-back on ``threads`` workers."""
     from matdisc.models.evaluate import evaluate_chain, evaluate_unet
     from matdisc.segment import InverseSettings
 
@@ -54,11 +58,12 @@ def evaluation(unet, chain_unet, vae, data, truth, config, threads: int) -> tupl
     started = time.perf_counter()
     rows = evaluate_unet(
         unet, data, truth, device=torch.device("cpu"), split="bench",
-        inverse_settings=InverseSettings.from_config(voxel), threads=threads,
+        inverse_settings=InverseSettings.from_config(voxel), threads=threads, bf16=bf16,
     )  # fmt: skip
     rows += evaluate_chain(
         vae, chain_unet, data, truth, device=torch.device("cpu"), split="bench",
         inverse_settings=InverseSettings.from_config(voxel, decoded=True), threads=threads,
+        bf16=bf16,
     )  # fmt: skip
     return time.perf_counter() - started, rows
 
@@ -76,6 +81,7 @@ def main() -> None:
     from matdisc.models.data import load_split
     from matdisc.models.evaluate import true_structures
     from matdisc.train import load_model
+    from matdisc.train.device import inference_bf16
     from matdisc.voxel.store import open_store
 
     paths = {name: args.models / f"{name}.pt" for name in ("unet", "unet_chain", "vae")}
@@ -96,20 +102,27 @@ def main() -> None:
     started = time.perf_counter()
     truth = true_structures(store, data)
     truth_seconds = time.perf_counter() - started
-    passes = model_passes(unet, chain_unet, vae, data)
+    precisions = {"fp32": False}
+    if inference_bf16(config["train"]):
+        precisions["bf16"] = True
+    passes = {
+        name: model_passes(unet, chain_unet, vae, data, bf16) for name, bf16 in precisions.items()
+    }
     runs = {}
-    reference = None
-    for threads in sorted({1, args.threads}):
-        seconds, rows = evaluation(unet, chain_unet, vae, data, truth, config, threads)
-        values = [r["value"] for r in rows]
-        if reference is None:
-            reference = values
-        runs[f"threads_{threads}"] = {
-            "seconds": round(seconds, 2),
-            "structures_per_s": round(len(data) / seconds, 2),
-            # the rows do not depend on the threads
-            "same_rows": bool(np.allclose(values, reference, equal_nan=True, rtol=0, atol=0)),
-        }
+    values: dict[str, list] = {}
+    for name, bf16 in precisions.items():
+        for threads in sorted({1, args.threads}):
+            seconds, rows = evaluation(unet, chain_unet, vae, data, truth, config, threads, bf16)
+            got = [r["value"] for r in rows]
+            values.setdefault(name, got)
+            runs[f"{name}_workers_{threads}"] = {
+                "seconds": round(seconds, 2),
+                "structures_per_s": round(len(data) / seconds, 2),
+                # the rows do not depend on the workers
+                "same_rows": bool(np.allclose(got, values[name], equal_nan=True, rtol=0, atol=0)),
+            }
+            if name == "fp32":
+                keys = [(r["pipeline"], r["metric"]) for r in rows]
     best = max(r["structures_per_s"] for r in runs.values())
     out = {
         "benchmark": "evaluation",
@@ -121,12 +134,23 @@ def main() -> None:
         "load_average_1min": round(load_before, 2),
         "true_structures_seconds": round(truth_seconds, 2),
         "runs": runs,
-        "model_passes_seconds": round(passes, 2),
-        "model_passes_structures_per_s": round(len(data) / passes, 2),
+        "model_passes_seconds": {k: round(v, 2) for k, v in passes.items()},
         "best_structures_per_s": best,
         "target_structures_per_s": TARGET,
         "meets_target": best >= TARGET,
     }
+    if "bf16" in values:
+        delta = np.abs(np.asarray(values["bf16"], float) - np.asarray(values["fp32"], float))
+        worst = int(np.nanargmax(delta))
+        out["bf16_largest_metric_change"] = {
+            "pipeline": keys[worst][0], "metric": keys[worst][1],
+            "fp32": values["fp32"][worst], "bf16": values["bf16"][worst],
+        }  # fmt: skip
+        out["bf16_against_fp32"] = {
+            f"{p}/{m}": [round(values["fp32"][k], 4), round(values["bf16"][k], 4)]
+            for k, (p, m) in enumerate(keys)
+            if m in ("nonzero_recall", "same_composition_fraction", "site_emd_mean_angstrom")
+        }
     print(json.dumps(out, indent=2))
 
 

@@ -1,7 +1,7 @@
 """Generation speed: decode -> UNet -> inverse -> distance check, batched, on CPU.
 
     python benchmarks/bench_generation.py [--n 256] [--threads 2] [--base FORMULA]
-                                          [--unet PATH --vae PATH]
+                                          [--unet PATH --vae PATH] [--bf16 auto]
 
 Uses the trained checkpoints (results/models/unet_chain.pt, the UNet sampling uses, and
 vae.pt) when they exist, otherwise randomly initialised models of the config's sizes (the
@@ -10,7 +10,9 @@ which). Draws targeted latents
 around a base compound's encoding (``--base``, default the first of
 results/data/base_compounds.parquet) when the voxel store exists (else N(0, I)),
 runs the chain at two batch sizes side by side, and prints one JSON object: samples/s
-and the time split by step. The seed: 12,000 candidates in 12 h on one GPU (0.28/s).
+and the time split by step. ``--bf16``: the UNet's precision as the pipeline resolves
+``train.bf16`` (auto: bf16 autocast on a CPU with AMX or a bf16 GPU). The seed: 12,000
+candidates in 12 h on one GPU (0.28/s).
 """
 
 from __future__ import annotations
@@ -118,19 +120,23 @@ def main() -> None:
     parser.add_argument("--base", default=None, help="base compound to sample around")
     parser.add_argument("--unet", type=Path, default=ROOT / "results/models/unet_chain.pt")
     parser.add_argument("--vae", type=Path, default=ROOT / "results/models/vae.pt")
+    parser.add_argument("--bf16", choices=["auto", "true", "false"], default="auto")
     args = parser.parse_args()
 
     from matdisc.config import load_config
     from matdisc.sample.generate import Generator
     from matdisc.segment import InverseSettings
+    from matdisc.train.device import inference_bf16
 
     config = load_config(ROOT / "config/config.yaml")
     torch.set_num_threads(args.threads)
     unet, vae, kind = load_models(args, config)
     inverse_settings = InverseSettings.from_config(config["voxel"], decoded=True)
+    spec = {"true": True, "false": False}.get(args.bf16, "auto")
+    bf16 = inference_bf16({**config["train"], "bf16": spec})
     gen = Generator(vae=vae, unet=unet, padding=config["voxel"]["padding"],
                     inverse_settings=inverse_settings, threads=args.threads,
-                    species_choice=config["sample"]["species_choice"])  # fmt: skip
+                    species_choice=config["sample"]["species_choice"], bf16=bf16)  # fmt: skip
     draws, how = latents(vae, gen, args.n, config["seed"], args.base)
     gen.run(draws.z[:8], draws.condition[:8], batch_size=8)  # warm-up
     results = {}
@@ -170,6 +176,7 @@ def main() -> None:
         "n_samples": args.n,
         "threads": args.threads,
         "species_choice": config["sample"]["species_choice"],
+        "unet_bf16": bf16,
         "cpu_count": os.cpu_count(),
         "grid_size": vae.grid_size,
         "results": results,

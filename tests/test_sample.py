@@ -448,3 +448,29 @@ def test_species_channels_name_the_elements_the_unet_could_not(monkeypatch):
     assert [r["formula"] for r in rows] == ["NaCl", "NaCl"]
     gen.reader = None  # the UNet's reading
     assert [r["formula"] for r in gen.run(np.zeros((1, 8), np.float32), np.eye(10)[[1]])] == ["K"]
+
+
+def test_bf16_segmentation_agrees_with_fp32():
+    """The UNet marked for bf16 (``train.bf16`` on AMX CPUs and bf16 GPUs) segments under
+    autocast: float32 logits come back, and the maps differ from fp32 only where classes
+    nearly tie; unmarked, the inference copy segments exactly as the model."""
+    from matdisc.models.inference import inference_copy, segment_scored
+    from matdisc.models.unet import UNet3D
+    from matdisc.train.device import bf16_supported, inference_bf16
+
+    torch.manual_seed(3)
+    unet = UNet3D(classes=[8, 11, 17, 19], base_channels=4, depth=2).eval()
+    x = torch.rand(3, GRID, GRID, GRID)
+    fp32 = inference_copy(unet)
+    bf16 = inference_copy(unet, bf16=True)
+    assert not fp32.inference_bf16 and bf16.inference_bf16
+    with torch.no_grad():
+        expected = unet.segment(x)
+        assert torch.equal(segment_scored(fp32, x)[0], expected)
+        species, _, logits = segment_scored(bf16, x)
+    assert logits.dtype == torch.float32
+    assert (species == expected).float().mean() > 0.9
+    # the config decides: booleans as given, auto where bf16 hardware backs it
+    assert inference_bf16({"bf16": False, "device": "cpu"}) is False
+    assert inference_bf16({"bf16": True, "device": "cpu"}) is True
+    assert inference_bf16({"bf16": "auto", "device": "cpu"}) is bf16_supported(torch.device("cpu"))

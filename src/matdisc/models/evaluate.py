@@ -34,10 +34,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import Counter
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
-from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -49,6 +48,7 @@ from matdisc.models.data import VoxelSplit, class_lookup, coords_of, vae_batch
 from matdisc.models.inference import class_scores, inference_copy, segment_masked, segment_scored
 from matdisc.models.unet import UNet3D
 from matdisc.models.vae import CondVAE3D
+from matdisc.parallel import lagged, worker_pool
 from matdisc.segment import InverseSettings, invert, lattice_from_coords
 from matdisc.segment.invert import ClassScores
 from matdisc.segment.species import (
@@ -348,7 +348,7 @@ def _invert_scored(
     scores: ClassScores | None = None,
 ) -> tuple[Any, Scored]:
     """Invert one species map (cell lengths ``abc``) and score it against ``truth``: the
-    per-structure work of the evaluation, run on a thread pool."""
+    per-structure work of the evaluation, run on the worker pool."""
     result = invert(species, lattice_abc=abc, padding=padding, settings=settings, scores=scores)
     return result, score(result, truth, abc, abc_true)
 
@@ -364,18 +364,21 @@ def evaluate_unet(
     split: str = "val",
     inverse_settings: InverseSettings,
     threads: int = 1,
+    bf16: bool = False,
 ) -> list[dict]:
     """Rows of the ``unet_true_density`` pipeline (voxel scores + inversion scores);
     inverse_settings: how the UNet's maps are read back into crystals. The UNet runs as
-    sampling runs it (:mod:`matdisc.models.inference`); ``threads`` invert and score the
-    maps of a batch in parallel (the scores are added in order)."""
+    sampling runs it (:mod:`matdisc.models.inference`; ``bf16``: under bf16 autocast);
+    ``threads`` worker processes invert and score the maps of a batch while the UNet runs
+    on the next (:func:`matdisc.parallel.worker_pool`; the scores are added in order)."""
     unet.eval().to(device)
-    fast = inference_copy(unet)
+    fast = inference_copy(unet, bf16=bf16)
     lut = class_lookup(unet.classes)
     confusion = Confusion(unet.n_classes)
     scores = StructureScores()
     per_class = PerClass(unet.n_classes)
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+
+    def batches(pool: Executor) -> Iterator[tuple[tuple[range, np.ndarray], list[Future]]]:
         for start in tqdm(
             range(0, len(data), batch_size), desc="evaluate UNet", leave=False, disable=None
         ):
@@ -383,25 +386,29 @@ def evaluate_unet(
             density = torch.from_numpy(data.density[start : idx.stop]).to(device)
             atomic = segment_masked(fast, density).cpu().numpy()
             pred = lut[atomic]
-            true = lut[data.species[start : idx.stop]]
-            confusion.add(true, pred)
-            lattices = [data.lattice[i] for i in idx]
-            abc = [
-                np.asarray(
-                    lattice_from_coords(coords_of(lat, data.grid_size, data.padding), data.padding),
-                    dtype=np.float64,
+            confusion.add(lut[data.species[start : idx.stop]], pred)
+            futures = []
+            for j, i in enumerate(idx):
+                lattice = data.lattice[i]
+                abc = lattice_from_coords(
+                    coords_of(lattice, data.grid_size, data.padding), data.padding
                 )
-                for lat in lattices
-            ]
-            done = pool.map(
-                _invert_scored,
-                atomic,
-                abc,
-                [truth[i] for i in idx],
-                lattices,
-                repeat(data.padding),
-                repeat(inverse_settings),
-            )
+                futures.append(
+                    pool.submit(
+                        _invert_scored,
+                        atomic[j],
+                        np.asarray(abc, dtype=np.float64),
+                        truth[i],
+                        lattice,
+                        data.padding,
+                        inverse_settings,
+                    )
+                )
+            yield (idx, pred), futures
+
+    with worker_pool(threads) as pool:
+        for (idx, pred), done in lagged(batches(pool)):
+            true = lut[data.species[idx.start : idx.stop]]
             for j, (i, (_, scored)) in enumerate(zip(idx, done, strict=True)):
                 scores.add_scored(scored)
                 per_class.add(true[j], pred[j], scored, truth[i])
@@ -513,14 +520,17 @@ def evaluate_chain(
     inverse_settings: InverseSettings,
     density_reader: bool = False,
     threads: int = 1,
+    bf16: bool = False,
 ) -> list[dict]:
     """Rows of the VAE alone (``vae``) and of the ``vae_unet_chain`` pipeline, and with
     ``density_reader`` of ``vae_density_chain`` (the decoded densities read without UNet).
 
     Structures with an unknown decile cannot be conditioned and are left out (logged).
     inverse_settings: how the UNet's maps of decoded densities are read back into crystals.
-    The UNet runs as sampling runs it (:mod:`matdisc.models.inference`); ``threads``
-    invert and score the maps of a batch in parallel (added in order).
+    The UNet runs as sampling runs it (:mod:`matdisc.models.inference`; ``bf16``: under
+    bf16 autocast); ``threads`` worker processes invert and score the maps of a batch while
+    the VAE and the UNet run on the next (:func:`matdisc.parallel.worker_pool`; added in
+    order).
     """
     keep = np.flatnonzero(data.decile >= 0)
     if len(keep) < len(data):
@@ -536,9 +546,6 @@ def evaluate_chain(
     lut = class_lookup(unet.classes)
     confusion = Confusion(unet.n_classes)
     scores = StructureScores()
-    sq_density = 0.0
-    sq_coords = 0.0
-    voxels = 0
     correlations: list[float] = []
     fidelity = {"vae": Fidelity(), "true_density": Fidelity()}
     channel_hits = {"vae": [0, 0], "true_density": [0, 0]}
@@ -552,17 +559,19 @@ def evaluate_chain(
     class_numbers = unet.atomic_numbers[1:].cpu().numpy()
     decoded: list[np.ndarray] = []
     decoded_abc: list[np.ndarray] = []
-    fast = inference_copy(unet)
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+    fast = inference_copy(unet, bf16=bf16)
+    sums = {"density": 0.0, "coords": 0.0, "voxels": 0}
+
+    def batches(pool: Executor) -> Iterator[tuple[tuple, list[Future]]]:
         for start in tqdm(
             range(0, len(data), batch_size), desc="evaluate chain", leave=False, disable=None
         ):
             idx = range(start, min(start + batch_size, len(data)))
             density, coords, cond, species = vae_batch(data, start, start + batch_size, device)
             recon, target, _, _ = vae(density, coords, cond, species)
-            sq_density += float(((recon[:, 0] - target[:, 0]) ** 2).sum())
-            sq_coords += float(((recon[:, 1:4] - target[:, 1:4]) ** 2).sum()) / 3
-            voxels += target[:, 0].numel()
+            sums["density"] += float(((recon[:, 0] - target[:, 0]) ** 2).sum())
+            sums["coords"] += float(((recon[:, 1:4] - target[:, 1:4]) ** 2).sum()) / 3
+            sums["voxels"] += target[:, 0].numel()
             correlations.extend(_pearson(recon[:, 0].float(), target[:, 0].float()))
             dens_out = (recon[:, 0] * vae.density_scale).clamp_min(0.0)
             coords_out = recon[:, 1:4] * vae.coord_scale
@@ -580,18 +589,25 @@ def evaluate_chain(
             if density_reader:
                 decoded.extend(dens_np)
                 decoded_abc.extend(abc_all)
-            done = pool.map(
-                _chain_item,
-                atomic,
-                abc_all,
-                probs,
-                dens_np,
-                [data.density[i] for i in idx],
-                [truth[i] for i in idx],
-                [data.lattice[i] for i in idx],
-                repeat(data.padding),
-                repeat(inverse_settings),
-            )
+            futures = [
+                pool.submit(
+                    _chain_item,
+                    atomic[j],
+                    abc_all[j],
+                    probs[j],
+                    dens_np[j],
+                    data.density[i],
+                    truth[i],
+                    data.lattice[i],
+                    data.padding,
+                    inverse_settings,
+                )
+                for j, i in enumerate(idx)
+            ]
+            yield (idx, true, pred, abc_all, channels_out), futures
+
+    with worker_pool(threads) as pool:
+        for (idx, true, pred, abc_all, channels_out), done in lagged(batches(pool)):
             for j, (i, item) in enumerate(zip(idx, done, strict=True)):
                 result = item.result
                 scores.add_scored(item.scored)
@@ -644,8 +660,8 @@ def evaluate_chain(
         "vae",
         split,
         {
-            "density_mse": (sq_density / max(voxels, 1), n),
-            "coords_mse": (sq_coords / max(voxels, 1), n),
+            "density_mse": (sums["density"] / max(sums["voxels"], 1), n),
+            "coords_mse": (sums["coords"] / max(sums["voxels"], 1), n),
             "density_correlation": (_mean(correlations), n),
             **fidelity["vae"].scores(),
         },
@@ -729,7 +745,7 @@ def _chain_item(
     padding: float,
     settings: InverseSettings,
 ) -> _ChainItem:
-    """The per-structure work of :func:`evaluate_chain`, run on a thread pool: invert the
+    """The per-structure work of :func:`evaluate_chain`, run on the worker pool: invert the
     UNet's map of a decoded density with its class probabilities, score it as read and as
     sampling reads it by default (an invalid composition read charge-aware,
     :mod:`matdisc.segment.readback`, the strict rule), and fit the true sites' Z on the

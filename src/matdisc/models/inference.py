@@ -3,7 +3,10 @@
 * :func:`fold_batchnorm`: every Conv3d -> BatchNorm3d pair folded into one convolution
   (same outputs to float rounding, ~15 % faster UNet on CPU);
 * :func:`inference_copy`: that, in the channels-last 3-D layout (faster in fp32 on CPU
-  whatever layout the model was trained in: ``benchmarks/bench_training.py``);
+  whatever layout the model was trained in: ``benchmarks/bench_training.py``), and for a
+  UNet optionally marked to segment under bf16 autocast (``train.bf16``: on a CPU with AMX
+  about 3 times the maps/s of fp32, ``benchmarks/bench_evaluate.py``; the models train
+  under the same autocast there);
 * :func:`segment_scored` / :func:`segment_masked`: the UNet's species map with the
   species head evaluated only on the voxels the mask head marks (the same map as
   ``UNet3D.segment``, about 40 % faster: the dense (B, K, d, d, d) logits are never
@@ -21,6 +24,7 @@ import torch
 from torch import nn
 
 from matdisc.segment.invert import ClassScores
+from matdisc.train.device import autocast
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
@@ -55,26 +59,31 @@ def segment_scored(
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor]:
     """:func:`segment_masked`, plus the occupied voxels (``nonzero`` indices: batch, x, y,
     z) and their element-class logits (M, k; background excluded, the columns of
-    ``unet.atomic_numbers[1:]``)."""
-    skips = unet.features(density)
-    h = skips[-1]
-    for block, skip in zip(unet.up, reversed(skips[:-1]), strict=True):
-        h = block(torch.cat([unet.upsample(h), skip], dim=1))
-    occupied = unet.mask_head(h).squeeze(1) > 0
-    where = occupied.nonzero(as_tuple=True)
-    features = h.permute(0, 2, 3, 4, 1)[where]  # (M, C) of the occupied voxels
-    weight = unet.species_head.weight[1:, :, 0, 0, 0]  # background class excluded
-    logits = torch.addmm(unet.species_head.bias[1:], features, weight.t())
+    ``unet.atomic_numbers[1:]``; float32). A UNet marked by :func:`inference_copy` with
+    ``bf16`` runs under bf16 autocast."""
+    with autocast(density.device, bool(getattr(unet, "inference_bf16", False))):
+        skips = unet.features(density)
+        h = skips[-1]
+        for block, skip in zip(unet.up, reversed(skips[:-1]), strict=True):
+            h = block(torch.cat([unet.upsample(h), skip], dim=1))
+        occupied = unet.mask_head(h).squeeze(1) > 0
+        where = occupied.nonzero(as_tuple=True)
+        features = h.permute(0, 2, 3, 4, 1)[where]  # (M, C) of the occupied voxels
+        weight = unet.species_head.weight[1:, :, 0, 0, 0]  # background class excluded
+        logits = torch.addmm(unet.species_head.bias[1:], features, weight.t()).float()
     out = torch.zeros(occupied.shape, dtype=torch.long, device=density.device)
     out[where] = unet.atomic_numbers[logits.argmax(dim=1) + 1]
     return out, where, logits
 
 
-def inference_copy(model: nn.Module) -> nn.Module:
+def inference_copy(model: nn.Module, *, bf16: bool = False) -> nn.Module:
     """An eval-mode copy of ``model`` for inference: BatchNorm folded
-    (:func:`fold_batchnorm`), channels-last 3-D layout."""
+    (:func:`fold_batchnorm`), channels-last 3-D layout; ``bf16``: :func:`segment_scored`
+    runs the copy (a UNet) under bf16 autocast (:func:`matdisc.train.device.resolve_bf16`
+    decides where that pays)."""
     model = fold_batchnorm(model)
     model.channels_last = True
+    model.inference_bf16 = bool(bf16)
     return model.to(memory_format=torch.channels_last_3d)
 
 

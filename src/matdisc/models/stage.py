@@ -34,6 +34,7 @@ from matdisc.models.training import (
 )
 from matdisc.segment import InverseSettings
 from matdisc.stage import StageCall
+from matdisc.train.device import inference_bf16
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ def _evaluation_rows(
         split=split,
         inverse_settings=inverse_settings(call),
         threads=call.threads,
+        bf16=inference_bf16(call.section("train")),
     )
     if reader in ("true_density", "both"):
         rows += evaluate_density_reader(
@@ -130,6 +132,7 @@ def _evaluation_rows(
         inverse_settings=inverse_settings(call, decoded=True),
         density_reader=reader == "both",
         threads=call.threads,
+        bf16=inference_bf16(call.section("train")),
     )
     seconds = time.perf_counter() - started
     log.info(
@@ -185,6 +188,7 @@ def train_unet(call: StageCall) -> None:
         device=resolve_device(config.device),
         inverse_settings=inverse_settings(call),
         threads=call.threads,
+        bf16=inference_bf16(call.section("train")),
     )
     _write_metrics(call.output("metrics"), rows, {"history": result.history, "seed": call.seed})
     resume.unlink(missing_ok=True)

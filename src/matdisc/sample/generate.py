@@ -27,6 +27,7 @@ import torch
 
 from matdisc.geometry import shortest_distance
 from matdisc.models.inference import class_scores, inference_copy, segment_scored
+from matdisc.parallel import single_blas_thread
 from matdisc.progress import progress
 from matdisc.segment import InverseSettings, invert, lattice_from_coords
 from matdisc.segment.invert import ClassScores
@@ -129,7 +130,8 @@ class Generator:
     read back into crystals (:meth:`matdisc.segment.InverseSettings.from_config`, usually
     with ``decoded=True``); species_reader: ``unet`` or ``channels`` (see the module);
     species_choice: ``argmax`` (each orbit takes the UNet's majority element),
-    ``charge_aware`` or ``sampled`` (:mod:`matdisc.segment.readback`; UNet reader only)."""
+    ``charge_aware`` or ``sampled`` (:mod:`matdisc.segment.readback`; UNet reader only);
+    bf16: the UNet segments under bf16 autocast (:func:`matdisc.train.device.inference_bf16`)."""
 
     def __init__(
         self,
@@ -142,10 +144,11 @@ class Generator:
         threads: int = 1,
         species_reader: str = "unet",
         species_choice: str = "argmax",
+        bf16: bool = False,
     ) -> None:
         self.vae = inference_copy(vae)
         self.species_choice = species_choice
-        self.unet = inference_copy(unet)
+        self.unet = inference_copy(unet, bf16=bf16)
         self.padding = float(padding)
         self.device = torch.device(device)
         self.inverse_settings = inverse_settings
@@ -226,7 +229,7 @@ class Generator:
         ``seed``: the species draws of ``species_choice: sampled`` (draw i uses the
         generator of (seed, i), so threads and batch sizes do not change them)."""
         rows: list[dict[str, Any]] = []
-        with ThreadPoolExecutor(max_workers=self.threads) as pool:
+        with single_blas_thread(), ThreadPoolExecutor(max_workers=self.threads) as pool:
             batches = range(0, len(z), batch_size)
             for start in batches if desc is None else progress(batches, desc=desc, unit="batch"):
                 sl = slice(start, start + batch_size)

@@ -94,6 +94,7 @@ def load_chain(call: StageCall, store: Any) -> Any:
     from matdisc.sample.generate import Generator
     from matdisc.segment import InverseSettings
     from matdisc.train import load_model, resolve_device
+    from matdisc.train.device import inference_bf16
 
     device = resolve_device(call.section("train")["device"])
     torch.set_num_threads(max(1, call.threads))
@@ -114,6 +115,7 @@ def load_chain(call: StageCall, store: Any) -> Any:
         threads=call.threads,
         species_reader=call.section("sample")["species_reader"],
         species_choice=call.section("sample")["species_choice"],
+        bf16=inference_bf16(call.section("train")),
     )
 
 

@@ -1,7 +1,8 @@
-"""Device choice and seeding."""
+"""Device choice, bf16 autocast and seeding."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import numpy as np
@@ -57,6 +58,19 @@ def resolve_bf16(spec: bool | str, device: torch.device) -> bool:
     if spec == "auto":
         return bf16_supported(device)
     raise UserError(f"train.bf16 is {spec!r}; use auto, true or false.")
+
+
+def inference_bf16(train: dict) -> bool:
+    """Whether the UNet segments under bf16 autocast at inference (sampling, evaluation):
+    the config's ``train`` section's ``bf16`` resolved on its ``device``, as in training."""
+    return resolve_bf16(train["bf16"], resolve_device(train["device"]))
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on ``device`` when ``enabled`` (:func:`resolve_bf16`), else nothing."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def resolve_channels_last(spec: bool | str, bf16: bool) -> bool:

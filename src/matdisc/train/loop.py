@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from matdisc import __version__
 from matdisc.errors import UserError
 from matdisc.io.atomic import atomic_path
-from matdisc.train.device import resolve_bf16, resolve_device, seed_everything
+from matdisc.train.device import autocast, resolve_bf16, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +100,6 @@ class FitResult:
         return int(sum(h.get("steps", 0) for h in self.history))
 
 
-def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
 def _rng_state(generator: torch.Generator) -> dict[str, Any]:
     state = {
         "python": random.getstate(),
@@ -151,7 +145,7 @@ def _run_epoch(
     grad = contextlib.nullcontext() if training else torch.no_grad()
     with grad:
         for batch in _batches(loader, desc):
-            with _autocast(device, bf16):
+            with autocast(device, bf16):
                 loss, metrics = loss_fn(model, batch, device)
             if not torch.isfinite(loss):
                 raise UserError(

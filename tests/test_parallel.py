@@ -1,0 +1,52 @@
+"""Per-structure work beside model passes: the worker pool and the lagged collection."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+import pytest
+
+from matdisc.parallel import lagged, worker_pool
+
+
+def _square_and_pid(x: int) -> tuple[int, int]:
+    return x * x, os.getpid()
+
+
+def _fails(x: int) -> int:
+    raise ValueError(f"item {x} is bad")
+
+
+def test_lagged_collects_a_batch_after_the_next_is_submitted():
+    events: list[str] = []
+    with worker_pool(1) as pool:
+
+        def batches():
+            for k in range(3):
+                events.append(f"submit {k}")
+                yield k, [pool.submit(_square_and_pid, 10 * k + j) for j in range(2)]
+
+        for k, results in lagged(batches()):
+            events.append(f"collect {k}")
+            assert [r[0] for r in results] == [(10 * k + j) ** 2 for j in range(2)]
+    assert events == [
+        "submit 0", "submit 1", "collect 0", "submit 2", "collect 1", "collect 2"
+    ]  # fmt: skip
+
+
+def test_worker_pool_runs_processes_and_keeps_the_order():
+    with worker_pool(1) as one:
+        assert isinstance(one, ThreadPoolExecutor)
+    with worker_pool(2) as pool:
+        assert isinstance(pool, ProcessPoolExecutor)
+        results = [pool.submit(_square_and_pid, x) for x in range(16)]
+        got = [f.result() for f in results]
+    assert [value for value, _ in got] == [x * x for x in range(16)]
+    assert os.getpid() not in {pid for _, pid in got}  # the work left this process
+
+
+def test_a_worker_error_is_raised_not_swallowed():
+    with worker_pool(2) as pool, pytest.raises(ValueError, match="item 3 is bad"):
+        for _ in lagged(iter([(0, [pool.submit(_fails, 3)])])):
+            pass
