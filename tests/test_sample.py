@@ -115,11 +115,16 @@ def voxel_section() -> dict:
 
 
 def call_for(
-    inputs: dict[str, Path], out: Path, base: str = "SrTiO3", seed: int = 7, **kw
+    inputs: dict[str, Path],
+    out: Path,
+    base: str = "SrTiO3",
+    seed: int = 7,
+    bf16: bool = False,
+    **kw,
 ) -> StageCall:
     return StageCall(
         settings={"seed": seed, "sample": sample_section(**kw), "voxel": voxel_section(),
-                  "train": {"device": "cpu", "bf16": False}},
+                  "train": {"device": "cpu", "bf16": bf16}},
         inputs={k: inputs[k] for k in ("bases", "voxels", "unet", "vae")},
         outputs={"samples": out},
         threads=1,
@@ -222,8 +227,16 @@ def test_the_read_and_its_alternatives_are_recorded_and_charge_aware_keeps_posit
         sa = Structure.from_dict(json.loads(a["structure_json"]))
         sb = Structure.from_dict(json.loads(b["structure_json"]))
         np.testing.assert_allclose(sa.frac_coords, sb.frac_coords)
-    read = read_metadata(tmp_path / "c.parquet")["species_read"]
+    meta = read_metadata(tmp_path / "c.parquet")
+    read = meta["species_read"]
     assert read["structures"] == int(ok.sum()) and read["changed"] == int(changed.sum())
+    # the UNet's precision, train.bf16 as resolved, is on record; bf16 segments the same draws
+    assert meta["unet_bf16"] is False
+    sample_structures(call_for(inputs, tmp_path / "h.parquet", n_samples=40, bf16=True))
+    assert read_metadata(tmp_path / "h.parquet")["unet_bf16"] is True
+    half = read_table(tmp_path / "h.parquet", "samples")
+    assert half["sample_index"].tolist() == argmax["sample_index"].tolist()
+    assert half["reason"].isna().sum() > 5
     assert read["valid_after"] > read["valid_as_read"] and read["changed"] > 0
 
 

@@ -54,10 +54,12 @@ def _resume_path(model_path: Path) -> Path:
     return Path(str(model_path) + ".resume")
 
 
-def _write_metrics(path: Path, rows: list[dict], metadata: dict[str, Any]) -> None:
+def _write_metrics(call: StageCall, path: Path, rows: list[dict], metadata: dict[str, Any]) -> None:
     from matdisc.models.evaluate import metrics_frame
 
     frame = metrics_frame(rows)
+    # the UNet's precision in the evaluation (train.bf16 as resolved here) beside the rows
+    metadata = {**metadata, "unet_bf16": inference_bf16(call.section("train"))}
     write_table(frame, path, "reconstruction_metrics", metadata=metadata)
     for row in rows:
         if row["pipeline"] != "training":
@@ -190,7 +192,9 @@ def train_unet(call: StageCall) -> None:
         threads=call.threads,
         bf16=inference_bf16(call.section("train")),
     )
-    _write_metrics(call.output("metrics"), rows, {"history": result.history, "seed": call.seed})
+    _write_metrics(
+        call, call.output("metrics"), rows, {"history": result.history, "seed": call.seed}
+    )
     resume.unlink(missing_ok=True)
 
 
@@ -254,7 +258,9 @@ def train_vae(call: StageCall) -> None:
         rows += training_rows("unet_chain", tuned, len(train), len(val))
     save_model(chain_path, chain_unet, extra=chain_extra)
     rows += _evaluation_rows(call, vae, unet, store, val, device, chain_unet=chain_unet)
-    _write_metrics(call.output("metrics"), rows, {"history": result.history, "seed": call.seed})
+    _write_metrics(
+        call, call.output("metrics"), rows, {"history": result.history, "seed": call.seed}
+    )
     resume.unlink(missing_ok=True)
     chain_resume.unlink(missing_ok=True)
 
@@ -281,4 +287,4 @@ def evaluate_vae(call: StageCall) -> None:
     rows = _evaluation_rows(
         call, vae, unet, store, data, device, chain_unet=chain_unet, split=split
     )
-    _write_metrics(call.output("metrics"), rows, {"seed": call.seed})
+    _write_metrics(call, call.output("metrics"), rows, {"seed": call.seed})
