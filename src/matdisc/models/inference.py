@@ -5,8 +5,8 @@
 * :func:`inference_copy`: that, in the channels-last 3-D layout (faster in fp32 on CPU
   whatever layout the model was trained in: ``benchmarks/bench_training.py``), and for a
   UNet optionally marked to segment under bf16 autocast (``train.bf16``: on a CPU with AMX
-  about 3 times the maps/s of fp32, ``benchmarks/bench_evaluate.py``; the models train
-  under the same autocast there);
+  the evaluation's model passes take half the time of fp32, ``benchmarks/bench_evaluate.py``;
+  the models train under the same autocast there);
 * :func:`segment_scored` / :func:`segment_masked`: the UNet's species map with the
   species head evaluated only on the voxels the mask head marks (the same map as
   ``UNet3D.segment``, about 40 % faster: the dense (B, K, d, d, d) logits are never
@@ -79,7 +79,7 @@ def segment_scored(
 def inference_copy(model: nn.Module, *, bf16: bool = False) -> nn.Module:
     """An eval-mode copy of ``model`` for inference: BatchNorm folded
     (:func:`fold_batchnorm`), channels-last 3-D layout; ``bf16``: :func:`segment_scored`
-    runs the copy (a UNet) under bf16 autocast (:func:`matdisc.train.device.resolve_bf16`
+    runs the copy (a UNet) under bf16 autocast (:func:`matdisc.train.device.inference_bf16`
     decides where that pays)."""
     model = fold_batchnorm(model)
     model.channels_last = True
