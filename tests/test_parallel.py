@@ -50,3 +50,16 @@ def test_a_worker_error_is_raised_not_swallowed():
     with worker_pool(2) as pool, pytest.raises(ValueError, match="item 3 is bad"):
         for _ in lagged(iter([(0, [pool.submit(_fails, 3)])])):
             pass
+
+
+def test_worker_pool_spawns_where_forking_is_unsafe(monkeypatch):
+    """Off Linux (macOS laptops) the workers are spawned, not forked; the work still runs
+    in other processes, in order."""
+    import matdisc.parallel
+
+    monkeypatch.setattr(matdisc.parallel.sys, "platform", "darwin")
+    with worker_pool(2) as pool:
+        assert pool._mp_context.get_start_method() == "spawn"
+        got = [f.result() for f in [pool.submit(pow, x, 2) for x in range(6)]]
+        pids = {pool.submit(os.getpid).result() for _ in range(4)}
+    assert got == [x * x for x in range(6)] and os.getpid() not in pids

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -77,10 +78,12 @@ def single_blas_thread() -> contextlib.AbstractContextManager:
 @contextlib.contextmanager
 def worker_pool(workers: int) -> Iterator[Executor]:
     """An executor for per-structure work beside the caller's model passes: ``workers``
-    forked processes (that work is numpy and pymatgen on small arrays and holds the GIL,
-    so threads do not scale; forking shares the parent's loaded modules), or one thread
-    for ``workers`` <= 1 (it still overlaps the model, which releases the GIL). The work
-    must not use torch (a forked child does not own the parent's torch threads).
+    processes (that work is numpy and pymatgen on small arrays and holds the GIL, so
+    threads do not scale), or one thread for ``workers`` <= 1 (it still overlaps the model,
+    which releases the GIL). On Linux the processes are forked, sharing the parent's loaded
+    modules; elsewhere (macOS, where forking a threaded process is unsafe) they are spawned
+    and import them. The work must not use torch (a forked child does not own the parent's
+    torch threads) and its function and arguments must pickle.
 
     While the pool is open, numpy's and scipy's BLAS run on one thread
     (:func:`single_blas_thread`; the children inherit that).
@@ -89,7 +92,7 @@ def worker_pool(workers: int) -> Iterator[Executor]:
         if int(workers) <= 1:
             executor: Executor = ThreadPoolExecutor(max_workers=1)
         else:
-            context = multiprocessing.get_context("fork")
+            context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
             executor = ProcessPoolExecutor(max_workers=int(workers), mp_context=context)
         with executor:
             yield executor
