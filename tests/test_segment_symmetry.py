@@ -155,3 +155,23 @@ def test_invert_rounds_the_orbits_of_a_voxel_grid(inverse_settings):
     assert rounded.ok and rounded.n_sites == 16
     assert rounded.structure.composition.reduced_formula == "HfNi2Sn"
     assert rounded.structure.composition.anonymized_formula == "ABC2"
+
+
+def test_a_garbled_map_with_more_sites_than_positions_is_left_as_read(monkeypatch):
+    """A decoded map read as thousands of sites is not searched for symmetry (the search
+    holds (48, n, n) arrays: gigabytes at n = 2,000); it comes back unchanged and the
+    inverse then rejects it as too_many_sites."""
+    import matdisc.segment.symmetry as symmetry
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("partial_symmetries must not run on more sites than positions")
+
+    monkeypatch.setattr(symmetry, "partial_symmetries", no_search)
+    rng = np.random.default_rng(0)
+    frac, z = rng.random((2000, 3)), rng.choice([8, 12], 2000)
+    out, votes = complete_orbits(
+        frac, _votes(list(z)), np.full(3, 40.0),
+        tolerance=0.5, support=0.6, occupancy=0.5, max_positions=160,
+    )  # fmt: skip
+    np.testing.assert_array_equal(out, frac % 1.0)
+    np.testing.assert_array_equal(votes.argmax(axis=1), z)

@@ -148,17 +148,22 @@ def complete_orbits(
 
     frac: (n, 3); votes: (n, 256) voxel votes per site and atomic number; lattice: cell
     lengths (Å). Returns (frac, votes) of the rounded crystal, or the input unchanged when
-    the only operation is the identity, the closure would pass ``max_positions`` or every
+    it already holds more than ``max_positions`` sites (no search is made), the only
+    operation is the identity, the closure would pass ``max_positions`` or every
     orbit would be removed. ``extra``: (n, k) more per-site scores, summed per orbit like
     the votes and returned third.
     """
     frac = np.asarray(frac, dtype=np.float64).reshape(-1, 3) % 1.0
     votes = np.asarray(votes, dtype=np.float64)
     lattice = np.asarray(lattice, dtype=np.float64).reshape(3)
+    unchanged = (frac, votes) if extra is None else (frac, votes, extra)
+    if len(frac) > max_positions:
+        # the closure would pass the bound anyway; the operations' search alone needs
+        # (48, n, n) arrays, gigabytes for the thousands of sites of a garbled map
+        return unchanged
     rotations, translations = partial_symmetries(
         frac, votes.argmax(axis=1), lattice, tolerance=tolerance, support=support
     )
-    unchanged = (frac, votes) if extra is None else (frac, votes, extra)
     if len(rotations) < 2:
         return unchanged
     tol2 = float(tolerance) ** 2
