@@ -54,13 +54,14 @@ def _resume_path(model_path: Path) -> Path:
     return Path(str(model_path) + ".resume")
 
 
-def _write_metrics(call: StageCall, path: Path, rows: list[dict], metadata: dict[str, Any]) -> None:
+def _write_metrics(call: StageCall, rows: list[dict], metadata: dict[str, Any]) -> None:
+    """The metrics table (output ``metrics``) with ``metadata``."""
     from matdisc.models.evaluate import metrics_frame
 
     frame = metrics_frame(rows)
     # the UNet's precision in the evaluation (train.bf16 as resolved here) beside the rows
     metadata = {**metadata, "unet_bf16": inference_bf16(call.section("train"))}
-    write_table(frame, path, "reconstruction_metrics", metadata=metadata)
+    write_table(frame, call.output("metrics"), "reconstruction_metrics", metadata=metadata)
     for row in rows:
         if row["pipeline"] != "training":
             log.info(
@@ -103,6 +104,7 @@ def _evaluation_rows(
     started = time.perf_counter()
     truth = true_structures(store, val)
     reader = call.section("vae")["evaluate_density_reader"]
+    bf16 = inference_bf16(call.section("train"))
     rows = evaluate_unet(
         unet,
         val,
@@ -111,7 +113,7 @@ def _evaluation_rows(
         split=split,
         inverse_settings=inverse_settings(call),
         threads=call.threads,
-        bf16=inference_bf16(call.section("train")),
+        bf16=bf16,
     )
     if reader in ("true_density", "both"):
         rows += evaluate_density_reader(
@@ -134,7 +136,7 @@ def _evaluation_rows(
         inverse_settings=inverse_settings(call, decoded=True),
         density_reader=reader == "both",
         threads=call.threads,
-        bf16=inference_bf16(call.section("train")),
+        bf16=bf16,
     )
     seconds = time.perf_counter() - started
     log.info(
@@ -192,9 +194,7 @@ def train_unet(call: StageCall) -> None:
         threads=call.threads,
         bf16=inference_bf16(call.section("train")),
     )
-    _write_metrics(
-        call, call.output("metrics"), rows, {"history": result.history, "seed": call.seed}
-    )
+    _write_metrics(call, rows, {"history": result.history, "seed": call.seed})
     resume.unlink(missing_ok=True)
 
 
@@ -258,9 +258,7 @@ def train_vae(call: StageCall) -> None:
         rows += training_rows("unet_chain", tuned, len(train), len(val))
     save_model(chain_path, chain_unet, extra=chain_extra)
     rows += _evaluation_rows(call, vae, unet, store, val, device, chain_unet=chain_unet)
-    _write_metrics(
-        call, call.output("metrics"), rows, {"history": result.history, "seed": call.seed}
-    )
+    _write_metrics(call, rows, {"history": result.history, "seed": call.seed})
     resume.unlink(missing_ok=True)
     chain_resume.unlink(missing_ok=True)
 
@@ -287,4 +285,4 @@ def evaluate_vae(call: StageCall) -> None:
     rows = _evaluation_rows(
         call, vae, unet, store, data, device, chain_unet=chain_unet, split=split
     )
-    _write_metrics(call, call.output("metrics"), rows, {"seed": call.seed})
+    _write_metrics(call, rows, {"seed": call.seed})
