@@ -6,19 +6,23 @@
 Runs what ``matdisc evaluate-vae`` runs (the UNet on every true map, the VAE -> UNet
 chain on the maps with a formation-energy decile, each map read back and scored) on the
 trained checkpoints of a run (default: this work tree's ``results/``), side by side: the
-UNet in fp32 and under bf16 autocast (where ``train.bf16: auto`` turns it on: a CPU with
-AMX, a bf16 GPU), the read-back on one worker thread and on ``--threads`` worker
-processes; and the model passes alone (no read-back) in each precision. The rows of one
-precision must not depend on the workers; bf16 against fp32 gives the largest change of
-any metric. Prints one JSON object. Target (issue #26): 50 structures/s.
+VAE and the UNets in fp32 and under bf16 autocast (where ``train.bf16: auto`` turns it on:
+a CPU with AMX, a bf16 GPU); the read-back on one worker thread (the models on one torch
+thread) and on ``--threads`` worker processes (the models then on half the torch threads,
+:func:`matdisc.train.device.model_threads_beside`, and once more on all of them); and the
+model passes alone (no read-back, ``--threads`` torch threads) in each precision. The
+rows of one precision must not depend on the workers; bf16 against fp32 gives the
+largest change of any metric. Prints one JSON object. Target (issue #26): 50 structures/s.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,17 +37,24 @@ def model_passes(unet, chain_unet, vae, data, bf16: bool, batch_size: int = 8) -
     """Seconds of the evaluation's model passes alone: the UNet on every true map, the
     VAE and the chain's UNet on the maps with a decile."""
     from matdisc.models.data import vae_batch
-    from matdisc.models.inference import inference_copy, segment_masked, segment_scored
+    from matdisc.models.inference import (
+        inference_copy,
+        run_autocast,
+        segment_masked,
+        segment_scored,
+    )
 
     fast, fast_chain = inference_copy(unet, bf16=bf16), inference_copy(chain_unet, bf16=bf16)
+    fast_vae = inference_copy(vae, bf16=bf16)
     started = time.perf_counter()
     for start in range(0, len(data), batch_size):
         segment_masked(fast, torch.from_numpy(data.density[start : start + batch_size]))
     chain = data.subset(np.flatnonzero(data.decile >= 0))
     for start in range(0, len(chain), batch_size):
         density, coords, cond, species = vae_batch(chain, start, start + batch_size, "cpu")
-        recon, *_ = vae(density, coords, cond, species)
-        segment_scored(fast_chain, (recon[:, 0] * vae.density_scale).clamp_min(0.0))
+        with run_autocast(fast_vae):
+            recon, *_ = fast_vae(density, coords, cond, species)
+        segment_scored(fast_chain, (recon[:, 0].float() * vae.density_scale).clamp_min(0.0))
     return time.perf_counter() - started
 
 
@@ -66,6 +77,27 @@ def evaluation(
         bf16=bf16,
     )  # fmt: skip
     return time.perf_counter() - started, rows
+
+
+def same_rows(got: list, reference: list) -> bool:
+    """Whether two evaluations give the same rows. Equal to the last digit, except that
+    the VAE's summed squared errors may differ in the ninth: torch sums them in another
+    order on another number of threads (the worker processes halve the model's)."""
+    return bool(np.allclose(got, reference, equal_nan=True, rtol=1e-7, atol=0))
+
+
+@contextlib.contextmanager
+def all_model_threads() -> Iterator[None]:
+    """The evaluation with the model passes on all the torch threads beside the worker
+    processes (:func:`matdisc.train.device.model_threads_beside` off)."""
+    import matdisc.models.evaluate as evaluate
+
+    kept = evaluate.model_threads_beside
+    evaluate.model_threads_beside = lambda workers: contextlib.nullcontext()
+    try:
+        yield
+    finally:
+        evaluate.model_threads_beside = kept
 
 
 def main() -> None:
@@ -110,19 +142,39 @@ def main() -> None:
     }
     runs = {}
     values: dict[str, list] = {}
-    for name, bf16 in precisions.items():
+
+    def arm(label: str, name: str, threads: int, model_threads: int) -> None:
+        """One evaluation on ``threads`` as ``matdisc evaluate-vae --threads`` runs it."""
+        torch.set_num_threads(threads)
+        seconds, rows = evaluation(
+            unet, chain_unet, vae, data, truth, config, threads, precisions[name]
+        )
+        got = [r["value"] for r in rows]
+        values.setdefault(name, got)
+        runs[label] = {
+            "seconds": round(seconds, 2),
+            "structures_per_s": round(len(data) / seconds, 2),
+            "model_threads": model_threads,
+            # the rows do not depend on the workers (the model's threads may change a
+            # decoded voxel in fp32: the rows of equal model threads must agree)
+            "same_rows": same_rows(got, values[name]),
+        }
+        if name == "fp32":
+            keys[:] = [(r["pipeline"], r["metric"]) for r in rows]
+
+    keys: list[tuple[str, str]] = []
+    for name in precisions:
         for threads in sorted({1, args.threads}):
-            seconds, rows = evaluation(unet, chain_unet, vae, data, truth, config, threads, bf16)
-            got = [r["value"] for r in rows]
-            values.setdefault(name, got)
-            runs[f"{name}_workers_{threads}"] = {
-                "seconds": round(seconds, 2),
-                "structures_per_s": round(len(data) / seconds, 2),
-                # the rows do not depend on the workers
-                "same_rows": bool(np.allclose(got, values[name], equal_nan=True, rtol=0, atol=0)),
-            }
-            if name == "fp32":
-                keys = [(r["pipeline"], r["metric"]) for r in rows]
+            model_threads = max(1, threads // 2) if threads > 1 else 1
+            arm(f"{name}_workers_{threads}", name, threads, model_threads)
+    if args.threads > 1:
+        # the A/B of the model's threads: all of them beside the worker processes
+        name = "bf16" if "bf16" in precisions else "fp32"
+        with all_model_threads():
+            arm(
+                f"{name}_workers_{args.threads}_all_model_threads", name, args.threads, args.threads
+            )
+    torch.set_num_threads(args.threads)
     best = max(r["structures_per_s"] for r in runs.values())
     out = {
         "benchmark": "evaluation",

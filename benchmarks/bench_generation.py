@@ -176,7 +176,7 @@ def main() -> None:
         "n_samples": args.n,
         "threads": args.threads,
         "species_choice": config["sample"]["species_choice"],
-        "unet_bf16": bf16,
+        "inference_bf16": bf16,
         "cpu_count": os.cpu_count(),
         "grid_size": vae.grid_size,
         "results": results,

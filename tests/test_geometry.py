@@ -98,3 +98,20 @@ def test_nearest_sites_agree_with_the_dense_distances():
     assert np.array_equal(index, dense.argmin(axis=-1))
     empty_d2, _ = nearest_sites(points[0], np.zeros((0, 3)), cell)
     assert np.isinf(empty_d2).all()
+
+
+def test_close_groups_are_the_components_of_the_dense_graph():
+    from matdisc.geometry import close_groups
+
+    rng = np.random.default_rng(5)
+    cell = np.array([6.0, 6.0, 6.0])
+    # clusters of images straddling the cell's faces, chains and isolated points
+    centres = np.array([[0.0, 0.0, 0.0], [0.5, 0.5, 0.999], [0.25, 0.75, 0.5]])
+    points = np.concatenate(
+        [c + rng.normal(0, 0.01, (7, 3)) for c in centres] + [rng.random((30, 3))]
+    )
+    points = points[rng.permutation(len(points))]
+    for distance in (0.05, 0.3, 1.0, 2.5):
+        dense = components(squared_distances(points, points, cell) <= distance**2)
+        assert np.array_equal(close_groups(points, cell, distance), dense)
+    assert close_groups(np.zeros((0, 3)), cell, 1.0).tolist() == []

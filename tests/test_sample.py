@@ -231,9 +231,9 @@ def test_the_read_and_its_alternatives_are_recorded_and_charge_aware_keeps_posit
     read = meta["species_read"]
     assert read["structures"] == int(ok.sum()) and read["changed"] == int(changed.sum())
     # the UNet's precision, train.bf16 as resolved, is on record; bf16 segments the same draws
-    assert meta["unet_bf16"] is False
+    assert meta["inference_bf16"] is False
     sample_structures(call_for(inputs, tmp_path / "h.parquet", n_samples=40, bf16=True))
-    assert read_metadata(tmp_path / "h.parquet")["unet_bf16"] is True
+    assert read_metadata(tmp_path / "h.parquet")["inference_bf16"] is True
     half = read_table(tmp_path / "h.parquet", "samples")
     assert half["sample_index"].tolist() == argmax["sample_index"].tolist()
     assert half["reason"].isna().sum() > 5
@@ -487,3 +487,28 @@ def test_bf16_segmentation_agrees_with_fp32():
     assert inference_bf16({"bf16": False, "device": "cpu"}) is False
     assert inference_bf16({"bf16": True, "device": "cpu"}) is True
     assert inference_bf16({"bf16": "auto", "device": "cpu"}) is bf16_supported(torch.device("cpu"))
+
+
+def test_bf16_decoding_agrees_with_fp32():
+    """The VAE marked for bf16 decodes under autocast inside ``run_autocast`` (float32
+    grids come back, close to fp32); unmarked, the inference copy decodes as the model."""
+    from matdisc.models.inference import inference_copy, run_autocast
+    from matdisc.models.vae import CondVAE3D
+
+    torch.manual_seed(5)
+    vae = CondVAE3D(grid_size=GRID, channels=[2, 4], latent_dim=8).eval()
+    z, condition = torch.randn(4, 8), torch.eye(10)[[1, 2, 3, 4]]
+    fp32, bf16 = inference_copy(vae), inference_copy(vae, bf16=True)
+    with torch.no_grad():
+        expected = vae.decode_normalised(z, condition)
+        with run_autocast(fp32):
+            plain = fp32.decode_normalised(z, condition)
+        with run_autocast(bf16):
+            half = bf16.decode_normalised(z, condition)
+            density, coords = bf16.decode(z, condition)
+            inside = torch.is_autocast_enabled("cpu")
+    assert inside and not torch.is_autocast_enabled("cpu")
+    torch.testing.assert_close(plain, expected, rtol=1e-4, atol=1e-5)
+    assert density.dtype == coords.dtype == torch.float32 and half.dtype == torch.bfloat16
+    r = torch.corrcoef(torch.stack([half.float().flatten(), expected.flatten()]))[0, 1]
+    assert r > 0.99

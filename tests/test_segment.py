@@ -230,6 +230,22 @@ def test_site_emd_with_unequal_counts_and_empty():
     assert np.isnan(site_emd(empty, true))
 
 
+def test_site_emd_of_unequal_counts_as_assignment_equals_the_transport_program(monkeypatch):
+    """Unequal counts are solved as an assignment between copies of the sites (lcm of the
+    counts) up to a bound, by the linear program above it: both give the same distance."""
+    import matdisc.segment.metrics as metrics
+
+    rng = np.random.default_rng(8)
+    lattice = Lattice.cubic(6.0)
+    for n_p, n_t in [(7, 8), (12, 16), (5, 3), (1, 4)]:
+        pred = Structure(lattice, ["Na"] * n_p, rng.random((n_p, 3)))
+        true = Structure(lattice, ["Cl"] * n_t, rng.random((n_t, 3)))
+        assigned = site_emd(pred, true)
+        monkeypatch.setattr(metrics, "_MAX_ASSIGNMENT", 0)
+        assert site_emd(pred, true) == pytest.approx(assigned, rel=1e-7)
+        monkeypatch.undo()
+
+
 def test_delta_n_sites_and_lattice_mae():
     true = rock_salt()
     fewer = true.copy()

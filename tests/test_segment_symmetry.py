@@ -175,3 +175,23 @@ def test_a_garbled_map_with_more_sites_than_positions_is_left_as_read(monkeypatc
     )  # fmt: skip
     np.testing.assert_array_equal(out, frac % 1.0)
     np.testing.assert_array_equal(votes.argmax(axis=1), z)
+
+
+def test_dropping_candidates_early_keeps_the_operations(monkeypatch):
+    """partial_symmetries checks a few sites at a time and drops the candidate operations
+    that can no longer reach their support: the same operations as checking all sites
+    at once (a Heusler cell with jitter and a missing site)."""
+    import matdisc.segment.symmetry as symmetry
+
+    s = Structure.from_spacegroup("Fm-3m", Lattice.cubic(6.0), ["Cu", "Mn", "Al"],
+                                  [[0.25, 0.25, 0.25], [0, 0, 0], [0.5, 0.5, 0.5]])  # fmt: skip
+    frac = s.frac_coords[1:] + np.random.default_rng(4).uniform(-0.01, 0.01, (len(s) - 1, 3))
+    z = np.array(_z(s)[1:])
+    lattice = np.array(s.lattice.abc)
+    found = {}
+    for step in (1, 100):
+        monkeypatch.setattr(symmetry, "_SITES_PER_STEP", step)
+        found[step] = partial_symmetries(frac, z, lattice, tolerance=0.4, support=0.8)
+    assert len(found[1][0]) > 1
+    assert np.array_equal(found[1][0], found[100][0])
+    assert np.array_equal(found[1][1], found[100][1])

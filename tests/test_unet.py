@@ -191,6 +191,7 @@ def test_confusion_scores_by_hand():
     pred = np.array([0, 1, 1, 2, 2, 0, 1])
     c = Confusion(3)
     c.add(true, pred)
+    assert c.matrix.tolist() == [[1, 1, 0], [0, 1, 1], [1, 0, 1]] and c.unknown_voxels == 1
     # atom voxels: true {2,3,4,5} + unknown 6; predicted {1,2,3,4,6}; both {2,3,4}
     assert c.mask_iou() == pytest.approx(3 / 6)
     assert c.nonzero_recall() == pytest.approx(2 / 5)  # voxels 2 and 4 of 4 known + 1 unknown

@@ -417,7 +417,7 @@ def test_stages_end_to_end(store, tmp_path, monkeypatch):
     from matdisc.io.parquet import read_metadata
     from matdisc.train.device import inference_bf16
 
-    recorded = read_metadata(tmp_path / "eval.parquet")["unet_bf16"]
+    recorded = read_metadata(tmp_path / "eval.parquet")["inference_bf16"]
     assert recorded is inference_bf16(settings["train"])
     first = metrics.set_index(["pipeline", "metric"])["value"]
     for key in (("vae", "density_mse"), ("vae_unet_chain", "mask_iou")):

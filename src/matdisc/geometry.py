@@ -11,6 +11,9 @@
   site and its own image.
 * :func:`components`: connected components of a small dense graph (images of one atom,
   atoms to fuse, orbits).
+* :func:`close_groups`: the same components for points within a distance of each other in
+  an orthorhombic cell, from a k-d tree's pairs (the thousands of images of an orbit
+  closure, where the dense graph costs n²).
 """
 
 from __future__ import annotations
@@ -106,6 +109,30 @@ def nearest_sites(
     tree = cKDTree(_in_box(sites, cell), boxsize=cell)
     d, i = tree.query(_in_box(points.reshape(-1, 3), cell), k=1)
     return (d * d).reshape(shape), i.reshape(shape).astype(np.int64)
+
+
+def close_groups(points: np.ndarray, cell: np.ndarray, distance: float) -> np.ndarray:
+    """Component id per point (numbered by its smallest point, as :func:`components`) of
+    the graph linking fractional ``points`` (n, 3) at most ``distance`` Å apart in an
+    orthorhombic cell of lengths ``cell`` (3,) Å: ``components(squared_distances(points,
+    points, cell) <= distance**2)`` without the n² matrix."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    cell = np.asarray(cell, dtype=np.float64).reshape(3)
+    n = len(points)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    tree = cKDTree(_in_box(points, cell), boxsize=cell)
+    pairs = tree.query_pairs(float(distance), output_type="ndarray")
+    graph = coo_matrix((np.ones(len(pairs), dtype=bool), (pairs[:, 0], pairs[:, 1])), (n, n))
+    _, labels = connected_components(graph, directed=False)
+    # number the components by their smallest point
+    _, first = np.unique(labels, return_index=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first)] = np.arange(len(first))
+    return rank[labels]
 
 
 def _in_box(frac: np.ndarray, cell: np.ndarray) -> np.ndarray:

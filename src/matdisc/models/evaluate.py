@@ -45,7 +45,13 @@ import torch
 from tqdm.auto import tqdm
 
 from matdisc.models.data import VoxelSplit, class_lookup, coords_of, vae_batch
-from matdisc.models.inference import class_scores, inference_copy, segment_masked, segment_scored
+from matdisc.models.inference import (
+    class_scores,
+    inference_copy,
+    run_autocast,
+    segment_masked,
+    segment_scored,
+)
 from matdisc.models.unet import UNet3D
 from matdisc.models.vae import CondVAE3D
 from matdisc.parallel import lagged, worker_pool
@@ -58,6 +64,7 @@ from matdisc.segment.species import (
     read_descriptors,
     species_from_descriptors,
 )
+from matdisc.train.device import model_threads_beside
 from matdisc.voxel.cell import arrays_from_structure
 from matdisc.voxel.radii import radius_lookup
 
@@ -102,7 +109,10 @@ class Confusion:
         pred = pred.ravel()
         known = true >= 0
         self.unknown_voxels += int((~known).sum())
-        flat = true[known] * self.n_classes + pred[known]
+        # background predicted as background (most voxels) is counted, not binned
+        counted = known & ((true != 0) | (pred != 0))
+        self.matrix[0, 0] += int(known.sum() - counted.sum())
+        flat = true[counted] * self.n_classes + pred[counted]
         self.matrix += np.bincount(flat, minlength=self.matrix.size).reshape(self.matrix.shape)
 
     def nonzero_recall(self) -> float:
@@ -406,7 +416,7 @@ def evaluate_unet(
                 )
             yield (idx, pred), futures
 
-    with worker_pool(threads) as pool:
+    with worker_pool(threads) as pool, model_threads_beside(threads):
         for (idx, pred), done in lagged(batches(pool)):
             true = lut[data.species[idx.start : idx.stop]]
             for j, (i, (_, scored)) in enumerate(zip(idx, done, strict=True)):
@@ -527,8 +537,8 @@ def evaluate_chain(
 
     Structures with an unknown decile cannot be conditioned and are left out (logged).
     inverse_settings: how the UNet's maps of decoded densities are read back into crystals.
-    The UNet runs as sampling runs it (:mod:`matdisc.models.inference`; ``bf16``: under
-    bf16 autocast); ``threads`` worker processes invert and score the maps of a batch while
+    The VAE and the UNet run as sampling runs them (:mod:`matdisc.models.inference`;
+    ``bf16``: under bf16 autocast); ``threads`` worker processes invert and score the maps of a batch while
     the VAE and the UNet run on the next (:func:`matdisc.parallel.worker_pool`; added in
     order).
     """
@@ -560,6 +570,7 @@ def evaluate_chain(
     decoded: list[np.ndarray] = []
     decoded_abc: list[np.ndarray] = []
     fast = inference_copy(unet, bf16=bf16)
+    fast_vae = inference_copy(vae, bf16=bf16)
     sums = {"density": 0.0, "coords": 0.0, "voxels": 0}
 
     def batches(pool: Executor) -> Iterator[tuple[tuple, list[Future]]]:
@@ -568,7 +579,9 @@ def evaluate_chain(
         ):
             idx = range(start, min(start + batch_size, len(data)))
             density, coords, cond, species = vae_batch(data, start, start + batch_size, device)
-            recon, target, _, _ = vae(density, coords, cond, species)
+            with run_autocast(fast_vae):
+                recon, target, _, _ = fast_vae(density, coords, cond, species)
+            recon = recon.float()
             sums["density"] += float(((recon[:, 0] - target[:, 0]) ** 2).sum())
             sums["coords"] += float(((recon[:, 1:4] - target[:, 1:4]) ** 2).sum()) / 3
             sums["voxels"] += target[:, 0].numel()
@@ -606,7 +619,7 @@ def evaluate_chain(
             ]
             yield (idx, true, pred, abc_all, channels_out), futures
 
-    with worker_pool(threads) as pool:
+    with worker_pool(threads) as pool, model_threads_beside(threads):
         for (idx, true, pred, abc_all, channels_out), done in lagged(batches(pool)):
             for j, (i, item) in enumerate(zip(idx, done, strict=True)):
                 result = item.result

@@ -4,9 +4,10 @@
   (same outputs to float rounding, ~15 % faster UNet on CPU);
 * :func:`inference_copy`: that, in the channels-last 3-D layout (faster in fp32 on CPU
   whatever layout the model was trained in: ``benchmarks/bench_training.py``), and for a
-  UNet optionally marked to segment under bf16 autocast (``train.bf16``: on a CPU with AMX
-  the evaluation's model passes take half the time of fp32, ``benchmarks/bench_evaluate.py``;
-  the models train under the same autocast there);
+  UNet or a VAE optionally marked to run under bf16 autocast (``train.bf16``: on a CPU
+  with AMX the evaluation's model passes take half the time of fp32,
+  ``benchmarks/bench_evaluate.py``; the models train under the same autocast there);
+  :func:`run_autocast` enters it for a VAE;
 * :func:`segment_scored` / :func:`segment_masked`: the UNet's species map with the
   species head evaluated only on the voxels the mask head marks (the same map as
   ``UNet3D.segment``, about 40 % faster: the dense (B, K, d, d, d) logits are never
@@ -15,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from itertools import pairwise
 from typing import Any
@@ -78,13 +80,20 @@ def segment_scored(
 
 def inference_copy(model: nn.Module, *, bf16: bool = False) -> nn.Module:
     """An eval-mode copy of ``model`` for inference: BatchNorm folded
-    (:func:`fold_batchnorm`), channels-last 3-D layout; ``bf16``: :func:`segment_scored`
-    runs the copy (a UNet) under bf16 autocast (:func:`matdisc.train.device.inference_bf16`
-    decides where that pays)."""
+    (:func:`fold_batchnorm`), channels-last 3-D layout; ``bf16``: the copy runs under bf16
+    autocast (:func:`matdisc.train.device.inference_bf16` decides where that pays): a UNet
+    in :func:`segment_scored`, a VAE inside :func:`run_autocast`."""
     model = fold_batchnorm(model)
     model.channels_last = True
     model.inference_bf16 = bool(bf16)
     return model.to(memory_format=torch.channels_last_3d)
+
+
+def run_autocast(model: nn.Module) -> contextlib.AbstractContextManager:
+    """bf16 autocast on the model's device for a copy that :func:`inference_copy` marked
+    with ``bf16``; nothing otherwise. Its outputs may then be bf16: take ``.float()``."""
+    device = next(model.parameters()).device
+    return autocast(device, bool(getattr(model, "inference_bf16", False)))
 
 
 def class_scores(

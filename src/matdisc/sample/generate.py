@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from matdisc.geometry import shortest_distance
-from matdisc.models.inference import class_scores, inference_copy, segment_scored
+from matdisc.models.inference import class_scores, inference_copy, run_autocast, segment_scored
 from matdisc.parallel import single_blas_thread
 from matdisc.progress import progress
 from matdisc.segment import InverseSettings, invert, lattice_from_coords
@@ -131,7 +131,8 @@ class Generator:
     with ``decoded=True``); species_reader: ``unet`` or ``channels`` (see the module);
     species_choice: ``argmax`` (each orbit takes the UNet's majority element),
     ``charge_aware`` or ``sampled`` (:mod:`matdisc.segment.readback`; UNet reader only);
-    bf16: the UNet segments under bf16 autocast (:func:`matdisc.train.device.inference_bf16`)."""
+    bf16: the VAE decodes and the UNet segments under bf16 autocast
+    (:func:`matdisc.train.device.inference_bf16`)."""
 
     def __init__(
         self,
@@ -146,7 +147,7 @@ class Generator:
         species_choice: str = "argmax",
         bf16: bool = False,
     ) -> None:
-        self.vae = inference_copy(vae)
+        self.vae = inference_copy(vae, bf16=bf16)
         self.species_choice = species_choice
         self.unet = inference_copy(unet, bf16=bf16)
         self.padding = float(padding)
@@ -182,12 +183,13 @@ class Generator:
     ) -> np.ndarray:
         """μ (B, latent_dim) of density (B, d, d, d), coords (B, 3, d, d, d) Å, condition
         (B, 10) and, for a VAE with them, species channels (B, 1 + k, d, d, d)."""
-        mu, _ = self.vae.encode(
-            torch.as_tensor(density, device=self.device),
-            torch.as_tensor(coords, device=self.device),
-            torch.as_tensor(condition, device=self.device),
-            None if species is None else torch.as_tensor(species, device=self.device),
-        )
+        with run_autocast(self.vae):
+            mu, _ = self.vae.encode(
+                torch.as_tensor(density, device=self.device),
+                torch.as_tensor(coords, device=self.device),
+                torch.as_tensor(condition, device=self.device),
+                None if species is None else torch.as_tensor(species, device=self.device),
+            )
         return mu.float().cpu().numpy()
 
     @torch.inference_mode()
@@ -199,9 +201,11 @@ class Generator:
         UNet's class probabilities of each map's occupied voxels (None with the channel
         reader)."""
         t0 = time.perf_counter()
-        density, coords, channels = self.vae.decode_all(
-            torch.as_tensor(z, device=self.device), torch.as_tensor(condition, device=self.device)
-        )
+        with run_autocast(self.vae):
+            density, coords, channels = self.vae.decode_all(
+                torch.as_tensor(z, device=self.device),
+                torch.as_tensor(condition, device=self.device),
+            )
         abc = np.asarray(lattice_from_coords(coords, self.padding).cpu().numpy(), dtype=np.float64)
         t1 = time.perf_counter()
         species, where, logits = segment_scored(self.unet, density)

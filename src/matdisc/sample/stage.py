@@ -248,8 +248,8 @@ def sample_structures(call: StageCall) -> None:
             "sample": section,
             "no_structure": reasons,
             "species_read": read,
-            # train.bf16 as resolved on this machine: the UNet's precision decides the maps
-            "unet_bf16": bool(gen.unet.inference_bf16),
+            # train.bf16 as resolved on this machine: the models' precision decides the maps
+            "inference_bf16": bool(gen.unet.inference_bf16),
             "seconds": seconds,
             "timings_s": dict(gen.timings),
         },

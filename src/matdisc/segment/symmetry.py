@@ -21,7 +21,13 @@ import itertools
 
 import numpy as np
 
-from matdisc.geometry import components, min_image, nearest_sites, squared_distances
+from matdisc.geometry import (
+    close_groups,
+    components,
+    min_image,
+    nearest_sites,
+    squared_distances,
+)
 
 
 def cubic_rotations() -> np.ndarray:
@@ -37,6 +43,9 @@ def cubic_rotations() -> np.ndarray:
 
 
 _ROTATIONS = cubic_rotations()
+#: sites whose images :func:`partial_symmetries` checks at once (then drops the candidate
+#: operations that can no longer reach their support)
+_SITES_PER_STEP = 4
 
 
 def partial_symmetries(
@@ -92,15 +101,27 @@ def partial_symmetries(
     _, first = np.unique(np.column_stack([rot, fine]), axis=0, return_index=True)
     rot, shift = rot[first], diff[rot[first], i[first], j[first]]
     moved = rx[rot] + shift[:, None, :]  # (c, n, 3)
-    # each moved site's nearest site of its own species
+    # each moved site's nearest site of its own species, a few sites at a time from the
+    # species of fewest sites (dense (c, k, m) searches); a candidate that has already
+    # missed more than n - need sites is dropped
     target = np.zeros(moved.shape[:2], dtype=np.int64)
-    d2 = np.empty(moved.shape[:2])
-    for z in np.unique(numbers):
+    d2 = np.full(moved.shape[:2], np.inf)
+    alive = np.arange(len(rot))
+    misses = np.zeros(len(rot), dtype=np.int64)
+    species, counts = np.unique(numbers, return_counts=True)
+    for z in species[np.argsort(counts, kind="stable")]:
         of_z = np.flatnonzero(numbers == z)
-        d2[:, of_z], nearest = nearest_sites(moved[:, of_z], frac[of_z], lattice)
-        target[:, of_z] = of_z[nearest]
+        for part in np.array_split(of_z, -(-len(of_z) // _SITES_PER_STEP)):
+            to_each = squared_distances(moved[alive[:, None], part], frac[of_z], lattice)
+            nearest = to_each.argmin(axis=-1)
+            found = np.take_along_axis(to_each, nearest[..., None], axis=-1)[..., 0]
+            d2[alive[:, None], part] = found
+            target[alive[:, None], part] = of_z[nearest]
+            misses[alive] += (found > tol * tol).sum(axis=1)
+            alive = alive[misses[alive] <= n - need]
     hit = d2 <= tol * tol
-    ok = hit.sum(axis=1) >= need
+    ok = np.zeros(len(rot), dtype=bool)
+    ok[alive] = True
     # operations that only map atoms onto themselves are no evidence (any rotation about
     # the one atom of each species does that): one must move an atom onto another
     if not (ok & (hit & (target != np.arange(n))).any(axis=1)).any():
@@ -178,7 +199,7 @@ def complete_orbits(
             break
         new = flat[outside]
         # one new position per group of images within tolerance of each other
-        group = components(squared_distances(new, new, lattice) <= tol2)
+        group = close_groups(new, lattice, float(tolerance))
         _, first = np.unique(group, return_index=True)
         positions = np.concatenate([positions, new[first]])
         if len(positions) > max_positions:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -71,6 +72,23 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
     if not enabled:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+@contextlib.contextmanager
+def model_threads_beside(workers: int) -> Iterator[None]:
+    """Half the caller's torch CPU threads (at least one) while ``workers`` > 1 worker
+    processes share the cores with the model passes, restored on exit.
+
+    Two torch threads beside two busy workers on two cores wait on each other at every
+    operation; one thread does not (``benchmarks/bench_evaluate.py`` runs both).
+    """
+    before = torch.get_num_threads()
+    if int(workers) > 1:
+        torch.set_num_threads(max(1, before // 2))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def resolve_channels_last(spec: bool | str, bf16: bool) -> bool:
