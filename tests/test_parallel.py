@@ -63,3 +63,23 @@ def test_worker_pool_spawns_where_forking_is_unsafe(monkeypatch):
         got = [f.result() for f in [pool.submit(pow, x, 2) for x in range(6)]]
         pids = {pool.submit(os.getpid).result() for _ in range(4)}
     assert got == [x * x for x in range(6)] and os.getpid() not in pids
+
+
+def test_the_models_take_half_the_threads_beside_worker_processes():
+    import torch
+
+    from matdisc.train.device import model_threads_beside
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        with model_threads_beside(2):
+            assert torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 4
+        with model_threads_beside(1):  # one worker thread: the models keep theirs
+            assert torch.get_num_threads() == 4
+        torch.set_num_threads(1)
+        with model_threads_beside(2):
+            assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -380,7 +380,8 @@ def evaluate_unet(
     inverse_settings: how the UNet's maps are read back into crystals. The UNet runs as
     sampling runs it (:mod:`matdisc.models.inference`; ``bf16``: under bf16 autocast);
     ``threads`` worker processes invert and score the maps of a batch while the UNet runs
-    on the next (:func:`matdisc.parallel.worker_pool`; the scores are added in order)."""
+    on the next, on half the torch threads (:func:`matdisc.parallel.worker_pool`,
+    :func:`matdisc.train.device.model_threads_beside`; the scores are added in order)."""
     unet.eval().to(device)
     fast = inference_copy(unet, bf16=bf16)
     lut = class_lookup(unet.classes)
@@ -538,9 +539,10 @@ def evaluate_chain(
     Structures with an unknown decile cannot be conditioned and are left out (logged).
     inverse_settings: how the UNet's maps of decoded densities are read back into crystals.
     The VAE and the UNet run as sampling runs them (:mod:`matdisc.models.inference`;
-    ``bf16``: under bf16 autocast); ``threads`` worker processes invert and score the maps of a batch while
-    the VAE and the UNet run on the next (:func:`matdisc.parallel.worker_pool`; added in
-    order).
+    ``bf16``: under bf16 autocast); ``threads`` worker processes invert and score the maps
+    of a batch while the VAE and the UNet run on the next, on half the torch threads
+    (:func:`matdisc.parallel.worker_pool`, :func:`matdisc.train.device.model_threads_beside`;
+    added in order).
     """
     keep = np.flatnonzero(data.decile >= 0)
     if len(keep) < len(data):

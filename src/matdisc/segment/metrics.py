@@ -6,7 +6,8 @@
   *true* cell (so an error in the cell lengths, reported by :func:`lattice_mae`, does
   not count twice). With equal site counts this is the mean distance of the optimal
   one-to-one assignment; with unequal ones, of the assignment between lcm(n_p, n_t)
-  copies of the sites (a linear program when that is large). Species are not part of it (the paper's definition).
+  copies of the sites (a linear program when that is large). Species are not part of it
+  (the paper's definition).
 * :func:`delta_n_sites`: |n_pred - n_true|.
 * :func:`lattice_mae`: mean |Δa|, |Δb|, |Δc| in Å.
 """
