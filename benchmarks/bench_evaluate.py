@@ -143,9 +143,13 @@ def main() -> None:
     runs = {}
     values: dict[str, list] = {}
 
-    def arm(label: str, name: str, threads: int, model_threads: int) -> None:
+    def arm(label: str, name: str, threads: int) -> None:
         """One evaluation on ``threads`` as ``matdisc evaluate-vae --threads`` runs it."""
+        import matdisc.models.evaluate as evaluate
+
         torch.set_num_threads(threads)
+        with evaluate.model_threads_beside(threads):  # what the evaluation gives the models
+            model_threads = torch.get_num_threads()
         seconds, rows = evaluation(
             unet, chain_unet, vae, data, truth, config, threads, precisions[name]
         )
@@ -165,15 +169,12 @@ def main() -> None:
     keys: list[tuple[str, str]] = []
     for name in precisions:
         for threads in sorted({1, args.threads}):
-            model_threads = max(1, threads // 2) if threads > 1 else 1
-            arm(f"{name}_workers_{threads}", name, threads, model_threads)
+            arm(f"{name}_workers_{threads}", name, threads)
     if args.threads > 1:
         # the A/B of the model's threads: all of them beside the worker processes
         name = "bf16" if "bf16" in precisions else "fp32"
         with all_model_threads():
-            arm(
-                f"{name}_workers_{args.threads}_all_model_threads", name, args.threads, args.threads
-            )
+            arm(f"{name}_workers_{args.threads}_all_model_threads", name, args.threads)
     torch.set_num_threads(args.threads)
     best = max(r["structures_per_s"] for r in runs.values())
     out = {

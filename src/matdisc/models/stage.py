@@ -59,7 +59,7 @@ def _write_metrics(call: StageCall, rows: list[dict], metadata: dict[str, Any]) 
     from matdisc.models.evaluate import metrics_frame
 
     frame = metrics_frame(rows)
-    # the UNet's precision in the evaluation (train.bf16 as resolved here) beside the rows
+    # the models' precision in the evaluation (train.bf16 as resolved here) beside the rows
     metadata = {**metadata, "inference_bf16": inference_bf16(call.section("train"))}
     write_table(frame, call.output("metrics"), "reconstruction_metrics", metadata=metadata)
     for row in rows:
