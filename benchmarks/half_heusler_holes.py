@@ -5,7 +5,8 @@
 A half-Heusler XYZ (F-43m) fills one of the two sets of tetrahedral holes of its cell (4c)
 and leaves the other (4d) empty; a full Heusler X2YZ fills both. For every half-Heusler
 of the store with a formation-energy decile (the maps the VAE conditions), the density at
-the empty holes over the density at the filled ones, each read at the voxel of the site,
+the empty holes over the density at the filled ones (the set inversion swaps them with,
+whichever site the cell's origin is on), each read at the voxel of the site,
 on the true map and on the VAE's reconstruction decoded from μ. Prints one JSON object,
 per split: the maps, the median ratio of each, and the share of decoded maps whose ratio
 stays below 0.6 (their empty holes still look empty).
@@ -26,11 +27,11 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-#: the two sets of tetrahedral holes of a face-centred cubic cell (fractional)
-HOLES = (
-    np.array([[0.25, 0.25, 0.25], [0.75, 0.75, 0.25], [0.75, 0.25, 0.75], [0.25, 0.75, 0.75]]),
-    np.array([[0.75, 0.75, 0.75], [0.25, 0.25, 0.75], [0.25, 0.75, 0.25], [0.75, 0.25, 0.25]]),
-)
+#: the four face-centred sublattices of a (half-)Heusler cell, at s × (¼, ¼, ¼), s = 0..3
+#: (fractional). A half-Heusler leaves one of them empty; the empty set is compared with
+#: the filled one ½ along the diagonal from it (the other set of the same kind of holes).
+_FCC = np.array([[0.0, 0.0, 0.0], [0.0, 0.5, 0.5], [0.5, 0.0, 0.5], [0.5, 0.5, 0.0]])
+SUBLATTICES = tuple((_FCC + 0.25 * s) % 1.0 for s in range(4))
 
 
 def at_sites(grid: np.ndarray, frac: np.ndarray, padding: float) -> float:
@@ -85,7 +86,8 @@ def ratios(store, vae, split: str) -> tuple[list[float], list[float]]:
         recon, *_ = vae(density, coords, cond, species)
         decoded = (recon[0, 0] * vae.density_scale).numpy()
         true = np.asarray(item.density[0], dtype=np.float64).squeeze()
-        filled, empty = sorted(HOLES, key=lambda h: -at_sites(true, h, store.padding))
+        empty_at = int(np.argmin([at_sites(true, h, store.padding) for h in SUBLATTICES]))
+        empty, filled = SUBLATTICES[empty_at], SUBLATTICES[(empty_at + 2) % 4]
         true_ratio.append(
             at_sites(true, empty, store.padding) / at_sites(true, filled, store.padding)
         )

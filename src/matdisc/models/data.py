@@ -33,7 +33,8 @@ class VoxelSplit:
     index (n,) the items' rows in the store; channels: the VAE's species channels
     (n, 1 + k, d, d, d) float32 (:func:`with_species_channels`) or None; sites: each item's
     sites (n, m, 4) float32, fractional x, y, z and the Gaussian's σ Å, padded with σ = 0
-    (:func:`with_sites`), or None.
+    (:func:`with_sites`), or None. setting: the store's ``voxel.setting`` (``as_given`` or
+    ``canonical``), which decides the rotations the VAE trains with.
     """
 
     index: np.ndarray
@@ -46,6 +47,7 @@ class VoxelSplit:
     padding: float
     channels: np.ndarray | None = None
     sites: np.ndarray | None = None
+    setting: str = "as_given"
 
     def __len__(self) -> int:
         return len(self.material_id)
@@ -62,6 +64,7 @@ class VoxelSplit:
             padding=self.padding,
             channels=None if self.channels is None else self.channels[index],
             sites=None if self.sites is None else self.sites[index],
+            setting=self.setting,
         )
 
 
@@ -135,6 +138,7 @@ def load_split(store: Any, split: str, *, limit: int | None = None) -> VoxelSpli
         decile=np.asarray(store.decile, dtype=np.int64)[index],
         grid_size=int(store.grid_size),
         padding=float(store.padding),
+        setting=str(store.attrs.get("setting", "as_given")),
     )
 
 
@@ -364,11 +368,17 @@ class VAEDataset(Dataset):
 
     Items whose formation-energy decile is unknown (-1) are left out (their number is
     logged), or with ``unknown="unconditioned"`` kept with an all-zero condition.
+    ``augment`` rotates each item by a random 90° rotation: any of the 24 for a store in the
+    source's setting, one of the 12 that keep the tetrahedral holes in place
+    (:data:`matdisc.voxel.augment.TETRAHEDRAL_ROTATIONS`) for a store in the canonical
+    setting, whose maps all have a half-Heusler's empty holes at the same place.
     """
 
     def __init__(
         self, data: VoxelSplit, *, augment: bool, name: str = "", unknown: str = "skip"
     ) -> None:
+        from matdisc.voxel.augment import TETRAHEDRAL_ROTATIONS
+
         keep = known_deciles(data, unknown)
         skipped = len(data) - keep.size
         if skipped:
@@ -380,6 +390,7 @@ class VAEDataset(Dataset):
             )
         self.data = data.subset(keep)
         self.augment = augment
+        self.rotations = TETRAHEDRAL_ROTATIONS if data.setting == "canonical" else None
 
     def __len__(self) -> int:
         return len(self.data)
@@ -394,7 +405,7 @@ class VAEDataset(Dataset):
         if self.augment:
             from matdisc.voxel.augment import apply_rotation, draw_rotation, rotate_fractions
 
-            turn = draw_rotation(_rng())
+            turn = draw_rotation(_rng(), self.rotations)
             grids = [np.ascontiguousarray(a) for a in apply_rotation(turn, *grids)]
             if sites is not None:
                 sites[:, :3] = rotate_fractions(sites[:, :3], turn) % 1.0

@@ -12,6 +12,7 @@ unequal: the grid of the permuted lengths). Works on numpy arrays and torch tens
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,16 @@ def _rotations() -> list[tuple[tuple[int, tuple[int, int]], ...]]:
 
 ROTATIONS = _rotations()
 assert len(ROTATIONS) == 24
+
+_FCC = np.array([[0.0, 0.0, 0.0], [0.0, 0.5, 0.5], [0.5, 0.0, 0.5], [0.5, 0.5, 0.0]])
+
+
+def _keeps_tetrahedral_sets(index: int) -> bool:
+    """True if rotation ``index`` maps the tetrahedral holes (¼, ¼, ¼) + F onto themselves
+    rather than onto the other set (¾, ¾, ¾) + F."""
+    moved = rotate_fractions(np.full((1, 3), 0.25), index)[0]
+    gap = np.abs((moved - 0.25) % 1.0 - _FCC)
+    return bool(np.any(np.all(np.minimum(gap, 1.0 - gap) < 1e-9, axis=1)))
 
 
 def random_rot90(rng: Any, *arrays: Any) -> tuple[Any, ...]:
@@ -65,21 +76,33 @@ def rotate_fractions(frac: np.ndarray, index: int) -> np.ndarray:
     return out
 
 
-def draw_rotation(rng: Any) -> int:
-    """A uniform random index into :data:`ROTATIONS` (the draw :func:`random_rot90` makes)."""
-    return _draw(rng)
+def draw_rotation(rng: Any, choices: Sequence[int] | None = None) -> int:
+    """A uniform random index into :data:`ROTATIONS` (the draw :func:`random_rot90` makes),
+    or into ``choices`` only (for example :data:`TETRAHEDRAL_ROTATIONS`)."""
+    if choices is None:
+        return _draw(rng)
+    return int(choices[_draw(rng, len(choices))])
 
 
-def _draw(rng: Any) -> int:
+def _draw(rng: Any, n: int = len(ROTATIONS)) -> int:
     if rng is None:
         rng = np.random.default_rng()
     if isinstance(rng, np.random.Generator):
-        return int(rng.integers(len(ROTATIONS)))
+        return int(rng.integers(n))
     import torch
 
     if isinstance(rng, torch.Generator):
-        return int(torch.randint(len(ROTATIONS), (1,), generator=rng).item())
+        return int(torch.randint(n, (1,), generator=rng).item())
     raise TypeError(f"rng must be a numpy Generator or a torch Generator, got {type(rng)}")
+
+
+#: The 12 rotations of the tetrahedral group 23 (2-fold about the axes, 3-fold about the
+#: diagonals): they keep each set of a face-centred cell's tetrahedral holes in place (about
+#: the cell centre, up to the centring), where the other 12 swap the two sets. The training
+#: rotations of maps in the canonical setting (matdisc.voxel.setting), so that a rotated
+#: half-Heusler still has its empty set where every half-Heusler of the store has it.
+TETRAHEDRAL_ROTATIONS = tuple(i for i in range(len(ROTATIONS)) if _keeps_tetrahedral_sets(i))
+assert len(TETRAHEDRAL_ROTATIONS) == 12 and TETRAHEDRAL_ROTATIONS[0] == 0
 
 
 def _rotate(array: Any, plan: tuple[tuple[int, tuple[int, int]], ...]) -> Any:

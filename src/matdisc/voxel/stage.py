@@ -77,6 +77,7 @@ def build_store(
         "tolerance": float(settings["lattice_tolerance"]),
         "symprec": float(settings["symprec"]),
         "check_symmetry": bool(settings["check_symmetry"]),
+        "setting": str(settings["setting"]),
     }
     texts = rows["structure_json"].tolist()
     tasks = [
@@ -139,6 +140,7 @@ def build_store(
         "radius_table": DEFAULT_TABLE.name,
         "radius_table_sha256": table_sha256(DEFAULT_TABLE),
         "decile_edges": [float(x) for x in edges],
+        "setting": str(settings["setting"]),
         "skipped": dict(skipped),
         "source": str(source),
         "units": {"density": "e/Å^3", "lattice": "Å", "decile_edges": "eV/atom"},
@@ -213,6 +215,7 @@ def _standardise_batch(
     from matdisc.voxel.cell import arrays_from_dict, conventional_cubic
     from matdisc.voxel.core import check_cell
     from matdisc.voxel.errors import VoxelizeError
+    from matdisc.voxel.setting import canonical_setting
 
     out: list[dict[str, Any] | tuple[str, str]] = []
     for text in texts:
@@ -231,6 +234,8 @@ def _standardise_batch(
                 check_symmetry=options["check_symmetry"],
             )
             check_cell(cell, max_sites=options["max_sites"])
+            if options["setting"] == "canonical":
+                cell = canonical_setting(cell)
         except VoxelizeError as exc:
             out.append((exc.reason, str(exc)))
             continue
