@@ -10,7 +10,9 @@ Contract (the UNet/VAE training reads the store, the sampler inverts grids):
 * :func:`coordinate_grid` ``(lattice_abc (B, 3), grid_size, padding) -> (B, 3, d, d, d)``,
   numpy or torch in, same out.
 * :func:`matdisc.voxel.augment.random_rot90` ``(rng, *arrays)``: one random proper 90°
-  rotation applied to (d, d, d) maps and (3, d, d, d) coordinate grids alike.
+  rotation applied to (d, d, d) maps and (3, d, d, d) coordinate grids alike
+  (:data:`~matdisc.voxel.augment.TETRAHEDRAL_ROTATIONS`: the 12 that keep a face-centred
+  cell's tetrahedral holes in place).
 * :func:`matdisc.voxel.store.open_store` ``(path) -> VoxelStore`` (zarr, written by the
   ``voxelize-structures`` stage).
 * The inverse lives in :mod:`matdisc.segment`.
@@ -23,7 +25,10 @@ Conventions:
   holds that coordinate.
 * The cell is the conventional cubic cell (:mod:`matdisc.voxel.cell`), origin where the
   stored cell has it; lattice-vector translations and site permutations leave M and S
-  unchanged (S exactly, M to float rounding).
+  unchanged (S exactly, M to float rounding). The voxelize stage then moves it to its
+  canonical setting (``voxel.setting``, :func:`matdisc.voxel.setting.canonical_setting`):
+  a site of the heaviest element at the origin and one of the 48 orientations, so that
+  every setting of a crystal gives the same M and S.
 * Periodic images ARE drawn: the padding shows the neighbouring cells' atoms, in M (the
   Gaussian sum runs over all images) and in S (every image whose label sphere reaches
   the grid is labelled). So an atom near a face or corner appears 2-8 times; the inverse
