@@ -25,10 +25,11 @@ Conventions:
   holds that coordinate.
 * The cell is the conventional cubic cell (:mod:`matdisc.voxel.cell`), origin where the
   stored cell has it; lattice-vector translations and site permutations leave M and S
-  unchanged (S exactly, M to float rounding). The voxelize stage then moves it to its
-  canonical setting (``voxel.setting``, :func:`matdisc.voxel.setting.canonical_setting`):
-  a site of the heaviest element at the origin and one of the 48 orientations, so that
-  every setting of a crystal gives the same M and S.
+  unchanged (S exactly, M to float rounding). With ``voxel.setting: canonical`` the
+  voxelize stage then moves it to its canonical setting
+  (:func:`matdisc.voxel.setting.canonical_setting`): a site of the heaviest element at the
+  origin and one of the 48 orientations, so that every setting of a crystal gives the
+  same M and S.
 * Periodic images ARE drawn: the padding shows the neighbouring cells' atoms, in M (the
   Gaussian sum runs over all images) and in S (every image whose label sphere reaches
   the grid is labelled). So an atom near a face or corner appears 2-8 times; the inverse

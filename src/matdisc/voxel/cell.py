@@ -13,8 +13,8 @@ cell (otherwise the stored cell was a supercell, e.g. a magnetic one, and the cu
 too large). Cells the metric search cannot handle fall back to spglib's standardised
 conventional cell, which also tells a non-cubic crystal apart.
 
-Conventions: the origin is the stored cell's origin (the cell is not re-centred here; the
-voxelize stage moves it to one canonical setting, :mod:`matdisc.voxel.setting`), so a
+Conventions: the origin is the stored cell's origin (the cell is not re-centred here; with
+``voxel.setting: canonical`` the voxelize stage moves it, :mod:`matdisc.voxel.setting`), so a
 translation by a lattice vector leaves the result unchanged; lengths are averaged over the
 three cell vectors; fractional coordinates are wrapped into [0, 1).
 """
