@@ -26,12 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from matdisc.voxel.cell import CENTRINGS
+
 ROOT = Path(__file__).resolve().parents[1]
 #: the four face-centred sublattices of a (half-)Heusler cell, at s × (¼, ¼, ¼), s = 0..3
 #: (fractional). A half-Heusler leaves one of them empty; the empty set is compared with
 #: the filled one ½ along the diagonal from it (the other set of the same kind of holes).
-_FCC = np.array([[0.0, 0.0, 0.0], [0.0, 0.5, 0.5], [0.5, 0.0, 0.5], [0.5, 0.5, 0.0]])
-SUBLATTICES = tuple((_FCC + 0.25 * s) % 1.0 for s in range(4))
+SUBLATTICES = tuple((CENTRINGS["F"] + 0.25 * s) % 1.0 for s in range(4))
 
 
 def at_sites(grid: np.ndarray, frac: np.ndarray, padding: float) -> float:

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from matdisc.voxel.cell import CENTRINGS
+
 # Each rotation as quarter turns (k, axes) applied in order; generated and deduplicated
 # once by their effect on an array with all-distinct entries.
 _QUARTER_AXES = ((1, 2), (2, 0), (0, 1))  # about x, y, z
@@ -37,14 +39,12 @@ def _rotations() -> list[tuple[tuple[int, tuple[int, int]], ...]]:
 ROTATIONS = _rotations()
 assert len(ROTATIONS) == 24
 
-_FCC = np.array([[0.0, 0.0, 0.0], [0.0, 0.5, 0.5], [0.5, 0.0, 0.5], [0.5, 0.5, 0.0]])
-
 
 def _keeps_tetrahedral_sets(index: int) -> bool:
     """True if rotation ``index`` maps the tetrahedral holes (¼, ¼, ¼) + F onto themselves
     rather than onto the other set (¾, ¾, ¾) + F."""
     moved = rotate_fractions(np.full((1, 3), 0.25), index)[0]
-    gap = np.abs((moved - 0.25) % 1.0 - _FCC)
+    gap = np.abs((moved - 0.25) % 1.0 - CENTRINGS["F"])
     return bool(np.any(np.all(np.minimum(gap, 1.0 - gap) < 1e-9, axis=1)))
 
 

@@ -44,8 +44,8 @@ _COMBOS = np.array(
     [n for n in itertools.product(range(-2, 3), repeat=3) if n > (0, 0, 0)], dtype=np.int64
 )
 
-# Centring translations of the conventional cubic cells (fractions of the cube edge).
-_CENTRINGS = {
+#: Centring translations of the conventional cubic cells (fractions of the cube edge).
+CENTRINGS = {
     "P": np.zeros((1, 3)),
     "I": np.array([[0, 0, 0], [0.5, 0.5, 0.5]]),
     "F": np.array([[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]]),
@@ -308,7 +308,7 @@ def _centring_ok(frac: np.ndarray, numbers: np.ndarray, tol: float) -> bool:
     close = np.all(np.abs(delta) <= tol, axis=-1) & (numbers[:, None] == numbers[None, :])
     is_symmetry = np.all(close.any(axis=2), axis=1)  # (T,)
     found = _wrap(shifts[is_symmetry])
-    for centring in _CENTRINGS.values():
+    for centring in CENTRINGS.values():
         if len(found) != len(centring):
             continue
         diff = found[:, None, :] - centring[None, :, :]
